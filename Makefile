@@ -1,0 +1,41 @@
+# pgpush: `make demo` and `make test` do everything on a fresh Debian 12 machine.
+PY        ?= /usr/bin/python3
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+PYTEST_N  ?= 2
+
+.PHONY: setup test unit integration lint zipapp bench demo docs clean
+
+setup: $(STAMP)
+	@bash scripts/setup-system.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup zipapp
+	PGPUSH_ZIPAPP=$(CURDIR)/dist/pgpush.pyz $(VPY) -m pytest -q -n $(PYTEST_N) --dist loadgroup tests
+
+unit: setup
+	$(VPY) -m pytest -q tests/unit
+
+lint: setup
+	$(VPY) -m ruff check pgpush tests build_zipapp.py bench scripts
+
+zipapp: setup
+	$(VPY) build_zipapp.py --output dist/pgpush.pyz
+
+docs: setup
+	$(VPY) -m pgpush.docgen > docs/configuration.md
+
+bench: setup zipapp
+	$(VPY) bench/run.py
+
+demo: setup zipapp
+	$(VPY) scripts/demo.py
+
+clean:
+	rm -rf dist build *.egg-info

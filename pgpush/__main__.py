@@ -1,0 +1,51 @@
+"""Entry point: answers the hot path with the stdlib, else hands over to the CLI.
+
+PostgreSQL starts pgpush once per WAL segment.  In asynchronous mode the
+foreground ``push``/``get`` only looks into the spool (and, when needed,
+starts the background parent and waits), so this module resolves the options
+and serves those commands without importing typer, rich, paramiko, psycopg or
+the compression libraries.  ``bootstrap`` is supplied by the zipapp: it makes
+the bundled third-party packages importable (extracting native extensions on
+first use) and is called only when the full CLI is needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from pgpush.errors import PgPushError, exit_code_for
+
+    try:
+        from pgpush import config
+
+        cfg = config.load(argv)
+        if cfg.command == "version":
+            from pgpush import __version__
+
+            print(f"pgpush {__version__}")
+            return 0
+        if cfg.command in ("push", "get") and cfg["archive-async"]:
+            from pgpush import hotpath
+
+            rc = hotpath.run(cfg)
+            if rc is not None:
+                return rc
+    except PgPushError as exc:
+        # Errors of option parsing are reported here too; the CLI would say the same.
+        from pgpush import log
+
+        log.console_error(exc)
+        return exit_code_for(exc)
+    if bootstrap is not None:
+        bootstrap()
+    from pgpush.cli import run
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

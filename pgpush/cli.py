@@ -1,0 +1,138 @@
+"""The typer application: thin commands that call a core function.
+
+Options are parsed once by :mod:`pgpush.config` (they may stand before or
+after the command, come from the environment or the config file); typer
+dispatches the command, checks its positional arguments and renders help.
+Exit codes are decided in one place: :func:`pgpush.errors.exit_code_for`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pgpush import __version__, config
+from pgpush.errors import CommandError, PgPushError, WalNotFound, exit_code_for
+from pgpush.log import LOG
+from pgpush.options import OPTIONS, SECTION_HELP
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["--help", "-h"]},
+                  help="pgpush: WAL archiver and backup tool for PostgreSQL. Options may stand before or after the "
+                       "command; see `pgpush OPTION-LIST` below or docs/configuration.md.")
+_CFG: config.Config | None = None
+LOG_GROUPS = {"push": "archive-push", "get": "archive-get"}
+
+
+def _options_epilog(command: str | None) -> str:
+    lines = []
+    for section, title in SECTION_HELP.items():
+        opts = [o for o in OPTIONS if o.section == section and (not o.commands if command is None else command in o.commands)]
+        if not opts:
+            continue
+        lines.append(f"{title}:")
+        for o in opts:
+            lines.append(f"  --{o.name}  {o.help}")
+    return "\n".join(lines)
+
+
+def _cfg() -> config.Config:
+    assert _CFG is not None
+    return _CFG
+
+
+def _configure_log(group: str) -> config.Config:
+    cfg = _cfg()
+    LOG.configure(cfg, group)
+    return cfg
+
+
+def command(name: str, **kw):
+    """Register a typer command whose epilog lists its options from the table."""
+    epilog = _options_epilog(name) or None
+    return app.command(name, epilog=epilog, **kw)
+
+
+@command("version")
+def version_cmd() -> None:
+    """Print the version."""
+    print(f"pgpush {__version__}")
+
+
+@command("push")
+def push_cmd(wal_path: str = typer.Argument(..., help="WAL file to archive (%p)")) -> None:
+    """Archive one WAL file (archive_command)."""
+    from pgpush import archive
+
+    cfg = _configure_log("archive-push")
+    archive.push(cfg, wal_path)
+
+
+@command("get")
+def get_cmd(wal_name: str = typer.Argument(..., help="WAL file name (%f)"),
+            dest_path: str = typer.Argument(..., help="where to write it (%p)")) -> None:
+    """Restore one WAL file (restore_command); exit 1 when not in the archive."""
+    from pgpush import archive
+
+    cfg = _configure_log("archive-get")
+    if archive.get(cfg, wal_name, dest_path) == 1:
+        raise WalNotFound(wal_name)
+
+
+@command("stanza-create")
+def stanza_create_cmd() -> None:
+    """Create the stanza, recording the cluster's system identifier and version."""
+    from pgpush import stanza
+
+    cfg = _configure_log("stanza-create")
+    message = stanza.create(cfg)
+    LOG.info(message)
+    print(message)
+
+
+def run(argv: list[str]) -> int:
+    """Parse, dispatch, and map any error to its exit code."""
+    global _CFG
+    try:
+        cfg = config.load(argv)
+        _CFG = cfg
+        if cfg.command == "help":
+            typer_args = cfg.args + ["--help"]
+        else:
+            typer_args = [cfg.command] + cfg.args
+        try:
+            app(typer_args, standalone_mode=False, prog_name="pgpush")
+        except typer.Exit as exc:
+            return exc.exit_code
+        except PgPushError:
+            raise
+        except WalNotFound:
+            raise
+        except Exception as exc:  # click usage errors and the like
+            import click
+
+            if isinstance(exc, click.exceptions.NoSuchOption) or isinstance(exc, click.UsageError):
+                raise CommandError(exc.format_message()) from None
+            if isinstance(exc, click.exceptions.Abort):
+                return 130
+            raise
+        return 0
+    except WalNotFound:
+        return 1
+    except PgPushError as exc:
+        LOG.exception(exc)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: report it with its code, and the traceback in the log
+        import traceback
+
+        LOG.debug(traceback.format_exc())
+        err = PgPushError(f"{type(exc).__name__}: {exc}", 25)
+        LOG.exception(err)
+        return exit_code_for(err)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,335 @@
+"""Command line, environment and config file, resolved into one :class:`Config`.
+
+Precedence, highest first: ``--key=value`` on the command line, ``PGPUSH_KEY``
+in the environment, then the config file sections ``[STANZA:COMMAND]``,
+``[STANZA]``, ``[global:COMMAND]``, ``[global]``, then the option's default.
+
+Stdlib only and no heavy imports: the hot path (one process per WAL segment)
+parses its options through this module.  The INI reader is a small one of our
+own because ``configparser`` costs more at import than the whole fast path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pgpush.errors import CommandError, OptionInvalidValueError, OptionRequiredError
+from pgpush.options import ALIASES, BY_NAME, COMMANDS, Option
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1024, "kib": 1024,
+    "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1024**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+STANZA_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Environment variables of ours that are not options (the zipapp bootstrap's).
+_ENV_NOT_OPTIONS = {"PGPUSH_CACHE", "PGPUSH_PYTHON", "PGPUSH_LOCK_FD"}
+
+
+def parse_size(text: str) -> int:
+    """``16MB`` -> 16777216.  Units are 1024-based as in pgBackRest."""
+    m = _SIZE_RE.match(str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError("a size such as 16MB, 1GB or a number of bytes is expected")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(size: int) -> str:
+    """Print a size as pgBackRest does: ``16MB``, ``1.5GB``, ``512B``."""
+    for unit, factor in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= factor:
+            text = f"{size / factor:.1f}"
+            if text.endswith(".0"):
+                text = text[:-2]
+            return text + unit
+    return f"{size}B"
+
+
+def parse_bool(text: str) -> bool:
+    low = str(text).strip().lower()
+    if low in ("y", "yes", "true", "on", "1"):
+        return True
+    if low in ("n", "no", "false", "off", "0"):
+        return False
+    raise ValueError("y or n is expected")
+
+
+def parse_duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("a number of seconds is expected") from None
+    if value < 0:
+        raise ValueError("a number of seconds >= 0 is expected")
+    return value
+
+
+def convert(opt: Option, raw: str) -> object:
+    """Convert a raw string to the option's type; ValueError says what is expected."""
+    if opt.type == "str":
+        if raw == "":
+            raise ValueError("a non-empty value is expected")
+        return raw
+    if opt.type == "int":
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("an integer is expected") from None
+        if value < 0 or (opt.name == "process-max" and not 1 <= value <= 999):
+            raise ValueError("a positive integer is expected" if opt.name != "process-max" else "1..999 is expected")
+        return value
+    if opt.type == "bool":
+        return parse_bool(raw)
+    if opt.type == "size":
+        return parse_size(raw)
+    if opt.type == "duration":
+        return parse_duration(raw)
+    if opt.type == "choice":
+        if raw not in opt.choices:
+            raise ValueError("one of " + ", ".join(opt.choices) + " is expected")
+        return raw
+    raise AssertionError(opt.type)
+
+
+def read_ini(path: str) -> dict[str, dict[str, tuple[str, int]]]:
+    """Read an INI file: ``{section: {key: (value, line)}}``.
+
+    Keys outside a section, or lines that are not ``key=value``, are errors
+    because a silently ignored line in a backup tool's config is a trap.
+    """
+    sections: dict[str, dict[str, tuple[str, int]]] = {}
+    current: dict[str, tuple[str, int]] | None = None
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            text = line.strip()
+            if not text or text[0] in "#;":
+                continue
+            if text[0] == "[":
+                if not text.endswith("]"):
+                    raise OptionInvalidValueError(f"config file {path} line {lineno}: malformed section header {text!r}")
+                current = sections.setdefault(text[1:-1].strip(), {})
+                continue
+            key, sep, value = text.partition("=")
+            if not sep or current is None:
+                raise OptionInvalidValueError(f"config file {path} line {lineno}: expected 'key=value' inside a section, got {text!r}")
+            current[key.strip()] = (value.strip(), lineno)
+    return sections
+
+
+class Config:
+    """Resolved options for one command, with where each value came from."""
+
+    def __init__(self, command: str, args: list[str], values: dict[str, object], sources: dict[str, str]):
+        self.command = command
+        self.args = args
+        self.values = values
+        self.sources = sources
+
+    def __getitem__(self, key: str):
+        return self.values[key]
+
+    def get(self, key: str, default=None):
+        value = self.values.get(key)
+        return default if value is None else value
+
+    def require(self, key: str):
+        value = self.values.get(key)
+        if value is None:
+            raise OptionRequiredError(f"{self.command} command requires option: {key}")
+        return value
+
+    @property
+    def stanza(self) -> str:
+        return self.require("stanza")
+
+    def with_values(self, **overrides) -> Config:
+        """A copy with some values replaced (keys use ``_`` for ``-``)."""
+        values = dict(self.values)
+        for key, value in overrides.items():
+            values[key.replace("_", "-")] = value
+        return Config(self.command, list(self.args), values, dict(self.sources))
+
+    def to_argv(self, names: tuple[str, ...] | None = None) -> list[str]:
+        """Options that were set on the command line, to pass to a child.
+
+        The child reads the environment and config file itself; only the
+        command line is lost across exec.  Secrets are never put on a command
+        line (they would show in ``ps``): they travel by environment.
+        """
+        out = []
+        for name, source in self.sources.items():
+            if source != "on the command line" or (names and name not in names):
+                continue
+            opt = BY_NAME[name]
+            if opt.secret or name == "config":
+                continue
+            value = self.values[name]
+            if opt.type == "bool":
+                out.append(f"--{name}" if value else f"--no-{name}")
+            else:
+                out.append(f"--{name}={value}")
+        if "config" in self.sources and self.sources["config"] == "on the command line":
+            out.insert(0, f"--config={self.values['config']}")
+        return out
+
+    def secret_env(self) -> dict[str, str]:
+        """Secrets given on the command line, as environment for a child."""
+        env = {}
+        for name, source in self.sources.items():
+            if source == "on the command line" and BY_NAME[name].secret:
+                env["PGPUSH_" + name.upper().replace("-", "_")] = str(self.values[name])
+        return env
+
+
+def split_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, str], bool]:
+    """Split argv into (command, positional args, raw cli options, help asked).
+
+    Options may stand before or after the command.  ``--key=value``,
+    ``--key value``, ``--flag`` and ``--no-flag`` are accepted.
+    """
+    command: str | None = None
+    args: list[str] = []
+    raw: dict[str, str] = {}
+    want_help = False
+    i = 0
+    only_args = False
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if only_args or not tok.startswith("-") or tok == "-":
+            if command is None:
+                command = ALIASES.get(tok, tok)
+            else:
+                args.append(tok)
+            continue
+        if tok == "--":
+            only_args = True
+            continue
+        if tok in ("-h", "--help"):
+            want_help = True
+            continue
+        if not tok.startswith("--"):
+            raise OptionInvalidValueError(f"invalid option '{tok}' on the command line")
+        key, sep, value = tok[2:].partition("=")
+        opt = BY_NAME.get(key)
+        if opt is None and key.startswith("no-") and key[3:] in BY_NAME and BY_NAME[key[3:]].type == "bool" and not sep:
+            raw[key[3:]] = "n"
+            continue
+        if opt is None:
+            raise OptionInvalidValueError(f"invalid option '--{key}' on the command line")
+        if sep:
+            raw[key] = value
+        elif opt.type == "bool":
+            raw[key] = "y"
+        elif i < len(argv):
+            raw[key] = argv[i]
+            i += 1
+        else:
+            raise OptionInvalidValueError(f"option '--{key}' requires a value on the command line")
+    if command is not None and command not in COMMANDS:
+        raise CommandError(f"invalid command '{command}'")
+    return command, args, raw, want_help
+
+
+def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+    """Parse argv and resolve every option with its precedence."""
+    environ = os.environ if environ is None else environ
+    command, args, raw_cli, want_help = split_argv(argv)
+    if want_help or command is None:
+        command = "help" if command is None else command
+        if want_help:
+            args = [command] + args if command != "help" else args
+            command = "help"
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+
+    def set_value(opt: Option, raw: str, where: str) -> None:
+        try:
+            values[opt.name] = convert(opt, raw)
+        except ValueError as exc:
+            shown = "<redacted>" if opt.secret else raw
+            raise OptionInvalidValueError(f"option '{opt.name}' has invalid value '{shown}' {where}: {exc}") from None
+        sources[opt.name] = where
+
+    for key, raw in raw_cli.items():
+        opt = BY_NAME[key]
+        if opt.commands and command not in opt.commands and command != "help":
+            raise OptionInvalidValueError(f"option '{key}' is not valid for command '{command}' (on the command line)")
+        set_value(opt, raw, "on the command line")
+
+    env_values: dict[str, tuple[Option, str, str]] = {}
+    for name, raw in environ.items():
+        if not name.startswith("PGPUSH_") or name in _ENV_NOT_OPTIONS:
+            continue
+        key = name[7:].lower().replace("_", "-")
+        opt = BY_NAME.get(key)
+        if opt is None:
+            raise OptionInvalidValueError(f"invalid option '{key}' in environment variable {name}")
+        env_values[key] = (opt, raw, f"in environment variable {name}")
+
+    for key, (opt, raw, where) in env_values.items():
+        if key not in values and (not opt.commands or command in opt.commands):
+            set_value(opt, raw, where)
+
+    config_path = values.get("config")
+    named = "config" in values
+    if config_path is None:
+        config_path = BY_NAME["config"].default
+        values["config"] = config_path
+    if os.path.exists(str(config_path)):
+        try:
+            ini = read_ini(str(config_path))
+        except OSError as exc:
+            raise OptionInvalidValueError(f"unable to read config file {config_path}: {exc.strerror}") from None
+    elif named:
+        raise OptionInvalidValueError(f"config file {config_path} does not exist ({sources['config']})")
+    else:
+        ini = {}
+
+    def section_values(section: str) -> dict[str, tuple[str, int]]:
+        return ini.get(section, {})
+
+    # Validate every key of every section once, whatever the command.
+    for section, entries in ini.items():
+        for key, (raw, lineno) in entries.items():
+            opt = BY_NAME.get(key)
+            if opt is None or not opt.config:
+                raise OptionInvalidValueError(f"invalid option '{key}' in section [{section}] of {config_path} line {lineno}")
+
+    if "stanza" not in values and "stanza" in section_values("global"):
+        raw, lineno = section_values("global")["stanza"]
+        set_value(BY_NAME["stanza"], raw, f"in section [global] of {config_path}")
+    stanza = values.get("stanza")
+    if stanza is not None and not STANZA_RE.match(str(stanza)):
+        raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: [A-Za-z0-9_.-]+ is expected")
+
+    order = [f"{stanza}:{command}", str(stanza)] if stanza else []
+    order += [f"global:{command}", "global"]
+    for section in order:
+        for key, (raw, lineno) in section_values(section).items():
+            opt = BY_NAME[key]
+            if key in values or (opt.commands and command not in opt.commands):
+                continue
+            set_value(opt, raw, f"in section [{section}] of {config_path}")
+
+    for opt in BY_NAME.values():
+        if opt.name not in values:
+            values[opt.name] = opt.default
+    return Config(command, args, values, sources)
+
+
+def stanzas_in_config(cfg: Config) -> list[str]:
+    """Stanza names that have a section of their own in the config file."""
+    path = str(cfg.values.get("config"))
+    if not os.path.exists(path):
+        return []
+    names = []
+    for section in read_ini(path):
+        name = section.split(":", 1)[0]
+        if name != "global" and name not in names:
+            names.append(name)
+    return names

@@ -1,0 +1,231 @@
+"""Foreground ``push``/``get`` in asynchronous mode, with the stdlib only.
+
+This is what PostgreSQL runs once per WAL segment.  It answers from the spool
+when the background parent has already done the work, else starts the parent
+(see :mod:`pgpush.lock` for the hand-off) and waits up to
+``archive-timeout``.  Returning ``None`` hands the call over to the full CLI
+(files that are never spooled: ``.history``, ``.partial``, ``.backup`` on get).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from pgpush import lock, spool, wal
+from pgpush.config import Config
+from pgpush.errors import ArchiveTimeoutError, FileMissingError, FormatError, error_from_text
+from pgpush.log import LOG
+
+
+def self_command() -> list[str]:
+    """How to start this same pgpush again: the zipapp, or ``python -m pgpush``."""
+    here = os.path.abspath(__file__)
+    marker = ".pyz" + os.sep
+    if marker in here:
+        archive = here[: here.index(marker) + 4]
+        return [sys.executable, "-IS", archive]
+    return [sys.executable, "-m", "pgpush"]
+
+
+def start_parent(cfg: Config, command: str, lock_fd: int, extra_args: list[str], log_file: str | None) -> None:
+    """Start the detached background parent, handing it the locked ``lock_fd``.
+
+    Double fork: the parent gets its own session and is re-parented, so it
+    outlives the foreground and PostgreSQL does not wait for it.
+    """
+    argv = self_command() + [command] + cfg.to_argv() + extra_args
+    env = dict(os.environ)
+    env.update(cfg.secret_env())
+    env["PGPUSH_LOCK_FD"] = str(lock_fd)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            os.set_inheritable(lock_fd, True)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640) if log_file else null
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+
+
+def _ensure_parent(cfg: Config, sdir: str, qdir: str, direction: str, extra: list[str]) -> bool:
+    """Start a parent if none holds the lock.  True when we started one."""
+    path = lock.lock_path(sdir, direction)
+    fd = lock.try_lock(path)
+    if fd is None:
+        return False
+    try:
+        # No parent runs: errors on file are stale, the new parent tries again.
+        spool.remove(os.path.join(qdir, spool.GLOBAL_ERROR))
+        for name in extra[-1:]:
+            spool.remove(os.path.join(qdir, os.path.basename(name) + ".error"))
+        log_file = None
+        if cfg["log-level-file"] != "off":
+            log_file = os.path.join(str(cfg["log-path"]), f"{cfg.stanza}-archive-{'push' if direction == 'out' else 'get'}-async.log")
+            if not os.access(os.path.dirname(log_file), os.W_OK):
+                log_file = None
+        start_parent(cfg, "push-async" if direction == "out" else "get-async", fd, extra, log_file)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _sleep_steps():
+    """Poll intervals: fast at first (the parent is often done within ms), then 100 ms."""
+    for delay in (0.002, 0.005, 0.01, 0.02, 0.05):
+        yield delay
+    while True:
+        yield 0.1
+
+
+def run(cfg: Config) -> int | None:
+    if cfg.command == "push":
+        return push(cfg)
+    return get(cfg)
+
+
+def push(cfg: Config) -> int:
+    """Foreground asynchronous push of ``cfg.args[0]``."""
+    LOG.configure(cfg, "archive-push")
+    if len(cfg.args) != 1:
+        raise FormatError("push requires exactly one argument: the WAL file path (%p)")
+    wal_path = os.path.abspath(cfg.args[0])
+    name = os.path.basename(wal_path)
+    wal.kind(name)
+    stanza = cfg.stanza
+    sdir = spool.stanza_dir(str(cfg["spool-path"]), stanza)
+    qdir = spool.queue_dir(str(cfg["spool-path"]), stanza, "out")
+    ok = os.path.join(qdir, name + ".ok")
+    content = spool.read_status(ok)
+    if content is None:
+        if not os.path.exists(wal_path):
+            raise FileMissingError(f"WAL file '{wal_path}' does not exist")
+        deadline = time.monotonic() + float(cfg["archive-timeout"])
+        started = _ensure_parent(cfg, sdir, qdir, "out", [os.path.dirname(wal_path), name])
+        steps = _sleep_steps()
+        last_check = time.monotonic()
+        while True:
+            content = spool.read_status(ok)
+            if content is not None:
+                break
+            for err in (name + ".error", spool.GLOBAL_ERROR):
+                text = spool.read_status(os.path.join(qdir, err))
+                if text is not None:
+                    raise error_from_text(text)
+            now = time.monotonic()
+            if now >= deadline:
+                raise ArchiveTimeoutError(
+                    f"unable to push WAL file '{name}' to the archive asynchronously after {cfg['archive-timeout']:g} second(s)"
+                )
+            if not started and now - last_check > 0.5:
+                # The parent we saw may have finished before our file was ready.
+                started = _ensure_parent(cfg, sdir, qdir, "out", [os.path.dirname(wal_path), name])
+                last_check = now
+            time.sleep(next(steps))
+    warning = spool.ok_warning(content)
+    if warning:
+        LOG.warn(warning)
+    else:
+        LOG.info(f"pushed WAL file '{name}' to the archive asynchronously")
+    return 0
+
+
+def get(cfg: Config) -> int | None:
+    """Foreground asynchronous get: ``cfg.args`` is ``WAL_NAME DEST_PATH``."""
+    if len(cfg.args) != 2:
+        raise FormatError("get requires two arguments: the WAL file name (%f) and the destination path (%p)")
+    name, dest = cfg.args
+    if wal.kind(name) != "segment":
+        return None  # history, partial, backup: fetched directly, never cached
+    LOG.configure(cfg, "archive-get")
+    sdir = spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza)
+    qdir = spool.queue_dir(str(cfg["spool-path"]), cfg.stanza, "in")
+    deadline = time.monotonic() + float(cfg["archive-timeout"])
+    pgdata = os.path.abspath(str(cfg.get("pg1-path") or os.getcwd()))
+    started = False
+    steps = _sleep_steps()
+    last_check = 0.0
+    request_written = False
+    while True:
+        if _take(os.path.join(qdir, name), dest):
+            LOG.info(f"found {name} in the archive asynchronously")
+            _refill_if_low(cfg, sdir, qdir, name, pgdata)
+            return 0
+        ok = os.path.join(qdir, name + ".ok")
+        if spool.read_status(ok) is not None:
+            spool.remove(ok)
+            LOG.info(f"unable to find {name} in the archive asynchronously")
+            return 1
+        for err in (name + ".error", spool.GLOBAL_ERROR):
+            text = spool.read_status(os.path.join(qdir, err))
+            if text is not None and (started or request_written):
+                spool.remove(os.path.join(qdir, err))
+                raise error_from_text(text)
+        if not request_written:
+            spool.write_atomic(qdir, "request", name.encode())
+            request_written = True
+        now = time.monotonic()
+        if now >= deadline:
+            raise ArchiveTimeoutError(
+                f"unable to get WAL file '{name}' from the archive asynchronously after {cfg['archive-timeout']:g} second(s)"
+            )
+        if not started and now - last_check > 0.5:
+            started = _ensure_parent(cfg, sdir, qdir, "in", [pgdata, name])
+            last_check = now
+        time.sleep(next(steps))
+
+
+def _take(src: str, dest: str) -> bool:
+    """Move a prefetched segment to ``dest`` (copy when across filesystems)."""
+    try:
+        os.replace(src, dest)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.EXDEV:
+            raise
+    import shutil
+
+    tmp = dest + spool.TMP_SUFFIX
+    try:
+        shutil.copyfile(src, tmp)
+    except FileNotFoundError:
+        return False
+    os.replace(tmp, dest)
+    spool.remove(src)
+    return True
+
+
+def segment_size(pgdata: str) -> int:
+    """The cluster's WAL segment size from pg_control (16 MB if unreadable)."""
+    try:
+        with open(os.path.join(pgdata, "global", "pg_control"), "rb") as fh:
+            return wal.parse_control(fh.read(8192)).segment_size
+    except (OSError, ValueError, Exception):
+        return 16 * 1024 * 1024
+
+
+def _refill_if_low(cfg: Config, sdir: str, qdir: str, name: str, pgdata: str) -> None:
+    """Start a parent in the background when the prefetch queue runs below half."""
+    try:
+        ready = [n for n in os.listdir(qdir) if len(n) == 24]
+    except OSError:
+        return
+    seg_size = segment_size(pgdata)
+    window = max(1, int(cfg["archive-get-queue-max"]) // seg_size)
+    if len(ready) < window // 2 + 1:
+        nxt = wal.next_segment(name, seg_size) if len(name) == 24 else name
+        spool.write_atomic(qdir, "request", nxt.encode())
+        _ensure_parent(cfg, sdir, qdir, "in", [pgdata, nxt])

@@ -1,0 +1,303 @@
+"""What the files in a repository mean: stanzas, archive.info, archived WAL.
+
+Layout (SPEC §4)::
+
+    archive/STANZA/archive.info
+    archive/STANZA/VER-N/TTTTTTTTLLLLLLLL/SEGMENT-SHA1[.EXT]
+    archive/STANZA/VER-N/TIMELINE.history
+    backup/STANZA/backup.info
+    backup/STANZA/LABEL/backup.manifest
+
+A WAL file is stored under its name, the SHA-1 of its uncompressed content
+and the compression extension; it is compressed, then encrypted when the
+stanza is.  Every read verifies the SHA-1.  Segments dropped by
+``archive-push-queue-max`` leave a ``SEGMENT.dropped`` marker beside where
+they would have been, so ``info`` can report the hole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+
+from pgpush import compress, crypto, wal
+from pgpush.errors import (
+    ArchiveDuplicateError,
+    ArchiveMismatchError,
+    FileMissingError,
+    FileReadError,
+    FormatError,
+    OptionInvalidValueError,
+    WalNotFound,
+)
+from pgpush.storage.base import Storage
+
+ARCHIVED_RE = re.compile(r"^(?P<wal>[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?)-(?P<sha>[0-9a-f]{40})(?P<ext>\.gz|\.zst|\.lz4)?$")
+DROPPED_SUFFIX = ".dropped"
+
+
+def sha1_hex(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+class Repository:
+    """WAL and stanza meaning over a :class:`Storage`; knows nothing of the CLI."""
+
+    def __init__(self, storage: Storage, stanza: str, compress_type: str = "zst", compress_level: int | None = None,
+                 cipher_type: str = "none", cipher_pass: str | None = None):
+        self.storage = storage
+        self.stanza = stanza
+        self.compress_type = compress_type
+        self.compress_level = compress_level
+        self.cipher_type = cipher_type
+        self.cipher_pass = cipher_pass
+        self._key: bytes | None = None
+        self._archive_info: dict | None = None
+
+    @classmethod
+    def from_config(cls, cfg, storage: Storage | None = None) -> Repository:
+        from pgpush.storage import open_storage
+
+        if cfg["repo1-cipher-type"] != "none" and not cfg.get("repo1-cipher-pass"):
+            from pgpush.errors import OptionRequiredError
+
+            raise OptionRequiredError("repo1-cipher-type=aes-256-gcm requires option: repo1-cipher-pass")
+        return cls(storage or open_storage(cfg), cfg.stanza, cfg["compress-type"], cfg.get("compress-level"),
+                   cfg["repo1-cipher-type"], cfg.get("repo1-cipher-pass"))
+
+    # -- paths -------------------------------------------------------------
+
+    @property
+    def archive_root(self) -> str:
+        return f"archive/{self.stanza}"
+
+    @property
+    def backup_root(self) -> str:
+        return f"backup/{self.stanza}"
+
+    def wal_dir(self, archive_id: str, name: str) -> str:
+        if wal.kind(name) == "history":
+            return f"{self.archive_root}/{archive_id}"
+        return f"{self.archive_root}/{archive_id}/{wal.archive_dir(name)}"
+
+    # -- archive.info --------------------------------------------------------
+
+    def load_archive_info(self, refresh: bool = False) -> dict:
+        if self._archive_info is not None and not refresh:
+            return self._archive_info
+        try:
+            raw = self.storage.read(f"{self.archive_root}/archive.info")
+        except FileNotFoundError:
+            raise FileMissingError(
+                f"archive.info is missing for stanza '{self.stanza}' in {self.storage.description}: "
+                "run stanza-create first") from None
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            raise FileReadError(f"archive.info of stanza '{self.stanza}' is corrupt") from None
+        self._archive_info = info
+        self._check_cipher(info)
+        return info
+
+    def _check_cipher(self, info: dict) -> None:
+        cipher = info.get("cipher") or {"type": "none"}
+        if cipher["type"] != self.cipher_type:
+            raise OptionInvalidValueError(
+                f"option 'repo1-cipher-type' is '{self.cipher_type}' but stanza '{self.stanza}' was created "
+                f"with '{cipher['type']}'")
+        if self.cipher_type == "none":
+            return
+        self._key = crypto.derive_key(self.cipher_pass or "", bytes.fromhex(cipher["salt"]))
+        try:
+            token = b"".join(crypto.decrypt([bytes.fromhex(cipher["check"])], self._key))
+        except ValueError:
+            token = b""
+        if token != b"pgpush":
+            raise OptionInvalidValueError(f"option 'repo1-cipher-pass' does not decrypt stanza '{self.stanza}'")
+
+    def archive_id(self) -> str:
+        db = self.load_archive_info()["db"]
+        return f"{db['version']}-{db['id']}"
+
+    def archive_ids(self) -> list[str]:
+        """Every archive id of the stanza, newest first."""
+        info = self.load_archive_info()
+        return [f"{h['version']}-{h['id']}" for h in sorted(info["history"], key=lambda h: -h["id"])]
+
+    def check_cluster(self, system_id: int, version: int, what: str) -> None:
+        db = self.load_archive_info()["db"]
+        if int(db["system-id"]) != system_id or int(db["version"]) != version:
+            raise ArchiveMismatchError(
+                f"{what} is from PostgreSQL {version} system {system_id}, but stanza '{self.stanza}' belongs to "
+                f"PostgreSQL {db['version']} system {db['system-id']}\n"
+                "HINT: is this the right stanza for this cluster?")
+
+    def stanza_create(self, system_id: int, version: int) -> str:
+        """Create the stanza, or confirm it exists for the same cluster (idempotent)."""
+        try:
+            info = self.load_archive_info(refresh=True)
+        except FileMissingError:
+            info = None
+        if info is not None:
+            self.check_cluster(system_id, version, "the cluster")
+            self._ensure_backup_info()
+            return f"stanza '{self.stanza}' already exists for system {system_id} and is valid"
+        if self.storage.list(self.archive_root) or self.storage.list_dirs(self.archive_root):
+            raise FileReadError(f"stanza '{self.stanza}' has files in the repository but no archive.info: refusing to "
+                                "overwrite; check the repository")
+        db = {"id": 1, "system-id": system_id, "version": str(version)}
+        info = {"format": 1, "db": db, "history": [db], "cipher": {"type": self.cipher_type}}
+        if self.cipher_type != "none":
+            salt = os.urandom(16)
+            self._key = crypto.derive_key(self.cipher_pass or "", salt)
+            info["cipher"]["salt"] = salt.hex()
+            info["cipher"]["check"] = b"".join(crypto.encrypt([b"pgpush"], self._key)).hex()
+        try:
+            self.storage.put(f"{self.archive_root}/archive.info", [json.dumps(info, indent=2).encode()])
+        except FileExistsError:
+            return self.stanza_create(system_id, version)  # a concurrent create: check it matches
+        self._archive_info = info
+        self._ensure_backup_info()
+        return f"stanza '{self.stanza}' created for PostgreSQL {version} system {system_id}"
+
+    def _ensure_backup_info(self) -> None:
+        try:
+            self.storage.put(f"{self.backup_root}/backup.info", [json.dumps({"format": 1, "backups": []}).encode()])
+        except FileExistsError:
+            pass
+
+    # -- encoding ------------------------------------------------------------
+
+    def extension(self) -> str:
+        return compress.EXTENSIONS[self.compress_type]
+
+    def encode(self, chunks: Iterable[bytes], compress_type: str | None = None) -> Iterator[bytes]:
+        kind = self.compress_type if compress_type is None else compress_type
+        out = compress.compress(chunks, kind, self.compress_level)
+        if self.cipher_type != "none":
+            self.load_archive_info()
+            out = crypto.encrypt(out, self._key)
+        return out
+
+    def decode(self, chunks: Iterable[bytes], filename: str) -> Iterator[bytes]:
+        if self.cipher_type != "none":
+            self.load_archive_info()
+            chunks = crypto.decrypt(chunks, self._key)
+        return compress.decompress(chunks, compress.type_of(filename))
+
+    def read_verified(self, path: str, sha1: str | None, what: str) -> bytes:
+        """Read, decrypt, decompress and check the SHA-1 of a repository file."""
+        try:
+            data = b"".join(self.decode(self.storage.read_chunks(path), path))
+        except ValueError as exc:
+            raise FileReadError(f"{what} in the repository is corrupt: {exc}") from None
+        if sha1 is not None:
+            got = sha1_hex(data)
+            if got != sha1:
+                raise FileReadError(f"{what} in the repository is corrupt: SHA1 {got} does not match the expected {sha1}")
+        return data
+
+    # -- WAL -------------------------------------------------------------------
+
+    def find_wal(self, archive_id: str, name: str) -> list[str]:
+        """Stored file names of WAL file ``name`` in ``archive_id`` (normally zero or one)."""
+        directory = self.wal_dir(archive_id, name)
+        if wal.kind(name) == "history":
+            return [f.name for f in self.storage.list(directory) if f.name == name]
+        return [f.name for f in self.storage.list(directory) if f.name.startswith(name + "-") and ARCHIVED_RE.match(f.name)]
+
+    def push_wal(self, name: str, data: bytes) -> str | None:
+        """Archive one WAL file; returns a warning (duplicate) or None.
+
+        The header of a segment is checked against the stanza before anything
+        is written; a duplicate with the same SHA-1 succeeds, a different one
+        is error 45 and nothing is replaced.
+        """
+        kind = wal.kind(name)
+        if kind in ("segment", "partial"):
+            if not data:
+                raise FormatError(f"WAL file '{name}' is empty")
+            header = wal.parse_header(data, name)
+            if len(data) != header.segment_size:
+                raise FormatError(f"WAL file '{name}' has size {len(data)} but its header says the segment size is "
+                                  f"{header.segment_size}")
+            self.check_cluster(header.system_id, header.version, f"WAL file '{name}'")
+        else:
+            self.load_archive_info()
+        archive_id = self.archive_id()
+        directory = self.wal_dir(archive_id, name)
+        digest = sha1_hex(data)
+        for _attempt in range(2):
+            existing = self.find_wal(archive_id, name)
+            if existing:
+                return self._duplicate(name, digest, data, directory, existing[0])
+            if kind == "history":
+                target, payload = f"{directory}/{name}", self.encode([data], "none")
+            else:
+                target, payload = f"{directory}/{name}-{digest}{self.extension()}", self.encode([data])
+            try:
+                self.storage.put(target, payload)
+                return None
+            except FileExistsError:
+                continue  # pushed concurrently: compare with what is there now
+        raise AssertionError("push_wal: file appeared and vanished")
+
+    def _duplicate(self, name: str, digest: str, data: bytes, directory: str, stored: str) -> str:
+        if wal.kind(name) == "history":
+            old = self.read_verified(f"{directory}/{stored}", None, f"history file '{name}'")
+            old_digest = sha1_hex(old)
+        else:
+            old_digest = ARCHIVED_RE.match(stored).group("sha")
+        if old_digest != digest:
+            raise ArchiveDuplicateError(
+                f"WAL file '{name}' already exists in the archive with a different checksum: archived SHA1 "
+                f"{old_digest}, new SHA1 {digest}")
+        return (f"WAL file '{name}' already exists in the archive with the same checksum\n"
+                "HINT: this is valid in some recovery scenarios but may also indicate a problem.")
+
+    def get_wal(self, name: str) -> bytes:
+        """The verified content of WAL file ``name``; :class:`WalNotFound` when absent."""
+        for archive_id in self.archive_ids():
+            found = self.find_wal(archive_id, name)
+            if not found:
+                continue
+            stored = found[0]
+            path = f"{self.wal_dir(archive_id, name)}/{stored}"
+            if wal.kind(name) == "history":
+                data = self.read_verified(path, None, f"WAL file '{name}'")
+                wal.parse_history(data.decode("utf-8", "replace"))
+                return data
+            sha = ARCHIVED_RE.match(stored).group("sha")
+            return self.read_verified(path, sha, f"WAL file '{name}'")
+        raise WalNotFound(name)
+
+    def record_dropped(self, name: str, reason: str) -> None:
+        """Leave a marker for a segment acknowledged without being archived."""
+        archive_id = self.archive_id()
+        marker = f"{self.wal_dir(archive_id, name)}/{name}{DROPPED_SUFFIX}"
+        body = json.dumps({"wal": name, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        try:
+            self.storage.put(marker, [body.encode()])
+        except FileExistsError:
+            pass
+
+    def list_archive(self, archive_id: str | None = None) -> tuple[dict[str, str], set[str]]:
+        """All archived segments ``{name: stored file}`` and dropped markers of an archive id."""
+        archive_id = archive_id or self.archive_id()
+        base = f"{self.archive_root}/{archive_id}"
+        segments: dict[str, str] = {}
+        dropped: set[str] = set()
+        for directory in sorted(self.storage.list_dirs(base)):
+            if not re.match(r"^[0-9A-F]{16}$", directory):
+                continue
+            for f in self.storage.list(f"{base}/{directory}"):
+                m = ARCHIVED_RE.match(f.name)
+                if m and len(m.group("wal")) == 24:
+                    segments[m.group("wal")] = f.name
+                elif f.name.endswith(DROPPED_SUFFIX):
+                    dropped.add(f.name[: -len(DROPPED_SUFFIX)])
+        return segments, dropped

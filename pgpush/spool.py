@@ -1,0 +1,78 @@
+"""Spool paths and status files (SPEC §5-6), written atomically.
+
+``SPOOL/archive/STANZA/out/`` holds the push status files, ``in/`` the
+prefetched WAL.  Status files: ``SEGMENT.ok`` (empty, or ``0`` and a
+warning), ``SEGMENT.error`` and ``global.error`` (a code, then the message).
+Stdlib only: the hot path reads these.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pgpush.errors import PathCreateError, PgPushError
+
+TMP_SUFFIX = ".pgpush.tmp"
+GLOBAL_ERROR = "global.error"
+
+
+def stanza_dir(spool_path: str, stanza: str) -> str:
+    return os.path.join(spool_path, "archive", stanza)
+
+
+def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
+    """Create (0750) and return ``SPOOL/archive/STANZA/{out,in}``."""
+    path = os.path.join(stanza_dir(spool_path, stanza), direction)
+    try:
+        os.makedirs(path, mode=0o750, exist_ok=True)
+    except OSError as exc:
+        raise PathCreateError(f"unable to create spool path '{path}': {exc.strerror}") from None
+    return path
+
+
+def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = False) -> None:
+    """Write ``name`` via ``name.pgpush.tmp`` and a rename, so readers never see half a file."""
+    tmp = os.path.join(directory, name + TMP_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        if content:
+            os.write(fd, content)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(directory, name))
+
+
+def write_ok(directory: str, name: str, warning: str | None = None) -> None:
+    write_atomic(directory, name + ".ok", f"0\n{warning}".encode() if warning else b"")
+
+
+def write_error(directory: str, name: str, exc: PgPushError) -> None:
+    """``name`` is a WAL file name, or None for ``global.error``."""
+    target = GLOBAL_ERROR if name is None else name + ".error"
+    write_atomic(directory, target, f"{exc.code}\n{exc.message}".encode())
+
+
+def read_status(path: str) -> str | None:
+    """Content of a status file, or None when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def ok_warning(content: str) -> str | None:
+    """The warning carried by a ``.ok`` file (``0`` then the text), if any."""
+    if not content.strip():
+        return None
+    code, _, message = content.partition("\n")
+    return message.strip() or None

@@ -1,0 +1,327 @@
+"""Repository on a backup host over SSH/SFTP (paramiko); the host needs only
+an SSH account with SFTP.
+
+- Host keys are checked against ``repo1-host-known-hosts``; an unknown or
+  changed key is refused unless ``repo1-host-accept-new`` allows trust on
+  first use (a *changed* key is refused always).
+- ``repo1-host-timeout`` bounds connect, authentication and every I/O, so a
+  frozen host gives an error, never a hang.
+- Durable writes: temporary name, ``fsync@openssh.com``, then the plain SFTP
+  rename, which OpenSSH implements with ``link()`` and so never overwrites.
+- A lost connection is reported as transient (103); the next call opens a
+  new connection, so a caller's retry works without special code.
+"""
+
+from __future__ import annotations
+
+import errno
+import getpass
+import os
+import posixpath
+import socket
+import stat
+from collections.abc import Iterable, Iterator
+
+import paramiko
+from paramiko.sftp import CMD_EXTENDED
+
+from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
+
+_CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.error, socket.timeout, ConnectionError, TimeoutError)
+DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """Trust on first use: record an unknown key in known_hosts (``repo1-host-accept-new``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        entry = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        with open(self.path, "a", encoding="ascii") as fh:
+            fh.write(entry)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class SftpStorage(Storage):
+    def __init__(self, host: str, root: str, port: int = 22, user: str | None = None, key_file: str | None = None,
+                 known_hosts: str = "~/.ssh/known_hosts", timeout: float = 30.0, accept_new: bool = False):
+        self.host = host
+        self.port = port
+        self.user = user or getpass.getuser()
+        self.root = root
+        self.key_file = key_file
+        self.known_hosts = os.path.expanduser(known_hosts)
+        self.timeout = timeout
+        self.accept_new = accept_new
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self.description = f"{self.user}@{host}:{port}"
+
+    @classmethod
+    def from_config(cls, cfg) -> SftpStorage:
+        return cls(
+            host=cfg.require("repo1-host"),
+            root=str(cfg["repo1-path"]),
+            port=int(cfg["repo1-host-port"]),
+            user=cfg.get("repo1-host-user"),
+            key_file=cfg.get("repo1-host-key-file"),
+            known_hosts=str(cfg["repo1-host-known-hosts"]),
+            timeout=float(cfg["repo1-host-timeout"]),
+            accept_new=bool(cfg["repo1-host-accept-new"]),
+        )
+
+    # -- connection -------------------------------------------------------
+
+    def _unreachable(self, reason: str, transient: bool = True) -> StorageError:
+        return StorageError(f"unable to find a valid repository:\nrepo1: {reason} ({self.description})", transient)
+
+    def _key_files(self) -> list[str]:
+        if self.key_file:
+            return [os.path.expanduser(self.key_file)]
+        home = os.path.expanduser("~/.ssh")
+        return [p for p in (os.path.join(home, k) for k in DEFAULT_KEYS) if os.path.exists(p)]
+
+    def _connect(self) -> paramiko.SFTPClient:
+        if self._sftp is not None:
+            return self._sftp
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(self.known_hosts)
+        except FileNotFoundError:
+            if not self.accept_new:
+                raise self._unreachable(f"known hosts file '{self.known_hosts}' does not exist", False) from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise self._unreachable(f"unable to read known hosts file '{self.known_hosts}': {exc}", False) from None
+        client.set_missing_host_key_policy(_AcceptNewPolicy(self.known_hosts) if self.accept_new else paramiko.RejectPolicy())
+        keys = self._key_files()
+        if not keys:
+            raise self._unreachable("no SSH private key: set repo1-host-key-file", False)
+        hostport = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        try:
+            client.connect(
+                self.host, port=self.port, username=self.user, key_filename=keys, timeout=self.timeout,
+                banner_timeout=self.timeout, auth_timeout=self.timeout, channel_timeout=self.timeout,
+                allow_agent=False, look_for_keys=False,
+            )
+            transport = client.get_transport()
+            transport.set_keepalive(max(1, int(self.timeout // 2)))
+            sftp = client.open_sftp()
+            sftp.get_channel().settimeout(self.timeout)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise self._unreachable(
+                f"host key for {hostport} does not match known hosts file '{self.known_hosts}' "
+                f"(got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}): refusing to connect", False) from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise self._unreachable(f"authentication failed for user '{self.user}': {exc}", False) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            text = str(exc)
+            if "not found in known_hosts" in text:
+                raise self._unreachable(
+                    f"host key for {hostport} is not in known hosts file '{self.known_hosts}': add it with "
+                    f"'ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}' after checking its fingerprint, "
+                    "or set repo1-host-accept-new=y", False) from None
+            raise self._unreachable(text or type(exc).__name__) from None
+        except (socket.timeout, TimeoutError):
+            client.close()
+            raise self._unreachable(f"timeout after {self.timeout:g}s connecting") from None
+        except OSError as exc:
+            client.close()
+            raise self._unreachable(f"[Errno {exc.errno}] {exc.strerror or exc}") from None
+        except EOFError:
+            client.close()
+            raise self._unreachable("connection closed by the host") from None
+        self._client, self._sftp = client, sftp
+        return sftp
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        self._client = self._sftp = None
+
+    def _lost(self, exc: BaseException, what: str) -> StorageError:
+        """A connection error mid-operation: drop the connection, report transient."""
+        self.close()
+        reason = "timeout" if isinstance(exc, (socket.timeout, TimeoutError)) else (str(exc) or type(exc).__name__)
+        return self._unreachable(f"connection lost during {what}: {reason}")
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self.root, check_name(name))
+
+    def _dir_path(self, directory: str) -> str:
+        return self.root if directory in ("", ".") else self._path(directory)
+
+    def _oserror(self, exc: OSError, what: str) -> BaseException:
+        if isinstance(exc, (FileNotFoundError, FileExistsError)):
+            return exc
+        if isinstance(exc, _CONNECTION_ERRORS) and not getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
+            if not isinstance(exc, PermissionError):
+                return self._lost(exc, what)
+        return StorageError(f"unable to {what}: {exc} ({self.description})")
+
+    # -- operations -------------------------------------------------------
+
+    def list(self, directory: str) -> list[FileInfo]:
+        sftp = self._connect()
+        try:
+            entries = sftp.listdir_attr(self._dir_path(directory))
+        except FileNotFoundError:
+            return []
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"list '{directory}'") from None
+        return [FileInfo(e.filename, e.st_size) for e in entries
+                if stat.S_ISREG(e.st_mode or 0) and TMP_MARK not in e.filename]
+
+    def list_dirs(self, directory: str) -> list[str]:
+        sftp = self._connect()
+        try:
+            entries = sftp.listdir_attr(self._dir_path(directory))
+        except FileNotFoundError:
+            return []
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"list '{directory}'") from None
+        return [e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0)]
+
+    def info(self, name: str) -> FileInfo | None:
+        sftp = self._connect()
+        try:
+            st = sftp.stat(self._path(name))
+        except FileNotFoundError:
+            return None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"stat '{name}'") from None
+        return FileInfo(name.rsplit("/", 1)[-1], st.st_size or 0)
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        missing = []
+        while True:
+            try:
+                sftp.stat(path)
+                break
+            except FileNotFoundError:
+                missing.append(path)
+                path = posixpath.dirname(path)
+                if path in ("", "/"):
+                    break
+        for directory in reversed(missing):
+            try:
+                sftp.mkdir(directory, 0o750)
+            except OSError:
+                try:
+                    sftp.stat(directory)
+                except FileNotFoundError:
+                    raise StorageError(f"unable to create directory '{directory}' ({self.description})") from None
+
+    def put(self, name: str, chunks: Iterable[bytes], overwrite: bool = False) -> int:
+        final = self._path(name)
+        tmp = f"{final}{TMP_MARK}.{os.getpid()}.{os.urandom(3).hex()}"
+        sftp = self._connect()
+        written = 0
+        try:
+            self._makedirs(sftp, posixpath.dirname(final))
+            if not overwrite:
+                try:
+                    sftp.stat(final)
+                    raise FileExistsError(errno.EEXIST, "file exists", name)
+                except FileNotFoundError:
+                    pass
+            with sftp.open(tmp, "wb") as fh:
+                fh.set_pipelined(True)
+                sftp.chmod(tmp, 0o640)
+                for chunk in chunks:
+                    fh.write(chunk)
+                    written += len(chunk)
+                fh.flush()
+                sftp._request(CMD_EXTENDED, "fsync@openssh.com", fh.handle)
+            if overwrite:
+                sftp.posix_rename(tmp, final)
+            else:
+                try:
+                    sftp.rename(tmp, final)  # OpenSSH: link(), never overwrites
+                except OSError:
+                    try:
+                        sftp.stat(final)
+                    except FileNotFoundError:
+                        raise
+                    raise FileExistsError(errno.EEXIST, "file exists", name) from None
+        except FileExistsError:
+            self._remove_quiet(tmp)
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            err = self._oserror(exc, f"write '{name}'")
+            self._remove_quiet(tmp)
+            raise err from None
+        except BaseException:
+            self._remove_quiet(tmp)
+            raise
+        return written
+
+    def _remove_quiet(self, path: str) -> None:
+        if self._sftp is None:
+            return
+        try:
+            self._sftp.remove(path)
+        except Exception:  # noqa: BLE001 - best effort cleanup of a temp file
+            pass
+
+    def read_chunks(self, name: str) -> Iterator[bytes]:
+        sftp = self._connect()
+        path = self._path(name)
+        try:
+            fh = sftp.open(path, "rb")
+            size = fh.stat().st_size or 0
+            fh.prefetch(size)
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"read '{name}'") from None
+        try:
+            while True:
+                try:
+                    chunk = fh.read(CHUNK)
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    raise self._oserror(exc, f"read '{name}'") from None
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            try:
+                fh.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def delete(self, name: str) -> None:
+        sftp = self._connect()
+        try:
+            sftp.remove(self._path(name))
+        except FileNotFoundError:
+            pass
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"delete '{name}'") from None
+
+    def delete_tree(self, directory: str) -> None:
+        sftp = self._connect()
+        path = self._path(directory)
+        try:
+            self._rmtree(sftp, path)
+        except FileNotFoundError:
+            pass
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"delete '{directory}'") from None
+
+    def _rmtree(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        for entry in sftp.listdir_attr(path):
+            child = posixpath.join(path, entry.filename)
+            if stat.S_ISDIR(entry.st_mode or 0):
+                self._rmtree(sftp, child)
+            else:
+                sftp.remove(child)
+        sftp.rmdir(path)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install the system packages the pgpush test suite needs (run as root; idempotent).
+#   - openssh-server      real sshd used as the SFTP backup host
+#   - postgresql-15       server binaries in /usr/lib/postgresql/15/bin (includes pgbench)
+#   - postgresql-contrib  contrib modules (pgbench lives in postgresql-15 on Debian 12)
+#   - pgbackrest          reference implementation for compatibility tests
+# Fast path: when everything is present it only checks dpkg and /run/sshd (< 1 s).
+set -euo pipefail
+
+PACKAGES=(openssh-server postgresql-15 postgresql-contrib pgbackrest)
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup-system: must run as root" >&2
+    exit 1
+fi
+
+is_installed() {
+    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null) == ii* ]]
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    is_installed "$pkg" || missing+=("$pkg")
+done
+# A half-removed openssh-server can leave the package "installed" without the binary.
+if [[ ! -x /usr/sbin/sshd ]] && [[ ! " ${missing[*]} " == *" openssh-server "* ]]; then
+    missing+=(openssh-server)
+fi
+
+did=()
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d 101: do not let the packages start their services (no init system here).
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        created_policy=1
+    fi
+    cleanup_policy() { if [[ $created_policy -eq 1 ]]; then rm -f "$policy"; fi; }
+    trap cleanup_policy EXIT
+    if [[ " ${missing[*]} " == *" openssh-server "* ]] && is_installed openssh-server; then
+        apt-get install -y -qq --reinstall openssh-server >/dev/null
+    fi
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    did+=("installed: ${missing[*]}")
+fi
+
+if [[ ! -d /run/sshd ]]; then
+    mkdir -p /run/sshd
+    chmod 0755 /run/sshd
+    did+=("created /run/sshd")
+fi
+
+if ((${#did[@]})); then
+    echo "setup-system: $(IFS=';'; echo "${did[*]}")"
+else
+    echo "setup-system: nothing to do"
+fi
