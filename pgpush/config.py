@@ -295,14 +295,14 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
 
     # Validate every key of every section once, whatever the command.
     for section, entries in ini.items():
-        for key, (raw, lineno) in entries.items():
+        for key, (_raw, lineno) in entries.items():
             opt = BY_NAME.get(key)
             if opt is None or not opt.config:
                 raise OptionInvalidValueError(f"invalid option '{key}' in section [{section}] of {config_path} line {lineno}")
 
     if "stanza" not in values and "stanza" in section_values("global"):
         raw, lineno = section_values("global")["stanza"]
-        set_value(BY_NAME["stanza"], raw, f"in section [global] of {config_path}")
+        set_value(BY_NAME["stanza"], raw, f"in section [global] of {config_path} line {lineno}")
     stanza = values.get("stanza")
     if stanza is not None and not STANZA_RE.match(str(stanza)):
         raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: [A-Za-z0-9_.-]+ is expected")
@@ -314,7 +314,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
             opt = BY_NAME[key]
             if key in values or (opt.commands and command not in opt.commands):
                 continue
-            set_value(opt, raw, f"in section [{section}] of {config_path}")
+            set_value(opt, raw, f"in section [{section}] of {config_path} line {lineno}")
 
     for opt in BY_NAME.values():
         if opt.name not in values:

@@ -81,8 +81,7 @@ def _ensure_parent(cfg: Config, sdir: str, qdir: str, direction: str, extra: lis
 
 def _sleep_steps():
     """Poll intervals: fast at first (the parent is often done within ms), then 100 ms."""
-    for delay in (0.002, 0.005, 0.01, 0.02, 0.05):
-        yield delay
+    yield from (0.002, 0.005, 0.01, 0.02, 0.05)
     while True:
         yield 0.1
 

@@ -13,9 +13,9 @@ COMMANDS = (
     "push", "get", "stanza-create", "check", "backup", "restore",
     "info", "expire", "verify", "version", "help",
     # internal: the background parents, started by the foreground push/get
-    "push-async", "get-async",
+    "push-async", "get-async", "worker",
 )
-INTERNAL_COMMANDS = ("push-async", "get-async")
+INTERNAL_COMMANDS = ("push-async", "get-async", "worker")
 ALIASES = {"archive-push": "push", "archive-get": "get"}
 
 SECTION_HELP = {
@@ -49,6 +49,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("config", "str", "/etc/pgpush/pgpush.conf", "config file (INI); a missing default file is not an error", "general", config=False),
+    Option("exec-id", "str", None, "internal: the exec-id a worker shares with its parent (shown in ps)", "general", config=False),
     Option("stanza", "str", None, "name of the cluster's stanza ([A-Za-z0-9_.-]+)", "general"),
     Option("repo1-type", "choice", "posix", "repository storage", "repo", choices=("posix", "sftp", "s3")),
     Option("repo1-path", "str", "/var/lib/pgpush", "repository root (on the backup host for sftp, key prefix for s3)", "repo"),

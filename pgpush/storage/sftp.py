@@ -27,7 +27,7 @@ from paramiko.sftp import CMD_EXTENDED
 
 from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
 
-_CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.error, socket.timeout, ConnectionError, TimeoutError)
+_CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.timeout, ConnectionError, TimeoutError)
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 
@@ -127,7 +127,7 @@ class SftpStorage(Storage):
                     f"'ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}' after checking its fingerprint, "
                     "or set repo1-host-accept-new=y", False) from None
             raise self._unreachable(text or type(exc).__name__) from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             client.close()
             raise self._unreachable(f"timeout after {self.timeout:g}s connecting") from None
         except OSError as exc:
@@ -159,12 +159,14 @@ class SftpStorage(Storage):
     def _dir_path(self, directory: str) -> str:
         return self.root if directory in ("", ".") else self._path(directory)
 
-    def _oserror(self, exc: OSError, what: str) -> BaseException:
+    def _oserror(self, exc: BaseException, what: str) -> BaseException:
+        """Classify an error: missing/existing files pass through, a broken
+        connection is transient, anything else (permission, disk full) is not."""
         if isinstance(exc, (FileNotFoundError, FileExistsError)):
             return exc
-        if isinstance(exc, _CONNECTION_ERRORS) and not getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
-            if not isinstance(exc, PermissionError):
-                return self._lost(exc, what)
+        transport = self._client.get_transport() if self._client is not None else None
+        if isinstance(exc, _CONNECTION_ERRORS) or transport is None or not transport.is_active():
+            return self._lost(exc, what)
         return StorageError(f"unable to {what}: {exc} ({self.description})")
 
     # -- operations -------------------------------------------------------

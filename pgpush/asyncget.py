@@ -1,0 +1,146 @@
+"""The background parent of asynchronous get (SPEC §6): prefetch into the spool.
+
+The foreground writes the segment recovery asks for into ``in/request``.
+The parent fetches that segment first, then the ones after it on the same
+timeline, at most ``archive-get-queue-max`` bytes (the segment size comes
+from pg_control, never assumed), with ``process-max`` workers.  Files
+arrive as ``SEGMENT.pgpush.tmp`` and are renamed when complete and verified.
+It stops at the first segment the repository does not have and marks it
+``SEGMENT.ok``; files recovery no longer needs (older, or of another
+timeline) are removed.  Get never discards anything recovery may still need.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pgpush import lock, spool, wal
+from pgpush.errors import PgPushError
+from pgpush.hotpath import segment_size, self_command
+from pgpush.log import LOG
+from pgpush.pool import WorkerPool
+
+
+class GetParent:
+    def __init__(self, cfg, pgdata: str):
+        self.cfg = cfg
+        self.sdir = spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza)
+        self.qdir = spool.queue_dir(str(cfg["spool-path"]), cfg.stanza, "in")
+        self.lock_path = lock.lock_path(self.sdir, "in")
+        self.segment_size = segment_size(pgdata)
+        self.window = max(1, int(cfg["archive-get-queue-max"]) // self.segment_size)
+        self.pool: WorkerPool | None = None
+
+    def _pool(self) -> WorkerPool:
+        if self.pool is None:
+            argv = self_command() + ["worker", "get", f"--exec-id={LOG.exec_id}"] + self.cfg.to_argv()
+            env = dict(os.environ)
+            env.update(self.cfg.secret_env())
+            self.pool = WorkerPool(argv, int(self.cfg["process-max"]), env)
+        return self.pool
+
+    def request(self) -> str | None:
+        text = spool.read_status(os.path.join(self.qdir, "request"))
+        name = (text or "").strip()
+        return name if wal.SEGMENT_RE.match(name) else None
+
+    def wanted(self, first: str) -> list[str]:
+        names = [first]
+        while len(names) < self.window:
+            names.append(wal.next_segment(names[-1], self.segment_size))
+        return names
+
+    def clean(self, first: str, present: list[str]) -> None:
+        """Remove what recovery no longer needs: older segments, other timelines."""
+        tli = first[:8]
+        for name in present:
+            base = name[:24]
+            if not wal.SEGMENT_RE.match(base) or name.endswith(spool.TMP_SUFFIX):
+                continue
+            if base[:8] != tli or base < first:
+                spool.remove(os.path.join(self.qdir, name))
+
+    def fetch_round(self, first: str) -> bool:
+        """Fill the window from ``first``; False when the repo failed us."""
+        present = os.listdir(self.qdir)
+        self.clean(first, present)
+        have = set(os.listdir(self.qdir))
+        todo = [n for n in self.wanted(first) if n not in have and n + ".ok" not in have and n + ".error" not in have]
+        pool = self._pool()
+        missing_at: str | None = None
+        ok = True
+        while (todo and ok) or pool.busy:
+            while todo and ok and pool.has_idle():
+                name = todo.pop(0)
+                if missing_at is not None and name > missing_at:
+                    todo.clear()
+                    break
+                pool.submit({"op": "get", "name": name, "dir": self.qdir})
+            for task, result in pool.results():
+                name = task["name"]
+                if result["ok"] and result.get("missing"):
+                    if missing_at is None or name < missing_at:
+                        missing_at = name
+                    todo = [n for n in todo if n < name]
+                    continue
+                if result["ok"]:
+                    spool.remove(os.path.join(self.qdir, name + ".error"))
+                    spool.remove(os.path.join(self.qdir, spool.GLOBAL_ERROR))
+                    LOG.detail(f"prefetched WAL file '{name}'")
+                    continue
+                ok = False
+                err = PgPushError(result["message"], result["code"])
+                LOG.error(f"[{err.code:03d}]: {err.message}")
+                spool.write_error(self.qdir, None if result.get("global") else name, err)
+        if missing_at is not None:
+            # Beyond a missing segment nothing prefetched can be used yet.
+            for name in os.listdir(self.qdir):
+                if wal.SEGMENT_RE.match(name) and name > missing_at and name[:8] == missing_at[:8]:
+                    spool.remove(os.path.join(self.qdir, name))
+            spool.write_ok(self.qdir, missing_at)
+            LOG.info(f"unable to find {missing_at} in the archive")
+        return ok
+
+    def run(self, lock_fd: int) -> int:
+        held: int | None = lock_fd
+        try:
+            done: str | None = None
+            while True:
+                first = self.request()
+                if first is None:
+                    return 0
+                if first != done:
+                    if not self.fetch_round(first):
+                        return 0
+                    done = first
+                    continue
+                lock.release(held)
+                held = None
+                if self.request() == done:
+                    return 0
+                held = lock.try_lock(self.lock_path)
+                if held is None:
+                    return 0
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+            if held is not None:
+                lock.release(held)
+
+
+def run(cfg) -> int:
+    """``get-async PGDATA [NAME]``: the background parent's entry."""
+    LOG.configure(cfg, "archive-get-async", console=False)
+    parent = GetParent(cfg, os.path.abspath(cfg.args[0]))
+    fd = lock.inherited_lock()
+    if fd is None:
+        fd = lock.try_lock(parent.lock_path)
+        if fd is None:
+            return 0
+    started = time.monotonic()
+    LOG.info(f"archive-get-async command begin: process-max={cfg['process-max']}, queue {parent.window} segment(s)")
+    try:
+        return parent.run(fd)
+    finally:
+        LOG.info(f"archive-get-async command end: {time.monotonic() - started:.3f}s")

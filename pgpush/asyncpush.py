@@ -1,0 +1,202 @@
+"""The background parent of asynchronous push (SPEC §5).
+
+It holds the spool lock, reads ``pg_wal/archive_status/*.ready`` oldest
+first, skips what already has a ``.ok``, and hands the files to a pool of
+``process-max`` workers sharing its exec-id.  WAL is never copied into the
+spool: it stays in pg_wal until its ``.ok`` says it is durable in the repo.
+
+``archive-push-queue-max``: before every round the real sizes of the files
+still waiting are summed again; over the limit, they are acknowledged
+without being archived (a ``.ok`` carrying the drop warning), loudly, and the
+hole is recorded in the repository (``SEGMENT.dropped``) as soon as it is
+reachable — until then in ``out/dropped.list`` in the spool.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pgpush import lock, spool
+from pgpush.config import format_size
+from pgpush.errors import PgPushError
+from pgpush.hotpath import self_command
+from pgpush.log import LOG
+from pgpush.pool import WorkerPool
+
+DROPPED_LIST = "dropped.list"
+
+
+def _ready(status_dir: str) -> list[str]:
+    """WAL names with a ``.ready`` file, oldest first (no per-file stat)."""
+    try:
+        names = os.listdir(status_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(n[:-6] for n in names if n.endswith(".ready"))
+
+
+class PushParent:
+    def __init__(self, cfg, pg_wal: str):
+        self.cfg = cfg
+        self.pg_wal = pg_wal
+        self.status_dir = os.path.join(pg_wal, "archive_status")
+        self.sdir = spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza)
+        self.qdir = spool.queue_dir(str(cfg["spool-path"]), cfg.stanza, "out")
+        self.lock_path = lock.lock_path(self.sdir, "out")
+        self.queue_max = cfg.get("archive-push-queue-max")
+        self.pool: WorkerPool | None = None
+        self.failed = False
+
+    def _pool(self) -> WorkerPool:
+        if self.pool is None:
+            argv = self_command() + ["worker", "push", f"--exec-id={LOG.exec_id}"] + self.cfg.to_argv()
+            env = dict(os.environ)
+            env.update(self.cfg.secret_env())
+            self.pool = WorkerPool(argv, int(self.cfg["process-max"]), env)
+        return self.pool
+
+    def pending(self) -> list[str]:
+        ready = _ready(self.status_dir)
+        try:
+            spooled = os.listdir(self.qdir)
+        except FileNotFoundError:
+            spooled = []
+        oks = {n[:-3] for n in spooled if n.endswith(".ok")}
+        ready_set = set(ready)
+        for name in oks - ready_set:  # PostgreSQL has acknowledged it: .ready became .done
+            spool.remove(os.path.join(self.qdir, name + ".ok"))
+        return [n for n in ready if n not in oks]
+
+    def drop_if_over(self, pending: list[str]) -> list[str]:
+        """Apply archive-push-queue-max to what waits; returns what is left to push."""
+        if self.queue_max is None or not pending:
+            return pending
+        total = 0
+        for name in pending:
+            try:
+                total += os.stat(os.path.join(self.pg_wal, name)).st_size
+            except FileNotFoundError:
+                pass
+        if total <= self.queue_max:
+            return pending
+        limit = format_size(int(self.queue_max))
+        dropped = []
+        for name in pending:
+            if name.endswith(".history"):
+                continue  # never drop a timeline history file: recovery cannot cross it
+            message = f"dropped WAL file '{name}' because archive queue exceeded {limit}"
+            spool.write_ok(self.qdir, name, message)
+            LOG.warn(message)
+            dropped.append(name)
+        with open(os.path.join(self.qdir, DROPPED_LIST), "a", encoding="ascii") as fh:
+            for name in dropped:
+                fh.write(f"{name} {limit}\n")
+        return [n for n in pending if n not in dropped]
+
+    def record_drops(self) -> None:
+        """Write the spooled drop records into the repository once it is reachable."""
+        path = os.path.join(self.qdir, DROPPED_LIST)
+        try:
+            with open(path, encoding="ascii") as fh:
+                rows = [line.split() for line in fh if line.strip()]
+        except FileNotFoundError:
+            return
+        by_limit: dict[str, list[str]] = {}
+        for name, limit in rows:
+            by_limit.setdefault(limit, []).append(name)
+        pool = self._pool()
+        ok = True
+        for limit, names in by_limit.items():
+            pool.submit({"op": "drop", "names": names, "reason": f"archive queue exceeded {limit}"})
+            for _task, result in self._wait_all():
+                ok = ok and result["ok"]
+        if ok:
+            spool.remove(path)
+
+    def _wait_all(self) -> list[tuple[dict, dict]]:
+        out = []
+        pool = self._pool()
+        while pool.busy:
+            out.extend(pool.results())
+        return out
+
+    def _record(self, task: dict, result: dict) -> None:
+        name = os.path.basename(task["path"])
+        if result["ok"]:
+            spool.write_ok(self.qdir, name, result.get("warning"))
+            spool.remove(os.path.join(self.qdir, name + ".error"))
+            spool.remove(os.path.join(self.qdir, spool.GLOBAL_ERROR))
+            if result.get("warning"):
+                LOG.warn(result["warning"])
+            return
+        self.failed = True
+        err = PgPushError(result["message"], result["code"])
+        LOG.error(f"[{err.code:03d}]: {err.message}")
+        spool.write_error(self.qdir, None if result.get("global") else name, err)
+
+    def push_round(self, names: list[str]) -> None:
+        """Push ``names`` with the pool; stop handing out files after an error."""
+        pool = self._pool()
+        todo = list(names)
+        pushed = 0
+        while (todo and not self.failed) or pool.busy:
+            while todo and not self.failed and pool.has_idle():
+                pool.submit({"op": "push", "path": os.path.join(self.pg_wal, todo.pop(0))})
+            for task, result in pool.results():
+                self._record(task, result)
+                pushed += result["ok"]
+        if pushed:
+            pool.submit({"op": "refresh"})
+            self._wait_all()
+
+    def run_once(self) -> bool:
+        """One round; True when there may be more to do."""
+        pending = self.drop_if_over(self.pending())
+        if os.path.exists(os.path.join(self.qdir, DROPPED_LIST)) and not self.failed:
+            self.record_drops()
+        if not pending:
+            return False
+        batch = pending[: max(8, 4 * int(self.cfg["process-max"]))]  # re-measure the queue between rounds
+        self.push_round(batch)
+        return not self.failed
+
+    def run(self, lock_fd: int) -> int:
+        held: int | None = lock_fd
+        try:
+            while True:
+                while self.run_once():
+                    pass
+                if self.failed:
+                    return 0
+                # Release, then look once more: WAL that became ready after our
+                # last look is either seen here or finds the lock free.
+                lock.release(held)
+                held = None
+                if not self.pending():
+                    return 0
+                held = lock.try_lock(self.lock_path)
+                if held is None:
+                    return 0  # another parent took over
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+            if held is not None:
+                lock.release(held)
+
+
+def run(cfg) -> int:
+    """``push-async PG_WAL_DIR [NAME]``: the background parent's entry."""
+    LOG.configure(cfg, "archive-push-async", console=False)
+    parent = PushParent(cfg, os.path.abspath(cfg.args[0]))
+    fd = lock.inherited_lock()
+    if fd is None:
+        fd = lock.try_lock(parent.lock_path)
+        if fd is None:
+            return 0
+    started = time.monotonic()
+    LOG.info(f"archive-push-async command begin: process-max={cfg['process-max']}")
+    try:
+        return parent.run(fd)
+    finally:
+        LOG.info(f"archive-push-async command end: {time.monotonic() - started:.3f}s")

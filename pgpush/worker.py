@@ -1,0 +1,82 @@
+"""The worker process: runs file tasks for a parent, one repository
+connection for its whole life.
+
+Tasks arrive as JSON lines on stdin; each gets one JSON line on stdout:
+``{"ok": true, ...}`` or ``{"ok": false, "code": N, "message": ..., "global": bool}``
+(``global`` when the failure is not tied to the file: the repository is
+unreachable).  The worker exits when stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from pgpush import archive, spool
+from pgpush.errors import PgPushError, RepoInvalidError, WalNotFound
+from pgpush.log import LOG
+from pgpush.repository import Repository
+
+
+class Worker:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.repo: Repository | None = None
+
+    def repository(self) -> Repository:
+        if self.repo is None:
+            self.repo = Repository.from_config(self.cfg)
+        return self.repo
+
+    def push(self, task: dict) -> dict:
+        warning = archive.push_file(self.repository(), task["path"])
+        name = os.path.basename(task["path"])
+        LOG.info(f"pushed WAL file '{name}' to the archive asynchronously")
+        return {"ok": True, "warning": warning}
+
+    def get(self, task: dict) -> dict:
+        """Fetch a segment into the spool: temp name, verified, then renamed."""
+        name, directory = task["name"], task["dir"]
+        repo = self.repository()
+        try:
+            data = archive.with_retry(repo, repo.get_wal, name)
+        except WalNotFound:
+            return {"ok": True, "missing": True}
+        spool.write_atomic(directory, name, data)
+        return {"ok": True, "size": len(data)}
+
+    def drop(self, task: dict) -> dict:
+        repo = self.repository()
+        for name in task["names"]:
+            archive.with_retry(repo, repo.record_dropped, name, task["reason"])
+        return {"ok": True}
+
+    def refresh(self, task: dict) -> dict:
+        archive._refresh_backups(self.repository())
+        return {"ok": True}
+
+    def handle(self, task: dict) -> dict:
+        try:
+            return getattr(self, task["op"])(task)
+        except PgPushError as exc:
+            is_global = isinstance(exc, RepoInvalidError)
+            return {"ok": False, "code": exc.code, "message": exc.message, "global": is_global}
+        except Exception as exc:  # a bug: report it, keep serving
+            return {"ok": False, "code": 25, "message": f"{type(exc).__name__}: {exc}", "global": False}
+
+
+def run(cfg) -> int:
+    group = "archive-push-async" if cfg.args[:1] == ["push"] else "archive-get-async"
+    LOG.configure(cfg, group, exec_id=cfg.get("exec-id"), console=False)
+    worker = Worker(cfg)
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        result = worker.handle(json.loads(line))
+        out.write(json.dumps(result).encode() + b"\n")
+        out.flush()
+    if worker.repo is not None:
+        worker.repo.storage.close()
+    return 0
