@@ -43,7 +43,7 @@ class GetParent:
     def request(self) -> str | None:
         text = spool.read_status(os.path.join(self.qdir, "request"))
         name = (text or "").strip()
-        return name if wal.SEGMENT_RE.match(name) else None
+        return name if wal.SEGMENT_RE.fullmatch(name) else None
 
     def wanted(self, first: str) -> list[str]:
         names = [first]
@@ -56,7 +56,7 @@ class GetParent:
         tli = first[:8]
         for name in present:
             base = name[:24]
-            if not wal.SEGMENT_RE.match(base) or name.endswith(spool.TMP_SUFFIX):
+            if not wal.SEGMENT_RE.fullmatch(base) or name.endswith(spool.TMP_SUFFIX):
                 continue
             if base[:8] != tli or base < first:
                 spool.remove(os.path.join(self.qdir, name))
@@ -96,7 +96,7 @@ class GetParent:
         if missing_at is not None:
             # Beyond a missing segment nothing prefetched can be used yet.
             for name in os.listdir(self.qdir):
-                if wal.SEGMENT_RE.match(name) and name > missing_at and name[:8] == missing_at[:8]:
+                if wal.SEGMENT_RE.fullmatch(name) and name > missing_at and name[:8] == missing_at[:8]:
                     spool.remove(os.path.join(self.qdir, name))
             spool.write_ok(self.qdir, missing_at)
             LOG.info(f"unable to find {missing_at} in the archive")

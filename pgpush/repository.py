@@ -208,7 +208,7 @@ class Repository:
         directory = self.wal_dir(archive_id, name)
         if wal.kind(name) == "history":
             return [f.name for f in self.storage.list(directory) if f.name == name]
-        return [f.name for f in self.storage.list(directory) if f.name.startswith(name + "-") and ARCHIVED_RE.match(f.name)]
+        return [f.name for f in self.storage.list(directory) if f.name.startswith(name + "-") and ARCHIVED_RE.fullmatch(f.name)]
 
     def push_wal(self, name: str, data: bytes) -> str | None:
         """Archive one WAL file; returns a warning (duplicate) or None.
@@ -251,7 +251,7 @@ class Repository:
             old = self.read_verified(f"{directory}/{stored}", None, f"history file '{name}'")
             old_digest = sha1_hex(old)
         else:
-            old_digest = ARCHIVED_RE.match(stored).group("sha")
+            old_digest = ARCHIVED_RE.fullmatch(stored).group("sha")
         if old_digest != digest:
             raise ArchiveDuplicateError(
                 f"WAL file '{name}' already exists in the archive with a different checksum: archived SHA1 "
@@ -271,7 +271,7 @@ class Repository:
                 data = self.read_verified(path, None, f"WAL file '{name}'")
                 wal.parse_history(data.decode("utf-8", "replace"))
                 return data
-            sha = ARCHIVED_RE.match(stored).group("sha")
+            sha = ARCHIVED_RE.fullmatch(stored).group("sha")
             return self.read_verified(path, sha, f"WAL file '{name}'")
         raise WalNotFound(name)
 
@@ -295,7 +295,7 @@ class Repository:
             if not re.match(r"^[0-9A-F]{16}$", directory):
                 continue
             for f in self.storage.list(f"{base}/{directory}"):
-                m = ARCHIVED_RE.match(f.name)
+                m = ARCHIVED_RE.fullmatch(f.name)
                 if m and len(m.group("wal")) == 24:
                     segments[m.group("wal")] = f.name
                 elif f.name.endswith(DROPPED_SUFFIX):

@@ -56,13 +56,13 @@ LONG_HEADER = struct.Struct("<HHIQI4xQII")  # magic, info, tli, pageaddr, rem_le
 
 def kind(name: str) -> str:
     """``segment``, ``partial``, ``history`` or ``backup``; FormatError otherwise."""
-    if SEGMENT_RE.match(name):
+    if SEGMENT_RE.fullmatch(name):
         return "segment"
-    if PARTIAL_RE.match(name):
+    if PARTIAL_RE.fullmatch(name):
         return "partial"
-    if HISTORY_RE.match(name):
+    if HISTORY_RE.fullmatch(name):
         return "history"
-    if BACKUP_RE.match(name):
+    if BACKUP_RE.fullmatch(name):
         return "backup"
     raise FormatError(f"'{name}' is not a WAL file name (segment, .partial, .history or .backup)")
 

@@ -1,0 +1,176 @@
+"""Options: precedence at every level, types, units, and errors naming the key and its source."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgpush import config
+from pgpush.errors import CommandError, OptionInvalidValueError, OptionRequiredError
+
+
+def write_conf(tmp_path, text: str) -> str:
+    path = tmp_path / "pgpush.conf"
+    path.write_text(text)
+    return str(path)
+
+
+CONF = """
+[global]
+process-max=2
+compress-type=gz
+log-level-console=info
+repo1-path=/repo/global
+
+[global:push]
+process-max=3
+repo1-path=/repo/global-push
+
+[main]
+process-max=4
+repo1-path=/repo/main
+
+[main:push]
+process-max=5
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected", "source"),
+    [
+        (["--stanza=main", "push", "x"], {}, 5, "in section [main:push]"),
+        (["--stanza=main", "get", "x", "y"], {}, 4, "in section [main]"),
+        (["--stanza=other", "push", "x"], {}, 3, "in section [global:push]"),
+        (["--stanza=other", "get", "x", "y"], {}, 2, "in section [global]"),
+        (["--stanza=main", "push", "x"], {"PGPUSH_PROCESS_MAX": "6"}, 6, "in environment variable PGPUSH_PROCESS_MAX"),
+        (["--stanza=main", "push", "x", "--process-max=7"], {"PGPUSH_PROCESS_MAX": "6"}, 7, "on the command line"),
+        (["--process-max", "8", "--stanza=main", "push", "x"], {}, 8, "on the command line"),
+    ],
+)
+def test_precedence_every_level(tmp_path, argv, env, expected, source):
+    path = write_conf(tmp_path, CONF)
+    cfg = config.load(["--config", path] + argv, env)
+    assert cfg["process-max"] == expected
+    assert cfg.sources["process-max"].startswith(source)
+
+
+def test_default_when_nowhere_given(tmp_path):
+    cfg = config.load(["--config", write_conf(tmp_path, "[global]\n"), "push", "x"], {})
+    assert cfg["process-max"] == 1
+    assert cfg["compress-type"] == "zst"
+    assert cfg["archive-get-queue-max"] == 128 * 1024 * 1024
+    assert "process-max" not in cfg.sources
+
+
+def test_stanza_from_config_file_selects_stanza_sections(tmp_path):
+    path = write_conf(tmp_path, "[global]\nstanza=main\n" + CONF.replace("[global]\n", "", 1))
+    cfg = config.load(["--config", path, "push", "x"], {})
+    assert cfg.stanza == "main"
+    assert cfg["process-max"] == 5
+
+
+def test_options_after_command_and_aliases():
+    cfg = config.load(["archive-push", "pg_wal/x", "--stanza=db", "--no-archive-async", "--compress-type", "lz4"], {})
+    assert cfg.command == "push"
+    assert cfg.args == ["pg_wal/x"]
+    assert cfg["archive-async"] is False
+    assert cfg["compress-type"] == "lz4"
+
+
+def test_boolean_flags_and_file_values(tmp_path):
+    path = write_conf(tmp_path, "[global]\narchive-async=y\n")
+    assert config.load(["--config", path, "push", "x"], {})["archive-async"] is True
+    assert config.load(["--config", path, "--no-archive-async", "push", "x"], {})["archive-async"] is False
+    assert config.load(["--config", path, "push", "x"], {"PGPUSH_ARCHIVE_ASYNC": "n"})["archive-async"] is False
+
+
+def test_unknown_key_in_file_names_key_and_place(tmp_path):
+    path = write_conf(tmp_path, "[global]\nrepo1-pth=/x\n")
+    with pytest.raises(OptionInvalidValueError) as err:
+        config.load(["--config", path, "push", "x"], {})
+    assert err.value.code == 32
+    assert "repo1-pth" in str(err.value) and "[global]" in str(err.value) and path in str(err.value)
+
+
+def test_bad_value_names_key_and_source(tmp_path):
+    path = write_conf(tmp_path, "[main]\nprocess-max=lots\n")
+    with pytest.raises(OptionInvalidValueError) as err:
+        config.load(["--config", path, "--stanza=main", "push", "x"], {})
+    assert "process-max" in str(err.value) and "[main]" in str(err.value)
+    with pytest.raises(OptionInvalidValueError) as err:
+        config.load(["push", "x"], {"PGPUSH_ARCHIVE_PUSH_QUEUE_MAX": "12XB"})
+    assert "PGPUSH_ARCHIVE_PUSH_QUEUE_MAX" in str(err.value)
+
+
+def test_unknown_cli_option_and_env_are_errors():
+    with pytest.raises(OptionInvalidValueError, match="--bogus"):
+        config.load(["--bogus=1", "push", "x"], {})
+    with pytest.raises(OptionInvalidValueError, match="PGPUSH_BOGUS"):
+        config.load(["push", "x"], {"PGPUSH_BOGUS": "1"})
+
+
+def test_command_option_on_wrong_command():
+    with pytest.raises(OptionInvalidValueError, match="not valid for command 'push'"):
+        config.load(["push", "x", "--delta"], {})
+
+
+def test_missing_named_config_is_error_missing_default_is_not(tmp_path):
+    with pytest.raises(OptionInvalidValueError, match="does not exist"):
+        config.load(["--config", str(tmp_path / "nope.conf"), "push", "x"], {})
+    cfg = config.load(["push", "x"], {})
+    assert cfg["config"] == "/etc/pgpush/pgpush.conf"
+
+
+def test_config_from_environment(tmp_path):
+    path = write_conf(tmp_path, "[global]\nprocess-max=9\n")
+    assert config.load(["push", "x"], {"PGPUSH_CONFIG": path})["process-max"] == 9
+
+
+def test_invalid_command_and_stanza():
+    with pytest.raises(CommandError):
+        config.load(["frobnicate"], {})
+    with pytest.raises(OptionInvalidValueError, match="stanza"):
+        config.load(["--stanza=a/b", "push", "x"], {})
+
+
+def test_required_option():
+    cfg = config.load(["push", "x"], {})
+    with pytest.raises(OptionRequiredError) as err:
+        cfg.require("stanza")
+    assert err.value.code == 37
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", 0), ("512", 512), ("1KB", 1024), ("16MB", 16 << 20), ("16mb", 16 << 20), ("1.5GB", 3 << 29),
+     ("2GiB", 2 << 30), ("1TB", 1 << 40), ("128M", 128 << 20)],
+)
+def test_parse_size(text, value):
+    assert config.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "MB", "12XB", "-1", "1.2.3MB"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        config.parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0B"), (512, "512B"), (1024, "1KB"), (1536, "1.5KB"), (16 << 20, "16MB"), (128 << 20, "128MB"),
+     (500 << 20, "500MB"), (3 << 29, "1.5GB"), (1 << 40, "1TB")],
+)
+def test_format_size_like_pgbackrest(size, text):
+    assert config.format_size(size) == text
+
+
+def test_secrets_never_on_child_command_line(tmp_path):
+    cfg = config.load(["--stanza=main", "--repo1-cipher-pass=s3cret", "--process-max=2", "push", "x"], {})
+    argv = cfg.to_argv()
+    assert "--process-max=2" in argv and not any("s3cret" in a for a in argv)
+    assert cfg.secret_env() == {"PGPUSH_REPO1_CIPHER_PASS": "s3cret"}
+
+
+def test_secret_value_redacted_in_errors():
+    with pytest.raises(OptionInvalidValueError) as err:
+        config.load(["push", "x"], {"PGPUSH_REPO1_CIPHER_PASS": ""})
+    assert "<redacted>" in str(err.value)
