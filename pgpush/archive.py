@@ -49,7 +49,7 @@ def push_file(repo: Repository, path: str) -> str | None:
 def push(cfg, wal_path: str) -> None:
     name = os.path.basename(wal_path)
     wal.kind(name)  # refuse bad names before touching anything
-    path = os.path.abspath(wal_path)
+    path = os.path.join(os.getcwd(), wal_path)  # not abspath: 'x/../f' must not be collapsed
     repo = Repository.from_config(cfg)
     try:
         warning = push_file(repo, path)

@@ -304,7 +304,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         raw, lineno = section_values("global")["stanza"]
         set_value(BY_NAME["stanza"], raw, f"in section [global] of {config_path} line {lineno}")
     stanza = values.get("stanza")
-    if stanza is not None and not STANZA_RE.match(str(stanza)):
+    if stanza is not None and not STANZA_RE.fullmatch(str(stanza)):
         raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: [A-Za-z0-9_.-]+ is expected")
 
     order = [f"{stanza}:{command}", str(stanza)] if stanza else []

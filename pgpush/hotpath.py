@@ -97,7 +97,7 @@ def push(cfg: Config) -> int:
     LOG.configure(cfg, "archive-push")
     if len(cfg.args) != 1:
         raise FormatError("push requires exactly one argument: the WAL file path (%p)")
-    wal_path = os.path.abspath(cfg.args[0])
+    wal_path = os.path.join(os.getcwd(), cfg.args[0])  # not abspath: 'x/../f' must not be collapsed
     name = os.path.basename(wal_path)
     wal.kind(name)
     stanza = cfg.stanza

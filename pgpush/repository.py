@@ -222,6 +222,7 @@ class Repository:
             if not data:
                 raise FormatError(f"WAL file '{name}' is empty")
             header = wal.parse_header(data, name)
+            wal.check_header_matches_name(header, name)
             if len(data) != header.segment_size:
                 raise FormatError(f"WAL file '{name}' has size {len(data)} but its header says the segment size is "
                                   f"{header.segment_size}")

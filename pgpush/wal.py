@@ -135,13 +135,14 @@ class WalHeader:
     system_id: int
     segment_size: int
     block_size: int
+    page_address: int
 
 
 def parse_header(data: bytes, name: str = "") -> WalHeader:
     """Parse the long page header at the start of a segment."""
     if len(data) < LONG_HEADER.size:
         raise FormatError(f"WAL file '{name}' is too short for a WAL page header ({len(data)} bytes)")
-    magic, info, tli, _pageaddr, _rem, sysid, seg_size, blcksz = LONG_HEADER.unpack_from(data)
+    magic, info, tli, pageaddr, _rem, sysid, seg_size, blcksz = LONG_HEADER.unpack_from(data)
     version = WAL_MAGIC.get(magic)
     if version is None:
         raise VersionNotSupportedError(f"unexpected WAL magic 0x{magic:04X} in '{name}': unsupported PostgreSQL version or not a WAL file")
@@ -149,7 +150,15 @@ def parse_header(data: bytes, name: str = "") -> WalHeader:
         raise FormatError(f"WAL file '{name}' does not start with a long page header")
     if seg_size == 0 or seg_size & (seg_size - 1) or not (1 << 20) <= seg_size <= (1 << 30):
         raise FormatError(f"WAL file '{name}' header has an invalid segment size {seg_size}")
-    return WalHeader(version, tli, sysid, seg_size, blcksz)
+    return WalHeader(version, tli, sysid, seg_size, blcksz, pageaddr)
+
+
+def check_header_matches_name(header: WalHeader, name: str) -> None:
+    """A segment's first page must be where its name says: catches a renamed or foreign file."""
+    expected = segment_number(name[:24], header.segment_size) * header.segment_size
+    if header.page_address != expected:
+        raise FormatError(f"WAL file '{name}' starts at LSN {int_to_lsn(header.page_address)}, "
+                          f"but its name says {int_to_lsn(expected)}: not this segment")
 
 
 @dataclass(frozen=True)

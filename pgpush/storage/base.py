@@ -40,6 +40,7 @@ class StorageError(RepoInvalidError):
 class FileInfo:
     name: str
     size: int
+    mtime: float | None = None  # seconds since the epoch, when the backend reports it (list)
 
 
 def check_name(name: str) -> str:

@@ -54,7 +54,8 @@ class PosixStorage(Storage):
                 for entry in it:
                     if TMP_MARK in entry.name or not entry.is_file(follow_symlinks=False):
                         continue
-                    out.append(FileInfo(entry.name, entry.stat(follow_symlinks=False).st_size))
+                    st = entry.stat(follow_symlinks=False)
+                    out.append(FileInfo(entry.name, st.st_size, st.st_mtime))
         except FileNotFoundError:
             return []
         except OSError as exc:

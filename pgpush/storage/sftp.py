@@ -179,7 +179,7 @@ class SftpStorage(Storage):
             return []
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._oserror(exc, f"list '{directory}'") from None
-        return [FileInfo(e.filename, e.st_size) for e in entries
+        return [FileInfo(e.filename, e.st_size, e.st_mtime) for e in entries
                 if stat.S_ISREG(e.st_mode or 0) and TMP_MARK not in e.filename]
 
     def list_dirs(self, directory: str) -> list[str]:
