@@ -45,9 +45,16 @@ LABEL_RE = re.compile(r"^\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?$")
 DIR_RE = re.compile(r"^[0-9A-F]{16}$")
 
 
-def iso_utc(ts: float) -> str:
-    """Seconds since the epoch as ISO-8601 UTC, whole seconds (truncated: never later than the truth)."""
-    return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).isoformat()
+def iso_utc(ts: float, ceil: bool = False) -> str:
+    """Seconds since the epoch as ISO-8601 UTC in whole seconds.
+
+    Truncated by default; ``ceil`` rounds up, for a backup's stop time: a
+    recovery target at or after it is never before the backup is consistent.
+    """
+    whole = int(ts)
+    if ceil and ts > whole:
+        whole += 1
+    return dt.datetime.fromtimestamp(whole, dt.UTC).isoformat()
 
 
 def parse_iso(text: str) -> float:

@@ -160,3 +160,4 @@ def worker_cmd(args: list[str] = typer.Argument(None)) -> None:
     from pgpush import worker
 
     worker.run(_cfg())
+from pgpush import cli_backup  # noqa: E402,F401

@@ -482,7 +482,6 @@ class S3Client:
         (CompleteMultipartUpload, CopyObject).
         """
         what = what or f"{method} '{key or self.bucket}'"
-        what = f"{what} (S3 {method})" if what[:1].islower() else what
         return self._retry(
             lambda: self._attempt(method, key, query, headers, body, payload_sha256, stream, error_in_body, what), what)
 

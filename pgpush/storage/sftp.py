@@ -101,8 +101,11 @@ class SftpStorage(Storage):
             raise self._unreachable("no SSH private key: set repo1-host-key-file", False)
         hostport = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
         try:
+            # Our own socket: a refused or timed-out connect reads as the OS says it
+            # ("[Errno 111] Connection refused"), as operators know it from pgBackRest.
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             client.connect(
-                self.host, port=self.port, username=self.user, key_filename=keys, timeout=self.timeout,
+                self.host, port=self.port, sock=sock, username=self.user, key_filename=keys, timeout=self.timeout,
                 banner_timeout=self.timeout, auth_timeout=self.timeout, channel_timeout=self.timeout,
                 allow_agent=False, look_for_keys=False,
             )
