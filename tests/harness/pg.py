@@ -71,7 +71,7 @@ def format_conf_value(value: object) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pg_version(bin_dir: Path) -> tuple[int, str]:
     """(major, full ``postgres --version`` output) for a bin dir."""
     out = subprocess.run(
@@ -273,9 +273,19 @@ class PgCluster:
         for attempt in range(3):
             offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             proc = self.run(
-                [self.bin("pg_ctl"), "-D", str(self.datadir), "-l", str(self.log_file), "-w",
-                 "-t", str(int(timeout)), "start"],
-                check=False, timeout=timeout + 30,
+                [
+                    self.bin("pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                check=False,
+                timeout=timeout + 30,
             )
             if proc.returncode == 0:
                 break
@@ -300,7 +310,8 @@ class PgCluster:
             return
         proc = self.run(
             [self.bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", str(int(timeout)), "stop"],
-            check=False, timeout=timeout + 30,
+            check=False,
+            timeout=timeout + 30,
         )
         if proc.returncode != 0 and procs.pid_alive(pid):
             raise PgError(f"pg_ctl stop of {self!r} failed:\n{proc.stdout}{proc.stderr}\n{self.log_tail()}")
@@ -338,8 +349,7 @@ class PgCluster:
         while True:
             rows = {r[0]: r for r in self.sql_rows(query)}
             pending = [
-                n for n in names
-                if n in rows and rows[n][2] != "postmaster" and rows[n][1] != os.fspath(changes[n])
+                n for n in names if n in rows and rows[n][2] != "postmaster" and rows[n][1] != os.fspath(changes[n])
             ]
             if not pending or time.monotonic() > deadline:
                 return  # values PostgreSQL normalises (units etc.) simply time out quietly
@@ -362,7 +372,8 @@ class PgCluster:
             # frozen sshd); the data dir is thrown away anyway.
             self.run(
                 [self.bin("pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "-t", "20", "stop"],
-                check=False, timeout=60,
+                check=False,
+                timeout=60,
             )
             if procs.pid_alive(pid):
                 procs.kill_tree(pid, sig=signal.SIGQUIT, timeout=5)
@@ -376,8 +387,23 @@ class PgCluster:
     # SQL
 
     def psql_args(self, dbname: str = "postgres") -> list[str]:
-        return [self.bin("psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-                "-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_USER, "-d", dbname]
+        return [
+            self.bin("psql"),
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            PG_USER,
+            "-d",
+            dbname,
+        ]
 
     def sql(self, query: str, dbname: str = "postgres", timeout: float = 120) -> str:
         """Run SQL (one or many statements, fed on stdin) with psql; returns unaligned output."""
@@ -403,7 +429,12 @@ class PgCluster:
         return self.sql("select pg_current_wal_lsn()")
 
     def current_wal_segment(self) -> str:
-        return self.sql("select pg_walfile_name(pg_current_wal_lsn())")
+        """Segment the next WAL record goes to (primary only).
+
+        Uses the insert LSN: right after a switch pg_current_wal_lsn() sits exactly on the segment
+        boundary and pg_walfile_name() of a boundary LSN names the *previous* segment.
+        """
+        return self.sql("select pg_walfile_name(pg_current_wal_insert_lsn())")
 
     def switch_wal(self) -> str:
         """Force a segment switch; returns the name of the segment switched away from."""
@@ -416,9 +447,10 @@ class PgCluster:
         slower to generate.  Everything runs in a single psql session.
         """
         if random_payload:
-            payload = (
-                "(select decode(string_agg(md5(random()::text), ''), 'hex') "
-                f"from generate_series(1, {max(1, payload_bytes // 16)}))"
+            payload = (  # sha512 of (counter || random seed): 64 pseudo-random bytes per row
+                "(select string_agg(sha512(int8send(g) || s.seed), ''::bytea) "
+                f"from generate_series(1, {max(1, payload_bytes // 64)}) g, "
+                "(select uuid_send(gen_random_uuid()) as seed) s)"
             )
         else:
             payload = f"repeat('x', {max(1, payload_bytes)})"
@@ -458,8 +490,10 @@ class PgCluster:
         if key is None:
             return False
         last, complete = key
-        return last >= segment if complete else last > segment or (
-            last == segment and stats["last_archived_wal"].endswith(".backup")
+        return (
+            last >= segment
+            if complete
+            else last > segment or (last == segment and stats["last_archived_wal"].endswith(".backup"))
         )
 
     def wait_archived(self, segment: str, timeout: float = 60) -> dict:
@@ -481,16 +515,40 @@ class PgCluster:
 
     def pgbench_init(self, scale: int = 1, dbname: str = "postgres") -> str:
         return self.run(
-            [self.bin("pgbench"), "-i", "-q", "-s", str(scale), "-h", str(self.socket_dir), "-p", str(self.port),
-             "-U", PG_USER, dbname],
+            [
+                self.bin("pgbench"),
+                "-i",
+                "-q",
+                "-s",
+                str(scale),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                PG_USER,
+                dbname,
+            ],
             timeout=600,
         ).stdout
 
     def pgbench(
         self, transactions: int | None = None, seconds: int | None = None, clients: int = 2, dbname: str = "postgres"
     ) -> str:
-        args = [self.bin("pgbench"), "-n", "-c", str(clients), "-j", str(clients),
-                "-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_USER]
+        args = [
+            self.bin("pgbench"),
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            str(clients),
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            PG_USER,
+        ]
         if seconds is not None:
             args += ["-T", str(seconds)]
         else:
@@ -516,9 +574,26 @@ class PgCluster:
         standby._prepare_dir(standby.datadir, 0o700)
         self.standbys.append(standby)
         self.run(
-            [self.bin("pg_basebackup"), "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast",
-             "-C", "-S", standby.slot_name, "--no-sync",
-             "-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_USER],
+            [
+                self.bin("pg_basebackup"),
+                "-D",
+                str(standby.datadir),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-C",
+                "-S",
+                standby.slot_name,
+                "--no-sync",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                PG_USER,
+            ],
             timeout=600,
         )
         standby._write_harness_conf({"archive_mode": "always", "archive_command": "", "hot_standby": True})

@@ -21,6 +21,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -39,10 +40,12 @@ __all__ = [
     "popen_as",
     "port_accepts",
     "reap",
+    "reap_orphans",
     "register_pid",
     "registered_pids",
     "run_as",
     "signal_pids",
+    "start_reaper",
     "stop_pid",
     "unregister_pid",
     "user_ids",
@@ -225,6 +228,47 @@ def become_subreaper() -> bool:
         return False
 
 
+def reap_orphans() -> int:
+    """Reap zombie children of ours that are not owned by root; returns how many were reaped.
+
+    With ``become_subreaper()`` every orphaned descendant ends up as our child: postmasters
+    started by pg_ctl, and notably sshd's per-connection processes (uid sshd / pgpush-backup),
+    ~2 per SSH login.  pid_max is only 32768 here, so they must be reaped during long runs.
+    Only non-root zombies are touched: the children tests spawn themselves are root-owned
+    (runuser, python, sshd -D), so their Popen objects keep their exit status.  (A test that
+    keeps a ``Popen(..., user="postgres")`` across tests should use ``popen_as`` instead.)
+    """
+    me, reaped = os.getpid(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _status_fields(int(entry))
+        if (
+            fields
+            and fields.get("PPid") == str(me)
+            and fields.get("State", "").startswith("Z")
+            and fields.get("Uid", "0").split()[0] != "0"
+        ):
+            reap(int(entry))
+            reaped += 1
+    return reaped
+
+
+def start_reaper(interval: float = 2.0) -> threading.Event:
+    """Run ``reap_orphans`` every ``interval`` s in a daemon thread; set the returned event to stop."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                reap_orphans()
+            except Exception:  # noqa: BLE001 - never let the reaper die
+                pass
+
+    threading.Thread(target=loop, name="pgpush-harness-reaper", daemon=True).start()
+    return stop
+
+
 # Daemons started by the harness (pid -> description); conftest kills leftovers at teardown.
 _REGISTRY: dict[int, str] = {}
 
@@ -280,8 +324,14 @@ def run_as(
     if "input" not in kw and "stdin" not in kw:
         kw["stdin"] = subprocess.DEVNULL
     proc = subprocess.run(
-        argv, cwd=cwd, env=dict(env) if env is not None else None, timeout=timeout,
-        text=text, capture_output=capture_output, check=False, **kw,
+        argv,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        timeout=timeout,
+        text=text,
+        capture_output=capture_output,
+        check=False,
+        **kw,
     )
     if check and proc.returncode != 0:
         raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
@@ -297,9 +347,7 @@ def popen_as(
     **kw,
 ) -> subprocess.Popen:
     """Popen counterpart of ``run_as`` (same runuser wrapping and cwd default)."""
-    return subprocess.Popen(
-        _as_user_argv(user, cmd), cwd=cwd, env=dict(env) if env is not None else None, **kw
-    )
+    return subprocess.Popen(_as_user_argv(user, cmd), cwd=cwd, env=dict(env) if env is not None else None, **kw)
 
 
 def chown_tree(path: str | os.PathLike, user: str) -> None:
@@ -314,9 +362,7 @@ def chown_tree(path: str | os.PathLike, user: str) -> None:
             os.lchown(os.path.join(dirpath, name), uid, gid)
 
 
-def make_tmp_dir(
-    base: str | os.PathLike, name: str, owner: str = "postgres", mode: int = 0o700
-) -> Path:
+def make_tmp_dir(base: str | os.PathLike, name: str, owner: str = "postgres", mode: int = 0o700) -> Path:
     """Create ``base/name`` (parents as needed), owned by ``owner`` with ``mode``."""
     path = Path(base) / name
     path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,246 @@
+"""Asynchronous push (SPEC §5) with PostgreSQL as the client and the real sshd."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pgpush_env import Pgpush, archived_files, sha1_file
+
+pytestmark = pytest.mark.integration
+
+
+def pgpush_processes(kind: str) -> list[tuple[int, str]]:
+    """(pid, cmdline) of live pgpush processes whose command line has ``kind``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{entry}/status").read_text().split("State:")[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if "pgpush" in cmd and f" {kind} " in f" {cmd} " and state != "Z":
+            out.append((int(entry), cmd))
+    return out
+
+
+def setup_async(pg_factory, pgpush_cmd, work_dir, repo=None, **opts) -> tuple[Pgpush, object]:
+    pp = Pgpush(pgpush_cmd, work_dir, repo=repo, archive_async="y", **opts)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "2GB",
+                                "max_wal_size": "1GB"})
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command()})
+    pg.reload()
+    return pp, pg
+
+
+@pytest.mark.parametrize("process_max", [1, 4])
+def test_pgbench_all_wal_arrives_and_workers_share_exec_id(pg_factory, sshd, pgpush_cmd, work_dir, process_max):
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), process_max=process_max)
+    pg.pgbench_init(scale=1)
+    seen: dict[str, set[int]] = {}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for pid, cmd in pgpush_processes("worker"):
+                m = re.search(r"--exec-id=(\d+-[0-9a-f]{8})", cmd)
+                if m:
+                    seen.setdefault(m.group(1), set()).add(pid)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        segments = pg.generate_wal(24, random_payload=True)
+        pg.pgbench(transactions=300, clients=2)
+        last = pg.switch_wal()
+        pg.wait_archived(last, timeout=180)
+    finally:
+        stop.set()
+        watcher.join()
+    archived = archived_files(sshd.repo_dir)
+    for name in segments + [last]:
+        assert name in archived
+        assert archived[name] == sha1_file(pg.wal_dir / name), name
+    assert max(len(pids) for pids in seen.values()) == process_max, seen
+    log = pp.log_text("archive-push-async")
+    exec_id = max(seen, key=lambda k: len(seen[k]))
+    assert f"{exec_id}   INFO: pushed WAL file" in log
+    assert exec_id.split("-")[0] not in {str(p) for p in seen[exec_id]}  # workers are not the parent
+
+
+def test_backup_host_stopped_global_error_then_resumes(pg_factory, sshd, pgpush_cmd, work_dir):
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), archive_timeout=5,
+                         repo1_host_timeout=5)
+    first = pg.switch_wal()
+    pg.wait_archived(first, timeout=60)
+    sshd.stop()
+    wal_before = len(list(pg.wal_dir.glob("0*")))
+    segs = pg.generate_wal(3)
+    global_error = pp.out_dir / "global.error"
+    deadline = time.time() + 60
+    while not global_error.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    text = global_error.read_text()
+    assert text.startswith("103\nunable to find a valid repository:\nrepo1: [Errno 111] Connection refused")
+    assert f"{sshd.user}@{sshd.host}:{sshd.port}" in text
+    deadline = time.time() + 30
+    while pg.archiver_stats()["failed_count"] == 0 and time.time() < deadline:
+        time.sleep(0.2)
+    assert pg.archiver_stats()["failed_count"] > 0
+    assert len(list(pg.wal_dir.glob("0*"))) > wal_before or all((pg.wal_dir / s).exists() for s in segs)
+    sshd.restart()
+    pg.wait_archived(segs[-1], timeout=120)
+    deadline = time.time() + 10
+    while global_error.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not global_error.exists()
+
+
+def test_queue_max_drops_wal_loudly_and_records_the_hole(pg_factory, sshd, pgpush_cmd, work_dir):
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), archive_timeout=3,
+                         repo1_host_timeout=3, archive_push_queue_max="48MB")
+    first = pg.switch_wal()
+    pg.wait_archived(first, timeout=60)
+    sshd.stop()
+    segs = pg.generate_wal(6)
+    deadline = time.time() + 120
+    while not all((pp.out_dir / f"{s}.ok").exists() or not (pg.wal_dir / "archive_status" / f"{s}.ready").exists()
+                  for s in segs) and time.time() < deadline:
+        time.sleep(0.3)
+    pg.wait_archived(segs[-1], timeout=120)  # acknowledged: dropped, not archived
+    msg = "dropped WAL file '{}' because archive queue exceeded 48MB"
+    log = pp.log_text("archive-push-async")
+    fg_log = pp.log_text("archive-push")
+    dropped = [s for s in segs if msg.format(s) in log]
+    assert dropped, log
+    for s in dropped:
+        assert f"WARN: {msg.format(s)}" in log
+        assert msg.format(s) in fg_log
+    # pg_wal stops growing: the dropped segments are recycled by PostgreSQL
+    assert not any((pg.wal_dir / "archive_status" / f"{s}.ready").exists() for s in dropped)
+    sshd.restart()
+    nxt = pg.switch_wal()
+    pg.wait_archived(nxt, timeout=120)
+    markers = {p.name[:-8] for p in sshd.repo_dir.rglob("*.dropped")}
+    deadline = time.time() + 30
+    while not set(dropped) <= markers and time.time() < deadline:
+        time.sleep(0.5)
+        markers = {p.name[:-8] for p in sshd.repo_dir.rglob("*.dropped")}
+    assert set(dropped) <= markers
+    assert not set(dropped) & set(archived_files(sshd.repo_dir))
+
+
+def test_queue_max_ok_file_content_exact(pg_factory, pgpush_cmd, work_dir):
+    """With the repo unusable, the .ok of a dropped segment holds exactly SPEC's two lines."""
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, archive_timeout=3, archive_push_queue_max="16MB")
+    os.chmod(work_dir / "repo" / "archive", 0)
+    try:
+        segs = pg.generate_wal(3)
+        pg.wait_archived(segs[-1], timeout=120)
+    finally:
+        os.chmod(work_dir / "repo" / "archive", 0o750)
+    oks = {p.name[:-3]: p.read_text() for p in pp.out_dir.glob("*.ok")}
+    dropped = [s for s in segs if oks.get(s, "").startswith("0\n")]
+    assert dropped
+    for s in dropped:
+        assert oks[s] == f"0\ndropped WAL file '{s}' because archive queue exceeded 16MB"
+
+
+def test_backup_host_frozen_errors_within_timeout(pg_factory, sshd, pgpush_cmd, work_dir):
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), archive_timeout=30,
+                         repo1_host_timeout=3)
+    first = pg.switch_wal()
+    pg.wait_archived(first, timeout=60)
+    pg.set_conf({"archive_command": ""})
+    pg.reload()
+    seg = pg.generate_wal(1)[0]
+    sshd.freeze()
+    try:
+        start = time.monotonic()
+        res = pp.run("push", f"pg_wal/{seg}", cwd=pg.datadir, timeout=60)
+        elapsed = time.monotonic() - start
+    finally:
+        sshd.thaw()
+    assert res.returncode == 103, res.stderr
+    assert elapsed < 15, elapsed
+    assert pp.run("push", f"pg_wal/{seg}", cwd=pg.datadir).returncode == 0
+
+
+def test_twenty_foreground_calls_start_exactly_one_parent(pg_factory, sshd, pgpush_cmd, work_dir):
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), process_max=2)
+    pg.set_conf({"archive_command": ""})
+    pg.reload()
+    segs = pg.generate_wal(20)
+    for s in segs:  # PostgreSQL's own archiver is off: we play it, 20 at once
+        (pg.wal_dir / "archive_status" / f"{s}.ready").touch()
+    parents: set[int] = set()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            parents.update(pid for pid, _ in pgpush_processes("push-async"))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    procs = [subprocess.Popen(["runuser", "-u", "postgres", "--"] + pp.argv("push", f"pg_wal/{s}"),
+                              cwd=pg.datadir, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in segs]
+    codes = [p.wait(timeout=120) for p in procs]
+    stop.set()
+    watcher.join()
+    assert codes == [0] * 20
+    assert len(parents) == 1, parents
+    begins = pp.log_text("archive-push-async").count("archive-push-async command begin")
+    assert begins == 1
+    assert set(segs) <= set(archived_files(sshd.repo_dir))
+
+
+@pytest.mark.parametrize("victim", ["parent", "worker"])
+def test_kill_9_mid_transfer_recovers_and_acknowledges_only_durable(pg_factory, sshd, pgpush_cmd, work_dir, victim):
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), process_max=2,
+                         compress_type="gz", compress_level=9)
+    pg.set_conf({"archive_command": ""})
+    pg.reload()
+    segs = pg.generate_wal(8, random_payload=True)
+    for s in segs:
+        (pg.wal_dir / "archive_status" / f"{s}.ready").touch()
+    fg = subprocess.Popen(["runuser", "-u", "postgres", "--"] + pp.argv("push", f"pg_wal/{segs[-1]}"),
+                          cwd=pg.datadir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    kind = "push-async" if victim == "parent" else "worker"
+    deadline = time.time() + 30
+    killed = None
+    while time.time() < deadline and killed is None:
+        found = pgpush_processes(kind)
+        if found and (victim == "parent" or pgpush_processes("worker")):
+            time.sleep(0.3)  # let transfers start
+            killed = found[0][0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    assert killed is not None
+    fg.wait(timeout=120)
+    # every .ok must be backed by a complete, verified file in the repo
+    def check_acknowledged():
+        archived = archived_files(sshd.repo_dir)
+        for ok in pp.out_dir.glob("*.ok"):
+            name = ok.name[:-3]
+            assert name in archived, name
+            assert archived[name] == sha1_file(pg.wal_dir / name)
+    check_acknowledged()
+    # the next calls recover and everything arrives
+    for s in segs:
+        res = pp.run("push", f"pg_wal/{s}", cwd=pg.datadir)
+        assert res.returncode == 0, res.stderr
+    check_acknowledged()
+    assert set(segs) <= set(archived_files(sshd.repo_dir))
+    assert not [p for p in sshd.repo_dir.rglob("*") if p.is_file() and ".pgpush.tmp" in p.name and
+                p.stat().st_mtime > time.time() + 1]
