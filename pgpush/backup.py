@@ -27,6 +27,7 @@ import time
 from pgpush import __version__, catalog, parallel, pgconn, pgdata, wal
 from pgpush.catalog import DONE, FAILED, WAITING, ArchiveListing, Catalog
 from pgpush.errors import (
+    ArchiveDisabledError,
     BackupWaitTimeout,
     FileMissingError,
     OptionInvalidValueError,
@@ -135,11 +136,15 @@ def check_cluster(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str) ->
         raise OptionInvalidValueError(
             f"option 'pg1-path' is '{pgdata_path}' but the cluster on port {cfg['pg1-port']} runs in '{data_dir}'")
     standby = db.in_recovery()
-    mode = db.setting("archive_mode")
-    if mode == "off" and not standby:
-        raise OptionInvalidValueError(
-            "archive_mode is off on pg1: a backup needs its WAL archived (archive_mode = on, "
-            "archive_command = 'pgpush ... push %p')")
+    if not standby:
+        command = db.setting("archive_command").strip()
+        if db.setting("archive_mode") == "off" or not command:
+            raise ArchiveDisabledError(
+                "WAL is not archived on pg1 (archive_mode is off or archive_command is empty): a backup needs its "
+                "WAL in the repository (archive_mode = on, archive_command = 'pgpush --stanza=... push %p')")
+        if "pgpush" not in command:
+            LOG.warn(f"archive_command '{command}' does not name pgpush: the backup stays WAITING_FOR_WALS unless "
+                     "its WAL reaches this stanza")
     return standby, system_id
 
 

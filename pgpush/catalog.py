@@ -359,9 +359,16 @@ def refresh_status(repo: Repository) -> list[dict]:
     records whose status changed (with the new status).
     """
     cat = Catalog(repo)
-    waiting = [b for b in cat.read() if b["status"] == WAITING]
-    if not waiting:
-        return []
+    try:
+        waiting = [b for b in cat.read() if b["status"] == WAITING]
+        if not waiting:
+            return []
+        return _refresh(repo, cat, waiting)
+    except (KeyError, TypeError, ValueError) as exc:  # never fail a push over a malformed entry
+        raise FileReadError(f"{cat.path} has a malformed backup entry: {type(exc).__name__}: {exc}") from None
+
+
+def _refresh(repo: Repository, cat: Catalog, waiting: list[dict]) -> list[dict]:
     evaluations: dict[str, tuple[str, Evaluation]] = {}
     for archive_id in sorted({b["archive_id"] for b in waiting}):
         group = [b for b in waiting if b["archive_id"] == archive_id]

@@ -68,8 +68,11 @@ def verify_cmd() -> None:
     from pgpush import verify
 
     cfg = _configure_log("verify")
-    sys.stdout.write(verify.run(cfg))
+    report, problems = verify.run(cfg)
+    sys.stdout.write(report)
     sys.stdout.flush()
+    if problems:
+        raise verify.fail(problems)
 
 
 @command("check")

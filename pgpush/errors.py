@@ -101,6 +101,36 @@ class DbConnectError(PgPushError):
     code = 56
 
 
+class DbQueryError(PgPushError):
+    """A query on PostgreSQL failed."""
+
+    code = 57
+
+
+class PgRunningError(PgPushError):
+    """PostgreSQL runs in the data directory a restore was asked to write."""
+
+    code = 38
+
+
+class PathNotEmptyError(PgPushError):
+    """A restore into a non-empty data directory without --delta or --force."""
+
+    code = 40
+
+
+class BackupSetInvalidError(PgPushError):
+    """The backup named by --set does not exist, or no backup can be restored."""
+
+    code = 75
+
+
+class ArchiveDisabledError(PgPushError):
+    """archive_mode is off: a backup's WAL would never reach the repository."""
+
+    code = 87
+
+
 class ArchiveTimeoutError(PgPushError):
     """Timed out waiting for the async parent (``archive-timeout``)."""
 

@@ -20,12 +20,10 @@ from pgpush.log import LOG
 
 
 def self_command() -> list[str]:
-    """How to start this same pgpush again: the zipapp, or ``python -m pgpush``."""
-    here = os.path.abspath(__file__)
-    marker = ".pyz" + os.sep
-    if marker in here:
-        archive = here[: here.index(marker) + 4]
-        return [sys.executable, "-IS", archive]
+    """How to start this same pgpush again: the zipapp (whatever its file name), or ``python -m pgpush``."""
+    archive = getattr(__loader__, "archive", None)  # set when imported from a zip
+    if archive:
+        return [sys.executable, "-IS", os.path.abspath(archive)]
     return [sys.executable, "-m", "pgpush"]
 
 
@@ -164,11 +162,21 @@ def get(cfg: Config) -> int | None:
             spool.remove(ok)
             LOG.info(f"unable to find {name} in the archive asynchronously")
             return 1
-        for err in (name + ".error", spool.GLOBAL_ERROR):
-            text = spool.read_status(os.path.join(qdir, err))
-            if text is not None and (started or request_written):
-                spool.remove(os.path.join(qdir, err))
+        text = spool.read_status(os.path.join(qdir, name + ".error"))
+        if text is not None and request_written:
+            spool.remove(os.path.join(qdir, name + ".error"))
+            raise error_from_text(text)
+        text = spool.read_status(os.path.join(qdir, spool.GLOBAL_ERROR))
+        if text is not None and request_written:
+            # The repository is unreachable.  Exit 1 would end recovery as if the
+            # archive were exhausted, so ride the outage out until archive-timeout,
+            # restarting the parent, and fail with the real error only then.
+            if time.monotonic() + 0.5 >= deadline:
+                spool.remove(os.path.join(qdir, spool.GLOBAL_ERROR))
                 raise error_from_text(text)
+            if not lock.is_locked(lock.lock_path(sdir, "in")):
+                started = False
+                last_check = time.monotonic() + 0.5  # retry the parent about once a second
         if not request_written:
             spool.write_atomic(qdir, "request", name.encode())
             request_written = True

@@ -14,7 +14,7 @@ and the switch repeated.
 from __future__ import annotations
 
 from pgpush import pgconn, wal
-from pgpush.errors import ArchiveMismatchError, DbConnectError, OptionInvalidValueError
+from pgpush.errors import ArchiveMismatchError, DbConnectError, DbQueryError, OptionInvalidValueError
 from pgpush.log import LOG
 
 
@@ -44,18 +44,18 @@ class PrimaryNudge:
             insert = wal.lsn_to_int(str(self.db.scalar("SELECT pg_current_wal_insert_lsn()::text")))
             switched = self.db.scalar("SELECT pg_switch_wal()::text")
             LOG.detail(f"switched WAL on the primary at {switched}")
-            if insert % self.segment_size == 0:
+            if insert % self.segment_size <= wal.LONG_HEADER.size:  # nothing but the page header in this segment
                 self._emit_record()
                 switched = self.db.scalar("SELECT pg_switch_wal()::text")
                 LOG.detail(f"wrote a WAL record and switched WAL on the primary at {switched}")
-        except DbConnectError as exc:
+        except (DbConnectError, DbQueryError) as exc:
             LOG.warn(f"unable to switch WAL on the primary, no further attempt: {exc}")
             self.disabled = True
 
     def _emit_record(self) -> None:
         try:
             self.db.execute("SELECT pg_logical_emit_message(false, 'pgpush', 'nudge')")
-        except DbConnectError:
+        except DbQueryError:
             self.db.execute("CHECKPOINT")
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pgpush.errors import PgPushError
+from pgpush.errors import PathCreateError, PgPushError
 from pgpush.log import LOG
 from pgpush.repository import Repository
 
@@ -37,12 +37,26 @@ def _init(cfg) -> None:
         _WORKER_REPO.load_archive_info()  # derive the key once per worker
 
 
+def local_error(exc: OSError) -> PathCreateError:
+    """A local file that cannot be read or written (47), named with the system's reason."""
+    where = f" '{exc.filename}'" if exc.filename else ""
+    return PathCreateError(f"unable to access{where}: {exc.strerror or exc}")
+
+
+def call(fn: Worker, repo: Repository, job: Job) -> Any:
+    """``fn(repo, job)`` with a local OSError turned into a PgPushError (repository errors already are)."""
+    try:
+        return fn(repo, job)
+    except OSError as exc:
+        raise local_error(exc) from None
+
+
 def _call(item: tuple[Worker, Job]) -> tuple[Job, str, Any]:
     """Run one job; errors travel back as (code, message) because a PgPushError's code does not pickle."""
     fn, job = item
     assert _WORKER_REPO is not None
     try:
-        return job, "ok", fn(_WORKER_REPO, job)
+        return job, "ok", call(fn, _WORKER_REPO, job)
     except PgPushError as exc:
         return job, "error", (exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback in the log
@@ -63,7 +77,7 @@ def run(cfg, fn: Worker, jobs: Iterable[Job], on_result: Callable[[Job, Any], No
         repo = Repository.from_config(cfg)
         try:
             for job in jobs:
-                on_result(job, fn(repo, job))
+                on_result(job, call(fn, repo, job))
         finally:
             repo.storage.close()
         return

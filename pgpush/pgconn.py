@@ -4,7 +4,8 @@ Why a module of its own: ``backup``, ``check`` and the primary nudge all need
 the same things (connect by socket/port or by a conninfo, autocommit, no
 statement or idle timeout that could abort a long ``pg_backup_start``
 session, the server version and identity), and every libpq failure must
-become a :class:`~pgpush.errors.DbConnectError` (56) that names the server,
+become a :class:`~pgpush.errors.DbConnectError` (56, connecting) or
+:class:`~pgpush.errors.DbQueryError` (57, a query) that names the server,
 never a psycopg traceback.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgpush.errors import DbConnectError
+from pgpush.errors import DbConnectError, DbQueryError
 
 CONNECT_TIMEOUT = 30
 
@@ -39,12 +40,14 @@ class PgConn:
                     return []
                 return list(cur.fetchall())
         except psycopg.Error as exc:
-            raise DbConnectError(f"query on {self.what} failed: {_pg_message(exc)}") from None
+            if self.conn.closed:
+                raise DbConnectError(f"lost the connection to {self.what}: {_pg_message(exc)}") from None
+            raise DbQueryError(f"query on {self.what} failed: {_pg_message(exc)}") from None
 
     def scalar(self, query: str, params: tuple | dict | None = None) -> Any:
         rows = self.execute(query, params)
         if not rows:
-            raise DbConnectError(f"query on {self.what} returned no row: {query}")
+            raise DbQueryError(f"query on {self.what} returned no row: {query}")
         return rows[0][0]
 
     def setting(self, name: str) -> str:

@@ -1,11 +1,12 @@
 """Repository in S3-compatible object storage (AWS S3, Ceph RGW, SeaweedFS, MinIO).
 
 A small S3 client of our own on the standard library (``http.client``,
-``ssl``, ``hmac``, ``hashlib``) rather than boto3/botocore: those add about
-100 MB and 0.4 s of imports to a single-file zipapp that is copied onto every
-database host and started once per WAL segment, while the subset of S3 we
-need is small: GET, PUT, HEAD, DELETE, ListObjectsV2, DeleteObjects and
-multipart upload.
+``ssl``, ``hmac``, ``hashlib``) rather than boto3/botocore: those add tens of
+megabytes (35 MB for boto3 1.44 and its dependencies, far more with older
+botocore releases) and ~0.4 s of imports to a single-file zipapp that is
+copied onto every database host and started once per WAL segment, while the
+subset of S3 we need is small: GET, PUT, HEAD, DELETE, ListObjectsV2,
+DeleteObjects and multipart upload.  See docs/s3.md.
 
 - Requests are signed with AWS Signature Version 4 (``Authorization`` header)
   including the SHA-256 of every payload (``x-amz-content-sha256``; never
@@ -56,9 +57,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
 from urllib.parse import quote, urlsplit
-from xml.sax.saxutils import escape
 
 from pgpush.errors import OptionInvalidValueError, OptionRequiredError
 from pgpush.log import LOG
@@ -85,7 +84,6 @@ _STATUS_CODES = {  # error code for responses without a body (HEAD)
     409: "Conflict", 412: "PreconditionFailed", 429: "TooManyRequests", 500: "InternalError",
     501: "NotImplemented", 503: "ServiceUnavailable",
 }
-_T = TypeVar("_T")
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -225,7 +223,12 @@ class S3Error(StorageError):
 
     @property
     def retryable(self) -> bool:
-        return self.status >= 500 or self.status == 429 or self.s3_code in _RETRY_CODES
+        return _retryable(self.status, self.s3_code)
+
+
+def _retryable(status: int, code: str) -> bool:
+    """5xx (but 501 Not Implemented), 429 and the throttling/temporary codes."""
+    return (status >= 500 and status != 501 and code != "NotImplemented") or status == 429 or code in _RETRY_CODES
 
 
 class _ConnectionFailure(Exception):
@@ -247,6 +250,11 @@ class Response:
     ambiguous: bool = False  # an earlier try failed after the request may have reached the server
     stream: http.client.HTTPResponse | None = None
     conn: http.client.HTTPConnection | None = None
+
+
+def escape(text: str) -> str:
+    """XML text escaping (xml.sax.saxutils would import urllib.request: 20 ms on the hot path)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _local(tag: str) -> str:
@@ -346,7 +354,7 @@ class S3Client:
         code, message = _error_fields(status, body)
         message = self.scrub(message)
         text = f"S3 error {status} {code}" + (f": {message}" if message else "")
-        retryable = status >= 500 or status == 429 or code in _RETRY_CODES
+        retryable = _retryable(status, code)
         if code in _REPO_CODES or status in (401, 403):
             full = f"unable to find a valid repository:\nrepo1: {what}: {text} ({self.description})"
         else:
@@ -430,7 +438,7 @@ class S3Client:
                 raise self._s3_error(500, data, what)
         return Response(resp.status, lower, data)
 
-    def _retry(self, attempt: Callable[[], _T], what: str) -> _T:
+    def _retry(self, attempt: Callable[[], Response], what: str) -> Response:
         """Run ``attempt`` up to ``tries`` times, sleeping 0.1, 0.4, 1.6 s (with jitter) between.
 
         Retried: connection errors other than timeouts (immediately when a reused
@@ -459,8 +467,7 @@ class S3Client:
                 delay = self._backoff(n)
                 LOG.debug(f"S3 {what}: {exc}; retrying in {delay:.2f}s")
             else:
-                if isinstance(result, Response):
-                    result.ambiguous = ambiguous
+                result.ambiguous = ambiguous
                 return result
             if delay:
                 self.sleep(delay)

@@ -1,0 +1,167 @@
+"""``expire``: apply ``repo1-retention-full`` to backups and the WAL archive.
+
+Rules (docs/operations.md, "Retention"):
+
+- the newest N full backups that are not ``FAILED`` are kept, and with them
+  every backup that started after the oldest of them, whatever its type or
+  status, and every backup a kept one depends on (its prior chain and the
+  backups its files reference);
+- a backup in progress (a label directory without a manifest, started less
+  than a day ago) keeps its full's whole chain: it may reference any of it;
+  an older one is an interrupted backup and its directory is removed;
+- every other backup is removed: first from ``backup.info``, then its
+  manifest (so a half-removed directory is never taken for a backup), then
+  its directory;
+- archived WAL of the current archive id older than the oldest kept
+  backup's ``wal_start`` is removed (segments, ``.partial``, ``.backup``
+  files and ``.dropped`` markers); ``.history`` files are always kept.
+
+Without ``repo1-retention-full`` nothing is removed (a warning says so);
+without any kept backup no WAL is removed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+
+from pgpush import catalog, wal
+from pgpush.catalog import FAILED, Catalog
+from pgpush.errors import OptionInvalidValueError
+from pgpush.log import LOG
+from pgpush.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
+
+DIR_RE = re.compile(r"^[0-9A-F]{16}$")
+STALE_AFTER = 24 * 3600.0
+
+
+def label_time(label: str) -> float:
+    """When a backup with this label started (labels are local time: ``...YYYYMMDD-HHMMSS[FDI]``)."""
+    return time.mktime(time.strptime(label.rsplit("_", 1)[-1][:15], "%Y%m%d-%H%M%S"))
+
+
+def plan(backups: list[dict], retention: int, running: Iterable[str] = ()) -> tuple[list[dict], list[dict]]:
+    """(kept, removed) backups, both oldest first.  Pure: ``backups`` sorted oldest first.
+
+    ``running`` are labels of backups in progress: a diff or incr may already
+    reference any backup of its full's chain, which its label names (the
+    first 16 characters), so that whole chain is kept.
+    """
+    if retention < 1:
+        raise OptionInvalidValueError("option 'repo1-retention-full' must be at least 1")
+    fulls = [b for b in backups if b["type"] == "full" and b["status"] != FAILED]
+    if len(fulls) <= retention:
+        return list(backups), []
+    oldest = fulls[-retention]
+    keep = {b["label"] for b in backups if (b["start_time"], b["label"]) >= (oldest["start_time"], oldest["label"])}
+    chains = {label[:16] for label in running}
+    keep |= {b["label"] for b in backups if b["label"][:16] in chains}
+    by_label = {b["label"]: b for b in backups}
+    todo = list(keep)
+    while todo:
+        b = by_label.get(todo.pop())
+        if b is None:
+            continue
+        for dep in [b.get("prior")] + list(b.get("reference") or []):
+            if dep and dep not in keep:
+                keep.add(dep)
+                todo.append(dep)
+    return [b for b in backups if b["label"] in keep], [b for b in backups if b["label"] not in keep]
+
+
+def wal_boundary(kept: list[dict], archive_id: str) -> tuple[str, int] | None:
+    """(wal_start, segment size) of the kept backup of ``archive_id`` needing the oldest WAL; below it none is needed."""
+    same = [b for b in kept if b["archive_id"] == archive_id]
+    if not same:
+        return None
+    first = min(same, key=lambda b: wal.segment_number(b["wal_start"], int(b["segment_size"])))
+    return first["wal_start"], int(first["segment_size"])
+
+
+def _segment_of(filename: str) -> str | None:
+    m = ARCHIVED_RE.match(filename)
+    if m:
+        return m.group("wal")[:24]
+    if filename.endswith(DROPPED_SUFFIX) and wal.SEGMENT_RE.match(filename[: -len(DROPPED_SUFFIX)]):
+        return filename[:24]
+    return None
+
+
+def expire_wal(repo: Repository, archive_id: str, boundary: int, segment_size: int) -> int:
+    """Remove archived WAL files below segment ``boundary``; returns how many."""
+    base = f"{repo.archive_root}/{archive_id}"
+    per = wal.segments_per_log(segment_size)
+    removed = 0
+    for d in sorted(repo.storage.list_dirs(base)):
+        if not DIR_RE.match(d):
+            continue
+        first = int(d[8:], 16) * per
+        if first >= boundary:
+            continue
+        files = repo.storage.list(f"{base}/{d}")
+        doomed = [f.name for f in files
+                  if (seg := _segment_of(f.name)) is not None and wal.segment_number(seg, segment_size) < boundary]
+        if first + per <= boundary and len(doomed) == len(files):
+            repo.storage.delete_tree(f"{base}/{d}")
+        else:
+            for name in doomed:
+                repo.storage.delete(f"{base}/{d}/{name}")
+        removed += len(doomed)
+    return removed
+
+
+def in_progress(cat: Catalog, known: set[str]) -> list[str]:
+    """Label directories without a manifest: backups running now, or left by a crash.
+
+    Those started less than ``STALE_AFTER`` ago are reported as running; older
+    ones are incomplete backups and are removed.
+    """
+    running = []
+    for label in sorted(cat.storage.list_dirs(cat.repo.backup_root)):
+        if label in known or not catalog.LABEL_RE.match(label) or cat.storage.info(cat.manifest_path(label)):
+            continue
+        if time.time() - label_time(label) < STALE_AFTER:
+            LOG.info(f"backup {label} is in progress: its chain is kept")
+            running.append(label)
+        else:
+            LOG.warn(f"removing incomplete backup {label} (no manifest, started over a day ago)")
+            cat.storage.delete_tree(cat.label_dir(label))
+    return running
+
+
+def remove_backup(cat: Catalog, label: str) -> None:
+    cat.remove({label})
+    cat.storage.delete(cat.manifest_path(label))
+    cat.storage.delete_tree(cat.label_dir(label))
+
+
+def run(cfg) -> str:
+    retention = cfg.get("repo1-retention-full")
+    if retention is None:
+        LOG.warn("option 'repo1-retention-full' is not set: no backup and no WAL expired\n"
+                 "HINT: set repo1-retention-full to the number of full backups to keep")
+        return "nothing expired: repo1-retention-full is not set"
+    repo = Repository.from_config(cfg)
+    try:
+        repo.load_archive_info()
+        cat = Catalog(repo)
+        backups = catalog.evaluate_all(repo, cat.reconciled())
+        kept, removed = plan(backups, int(retention), in_progress(cat, {b["label"] for b in backups}))
+        for b in removed:
+            LOG.info(f"expire {b['type']} backup {b['label']} ({b['status']})")
+            remove_backup(cat, b["label"])
+        archive_id = repo.archive_id()
+        boundary = wal_boundary(kept, archive_id)
+        wal_removed = 0
+        if boundary is None:
+            LOG.info("no backup is kept for the current database: WAL is not expired")
+        else:
+            start, size = boundary
+            wal_removed = expire_wal(repo, archive_id, wal.segment_number(start, size), size)
+            LOG.info(f"removed {wal_removed} WAL file(s) of {archive_id} older than {start}")
+    finally:
+        repo.storage.close()
+    labels = ", ".join(b["label"] for b in removed) or "none"
+    return (f"expire (repo1-retention-full={retention}): {len(removed)} backup(s) removed ({labels}), "
+            f"{len(kept)} kept; {wal_removed} WAL file(s) removed")

@@ -1,0 +1,374 @@
+"""``restore``: write a backup into ``pg1-path`` and configure recovery through pgpush ``get``.
+
+- The data directory must be empty (or missing) unless ``--delta`` (files
+  whose size and SHA-1 match the manifest are left untouched, others are
+  rewritten, files not in the backup are removed) or ``--force`` (every file
+  rewritten, whatever its size or checksum; with or without ``--delta``).
+- A running PostgreSQL (``postmaster.pid`` naming a live process) is never
+  written over.
+- Every file's SHA-1 is checked as it is written; a corrupt file in the
+  repository fails the restore (42), it is never silently restored.
+- The asynchronous get spool (``SPOOL/archive/STANZA/in/``) is emptied: WAL
+  prefetched for an earlier restore must never be served to this one.
+- Without ``--set`` the latest ``DONE`` backup is restored (for
+  ``--type time`` the latest ``DONE`` backup that stopped before the
+  target); the choice is logged and printed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import grp
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+
+from pgpush import catalog, parallel, recovery, spool
+from pgpush.catalog import DONE, WAITING, Catalog
+from pgpush.errors import (
+    BackupSetInvalidError,
+    FileReadError,
+    OptionInvalidValueError,
+    OptionRequiredError,
+    PathNotEmptyError,
+    PgRunningError,
+)
+from pgpush.log import LOG
+from pgpush.progress import Progress
+from pgpush.repository import Repository
+
+PREFIX = "pg_data"
+
+
+# -- worker -----------------------------------------------------------------------------------------
+
+
+def _sha1_file(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def restore_file(repo: Repository, job: tuple) -> tuple[int, bool]:
+    """Write one file from the repository, or keep a matching one: (bytes written, kept).
+
+    ``job`` = (name, destination, repository path, sha1, size, mode, mtime, uid, gid, compare).
+    """
+    name, dest, path, sha1, size, mode, mtime, uid, gid, compare = job
+    if compare:
+        try:
+            st = os.lstat(dest)
+            if stat.S_ISREG(st.st_mode) and st.st_size == size and _sha1_file(dest) == sha1:
+                return 0, True
+        except FileNotFoundError:
+            pass
+    h = hashlib.sha1()
+    written = 0
+    try:
+        with open(dest, "wb") as fh:
+            for chunk in repo.decode(repo.storage.read_chunks(path), path):
+                h.update(chunk)
+                fh.write(chunk)
+                written += len(chunk)
+    except FileNotFoundError:
+        raise FileReadError(f"backup file '{path}' is missing from the repository") from None
+    except ValueError as exc:
+        raise FileReadError(f"backup file '{path}' in the repository is corrupt: {exc}") from None
+    if h.hexdigest() != sha1 or written != size:
+        raise FileReadError(f"backup file '{path}' in the repository is corrupt: SHA1 {h.hexdigest()} ({written} bytes) "
+                            f"does not match the manifest's {sha1} ({size} bytes)")
+    os.chmod(dest, mode)
+    if uid is not None:
+        os.chown(dest, uid, gid)
+    os.utime(dest, (mtime, mtime))
+    return written, False
+
+
+# -- choosing the backup ---------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> float | None:
+    """A recovery_target_time as seconds since the epoch (a time without zone is taken as local time)."""
+    try:
+        return dt.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        return None
+
+
+def choose_backup(backups: list[dict], set_label: str | None, rtype: str, target: str | None) -> tuple[dict, str]:
+    """(backup, why it was chosen)."""
+    if set_label:
+        for b in backups:
+            if b["label"] == set_label:
+                if b["status"] != DONE:
+                    LOG.warn(f"backup {set_label} is {b['status']}: recovery may not reach consistency "
+                             f"({b.get('status_detail')})")
+                return b, "given by --set"
+        raise BackupSetInvalidError(f"backup set {set_label} is not valid: it is not in the repository")
+    done = [b for b in backups if b["status"] == DONE]
+    if rtype == "time" and target:
+        when = parse_time(target)
+        if when is None:
+            LOG.warn(f"unable to read recovery target time '{target}': the latest backup is chosen")
+        else:
+            before = [b for b in done if catalog.parse_iso(b["stop_time"]) <= when]
+            if before:
+                return before[-1], "latest DONE backup that stopped before the target time"
+            LOG.warn("no DONE backup stopped before the target time: the latest one is chosen")
+    if done:
+        return done[-1], "latest DONE backup"
+    waiting = [b for b in backups if b["status"] == WAITING]
+    if waiting:
+        LOG.warn(f"no DONE backup: restoring {waiting[-1]['label']}, which is still WAITING_FOR_WALS")
+        return waiting[-1], "latest backup (none is DONE yet)"
+    raise BackupSetInvalidError("no backup to restore: the stanza has no DONE or WAITING_FOR_WALS backup")
+
+
+# -- the data directory -----------------------------------------------------------------------------
+
+
+def running_pid(pgdata: str) -> int | None:
+    """The pid in postmaster.pid when that process is alive (and not a zombie)."""
+    try:
+        with open(os.path.join(pgdata, "postmaster.pid")) as fh:
+            pid = int(fh.readline().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return None if state in ("Z", "X") else pid
+    except (FileNotFoundError, IndexError):
+        return None
+    except OSError:
+        return pid
+
+
+def _owner(entry: dict, fallback: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
+    if os.geteuid() != 0:
+        return None, None
+    try:
+        uid = pwd.getpwnam(entry["user"]).pw_uid if entry.get("user") else fallback[0]
+        gid = grp.getgrnam(entry["group"]).gr_gid if entry.get("group") else fallback[1]
+        return uid, gid
+    except KeyError:
+        return fallback
+
+
+def clean(pgdata: str, keep_files: set[str], keep_dirs: set[str], links: dict[str, str], major: int) -> int:
+    """Remove what the backup does not have (``--delta``/``--force``); returns how many entries were removed.
+
+    Inside a tablespace only this cluster's ``PG_<major>_*`` directory is
+    touched: the same location may hold another version's cluster.
+    """
+    removed = 0
+
+    def walk(path: str, rel: str) -> None:
+        nonlocal removed
+        for entry in os.scandir(path):
+            name = f"{rel}/{entry.name}"
+            if rel in links and not entry.name.startswith(f"PG_{major}_"):
+                continue
+            if entry.is_symlink():
+                if links.get(name) == os.readlink(entry.path):
+                    walked.add(name)
+                    walk(entry.path, name)
+                    continue
+                os.unlink(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                if name in keep_dirs:
+                    walk(entry.path, name)
+                    continue
+                shutil.rmtree(entry.path)
+            elif name not in keep_files:
+                os.unlink(entry.path)
+            else:
+                continue
+            removed += 1
+            LOG.detail(f"removed '{entry.path}': not in the backup")
+
+    walked: set[str] = set()
+    walk(pgdata, PREFIX)
+    for name, dest in links.items():  # a tablespace whose link is not (yet) in the data directory
+        if name not in walked and os.path.isdir(dest):
+            walk(dest, name)
+    return removed
+
+
+def prepare(pgdata: str, delta: bool, force: bool) -> bool:
+    """Check the data directory; True when it holds files to compare/replace."""
+    pid = running_pid(pgdata)
+    if pid is not None:
+        raise PgRunningError(f"unable to restore while PostgreSQL is running (postmaster.pid in '{pgdata}' names live "
+                             f"process {pid})\nHINT: stop PostgreSQL first")
+    if not os.path.exists(pgdata):
+        os.makedirs(pgdata, mode=0o700)
+        return False
+    if not os.path.isdir(pgdata):
+        raise PathNotEmptyError(f"pg1-path '{pgdata}' is not a directory")
+    if not os.listdir(pgdata):
+        return False
+    if not (delta or force):
+        raise PathNotEmptyError(f"unable to restore to '{pgdata}': the directory is not empty\n"
+                                "HINT: use --delta to rewrite only what changed, or --force to rewrite everything")
+    return True
+
+
+def tablespaces_in_use(manifest: dict, delta: bool, force: bool) -> bool:
+    """Does a tablespace location already hold this version's directory?  Refused without --delta/--force."""
+    prefix = f"PG_{int(manifest['backup']['pg_version'])}_"
+    for link in manifest.get("links", []):
+        dest = link["destination"]
+        busy = [n for n in (os.listdir(dest) if os.path.isdir(dest) else []) if n.startswith(prefix)]
+        if busy:
+            if not (delta or force):
+                raise PathNotEmptyError(
+                    f"unable to restore tablespace {link['name'].rsplit('/', 1)[-1]} into '{dest}': it already holds "
+                    f"'{busy[0]}' (a running cluster's, or an earlier restore's)\n"
+                    "HINT: use --delta or --force to overwrite it, or move it away")
+            return True
+    return False
+
+
+def clear_spool(cfg) -> None:
+    """Empty ``SPOOL/archive/STANZA/in/``: stale prefetched WAL must never reach the restored cluster."""
+    path = os.path.join(spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza), "in")
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            spool.remove(full)
+    if names:
+        LOG.info(f"removed {len(names)} file(s) from the asynchronous get spool '{path}'")
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def _options(cfg) -> tuple[str, str | None, str]:
+    rtype = cfg.get("type") or "default"
+    if rtype not in recovery.TYPES:
+        raise OptionInvalidValueError(
+            f"option 'type' has invalid value '{rtype}' {cfg.sources.get('type', '')}: one of "
+            + ", ".join(recovery.TYPES) + " is expected")
+    target = cfg.get("target")
+    if rtype in recovery.TARGET_KEY and not target:
+        raise OptionRequiredError(f"restore --type={rtype} requires option: target")
+    if target and rtype not in recovery.TARGET_KEY:
+        raise OptionInvalidValueError(f"option 'target' is only valid with --type time, lsn, name or xid (not {rtype})")
+    return rtype, target, str(cfg["target-action"])
+
+
+def _path(pgdata: str, name: str) -> str:
+    return pgdata if name == PREFIX else os.path.join(pgdata, name[len(PREFIX) + 1:])
+
+
+def run(cfg) -> str:
+    try:
+        return _run(cfg)
+    except OSError as exc:
+        raise parallel.local_error(exc) from None
+
+
+def _run(cfg) -> str:
+    pgdata = os.path.abspath(str(cfg.require("pg1-path")))
+    rtype, target, action = _options(cfg)
+    delta, force = bool(cfg["delta"]), bool(cfg["force"])
+    repo = Repository.from_config(cfg)
+    try:
+        repo.load_archive_info()
+        cat = Catalog(repo)
+        backups = catalog.evaluate_all(repo, cat.reconciled())
+        record, why = choose_backup(backups, cfg.get("set"), rtype, target)
+        label = record["label"]
+        LOG.info(f"restoring backup {label} ({why}) into '{pgdata}'")
+        manifest = cat.read_manifest(label)
+        existing = prepare(pgdata, delta, force)
+        existing = tablespaces_in_use(manifest, delta, force) or existing
+        clear_spool(cfg)
+        written, kept = _restore(cfg, repo, cat, manifest, pgdata, existing, compare=existing and not force)
+        pg_dir = next(d for d in manifest["dirs"] if d["name"] == PREFIX)
+        uid, gid = _owner(pg_dir, (None, None))
+        recovery.write(pgdata, int(record["pg_version"]), rtype, recovery.settings(cfg, rtype, target, action), uid, gid)
+    finally:
+        repo.storage.close()
+    files = len(manifest["files"])
+    goal = {"default": "to the end of the archived WAL", "standby": "as a standby",
+            "immediate": f"to the end of the backup, then {action}"}.get(rtype, f"to {rtype} '{target}', then {action}")
+    message = (f"restore of backup {label} ({why}) into '{pgdata}' complete: {files} files, "
+               f"{written} rewritten, {kept} unchanged; recovery {goal}")
+    return message + "\nHINT: start PostgreSQL to recover"
+
+
+def _make_dirs(pgdata: str, dirs: list[dict], links: dict[str, str], root_owner) -> None:
+    """Directories, then tablespace links (their target created), then the directories inside them."""
+    def under_link(name: str) -> bool:
+        return any(name.startswith(link + "/") for link in links)
+
+    for d in [d for d in dirs if not under_link(d["name"])]:
+        _make_dir(_path(pgdata, d["name"]), d, root_owner)
+    for name, dest in links.items():
+        path = _path(pgdata, name)
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+        if os.path.islink(path) and os.readlink(path) != dest:
+            os.unlink(path)
+        if not os.path.lexists(path):
+            os.symlink(dest, path)
+        uid, gid = root_owner
+        if uid is not None:
+            os.chown(dest, uid, gid)
+            os.lchown(path, uid, gid)
+    for d in [d for d in dirs if under_link(d["name"])]:
+        _make_dir(_path(pgdata, d["name"]), d, root_owner)
+
+
+def _make_dir(path: str, d: dict, root_owner) -> None:
+    mode = int(d["mode"], 8)
+    os.makedirs(path, mode=mode, exist_ok=True)
+    os.chmod(path, mode)
+    uid, gid = _owner(d, root_owner)
+    if uid is not None:
+        os.chown(path, uid, gid)
+
+
+def _restore(cfg, repo: Repository, cat: Catalog, manifest: dict, pgdata: str, existing: bool,
+             compare: bool) -> tuple[int, int]:
+    """Directories, tablespace links and files; returns (files written, files kept)."""
+    label = manifest["backup"]["label"]
+    files = {f["name"]: f for f in manifest["files"]}
+    dirs = sorted(manifest["dirs"], key=lambda d: d["name"])
+    links = {ln["name"]: ln["destination"] for ln in manifest.get("links", [])}
+    root_owner = _owner(next(d for d in dirs if d["name"] == PREFIX), (None, None))
+    major = int(manifest["backup"]["pg_version"])
+    if existing:
+        removed = clean(pgdata, set(files), {d["name"] for d in dirs}, links, major)
+        LOG.info(f"removed {removed} file(s) or directorie(s) not in the backup")
+    _make_dirs(pgdata, dirs, links, root_owner)
+    jobs = []
+    for f in sorted(files.values(), key=lambda f: -f["size"]):
+        ref = f.get("reference") or label
+        uid, gid = _owner(f, root_owner)
+        jobs.append((f["name"], _path(pgdata, f["name"]), f"{cat.label_dir(ref)}/{f['name']}{f['ext']}", f["sha1"],
+                     f["size"], int(f["mode"], 8), float(f["mtime"]), uid, gid, compare))
+    progress = Progress(f"restore {label}", len(jobs), sum(f["size"] for f in files.values()),
+                        str(cfg["log-level-console"]))
+    counts = [0, 0]
+
+    def collect(job: tuple, result: tuple[int, bool]) -> None:
+        progress.advance(job[4])
+        counts[1 if result[1] else 0] += 1
+
+    try:
+        parallel.run(cfg, restore_file, jobs, collect, parent_repo=repo)
+    finally:
+        progress.close()
+    return counts[0], counts[1]

@@ -1,0 +1,143 @@
+"""``verify``: re-read every file of the stanza in the repository and check it.
+
+- every archived WAL file (segments, ``.partial``, ``.backup``) is read,
+  decrypted, decompressed and its SHA-1 compared with the one in its name;
+  ``.history`` files must parse;
+- WAL continuity is checked per timeline: gaps (and dropped segments) are
+  reported, and every backup's own range is checked;
+- every file stored by a backup is read and compared with the SHA-1 and
+  size in its manifest; a file a backup references in another backup must be
+  in that backup's manifest with the same checksum.
+
+Any unreadable or corrupt file makes ``verify`` fail with 42 after the whole
+report is printed.  Gaps alone are reported, not an error (``info`` shows
+them too, and a gap before every backup harms nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pgpush import catalog, parallel, wal
+from pgpush.catalog import Catalog
+from pgpush.errors import FileReadError, PgPushError
+from pgpush.log import LOG
+from pgpush.progress import Progress
+from pgpush.repository import ARCHIVED_RE, Repository
+
+DIR_PATTERN = catalog.DIR_RE
+
+
+def verify_file(repo: Repository, job: tuple) -> str | None:
+    """Read one repository file; None when sound, else what is wrong.
+
+    ``job`` = (path, sha1, size, what, kind, stored size).
+    """
+    path, sha1, size, what, kind, _stored = job
+    h = hashlib.sha1()
+    n = 0
+    try:
+        data = b"" if kind == "history" else None
+        for chunk in repo.decode(repo.storage.read_chunks(path), path):
+            h.update(chunk)
+            n += len(chunk)
+            if data is not None:
+                data += chunk
+        if data is not None:
+            wal.parse_history(data.decode("utf-8"))
+    except FileNotFoundError:
+        return f"{what}: missing ({path})"
+    except (ValueError, PgPushError) as exc:
+        return f"{what}: unreadable: {exc}"
+    if sha1 is not None and h.hexdigest() != sha1:
+        return f"{what}: checksum mismatch: SHA1 {h.hexdigest()}, expected {sha1}"
+    if size is not None and n != size:
+        return f"{what}: size {n}, expected {size}"
+    return None
+
+
+def _archive_jobs(repo: Repository, archive_id: str) -> list[tuple]:
+    base = f"{repo.archive_root}/{archive_id}"
+    jobs = []
+    for f in repo.storage.list(base):
+        if wal.HISTORY_RE.match(f.name):
+            jobs.append((f"{base}/{f.name}", None, None, f"history file {archive_id}/{f.name}", "history", f.size))
+    for d in sorted(repo.storage.list_dirs(base)):
+        if not DIR_PATTERN.match(d):
+            continue
+        for f in repo.storage.list(f"{base}/{d}"):
+            m = ARCHIVED_RE.match(f.name)
+            if m:
+                jobs.append((f"{base}/{d}/{f.name}", m.group("sha"), None, f"WAL file {archive_id}/{m.group('wal')}", "wal",
+                             f.size))
+    return jobs
+
+
+def _backup_jobs(cat: Catalog, backups: list[dict], problems: list[str]) -> list[tuple]:
+    manifests: dict[str, dict] = {}
+    for b in backups:
+        try:
+            manifests[b["label"]] = cat.read_manifest(b["label"])
+        except PgPushError as exc:
+            problems.append(f"backup {b['label']}: {exc}")
+    sums = {label: {f["name"]: f["sha1"] for f in m["files"]} for label, m in manifests.items()}
+    jobs = []
+    for label, m in manifests.items():
+        for f in m["files"]:
+            ref = f.get("reference")
+            if ref:
+                if sums.get(ref, {}).get(f["name"]) != f["sha1"]:
+                    problems.append(f"backup {label}: '{f['name']}' references backup {ref}, which does not hold it")
+                continue
+            jobs.append((f"{cat.label_dir(label)}/{f['name']}{f['ext']}", f["sha1"], f["size"],
+                         f"backup {label} file '{f['name']}'", "file", f["repo_size"]))
+    return jobs
+
+
+def run(cfg) -> tuple[str, int]:
+    """The report and the number of problems (corrupt, missing or unreadable files)."""
+    repo = Repository.from_config(cfg)
+    problems: list[str] = []
+    lines: list[str] = []
+    try:
+        repo.load_archive_info()
+        cat = Catalog(repo)
+        states: dict[str, catalog.ArchiveState] = {}
+        backups = catalog.evaluate_all(repo, cat.reconciled(), states)
+        jobs: list[tuple] = []
+        for archive_id in reversed(repo.archive_ids()):
+            jobs += _archive_jobs(repo, archive_id)
+            state = states.get(archive_id) or catalog.archive_state(repo, archive_id, backups)
+            names = sorted(state.archived)
+            if state.segment_size and names:
+                found = catalog.gaps(names, state.dropped, state.segment_size)
+                lines.append(f"archive {archive_id}: {len(names)} segment(s) {names[0]} to {names[-1]}, "
+                             f"{len(found)} gap(s)")
+                lines += [f"  gap: {a} to {b}" for a, b in found]
+        for b in backups:
+            if b["status"] != catalog.DONE:
+                lines.append(f"backup {b['label']}: {b['status']} ({b.get('status_detail')})")
+        jobs += _backup_jobs(cat, backups, problems)
+        progress = Progress("verify", len(jobs), sum(j[5] for j in jobs), str(cfg["log-level-console"]))
+
+        def collect(job: tuple, result: str | None) -> None:
+            progress.advance(job[5])
+            if result is not None:
+                problems.append(result)
+                LOG.error(result)
+
+        try:
+            parallel.run(cfg, verify_file, jobs, collect, parent_repo=repo)
+        finally:
+            progress.close()
+    finally:
+        repo.storage.close()
+    wal_files = sum(1 for j in jobs if j[4] != "file")
+    lines.append(f"verified {wal_files} archive file(s) and {len(jobs) - wal_files} backup file(s) of "
+                 f"{len(backups)} backup(s): {len(problems)} problem(s)")
+    lines += [f"  {p}" for p in problems]
+    return "\n".join(lines) + "\n", len(problems)
+
+
+def fail(count: int) -> FileReadError:
+    return FileReadError(f"verify found {count} corrupt, missing or unreadable file(s) in the repository")
