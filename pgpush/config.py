@@ -12,7 +12,6 @@ own because ``configparser`` costs more at import than the whole fast path.
 from __future__ import annotations
 
 import os
-import re
 
 from pgpush.errors import CommandError, OptionInvalidValueError, OptionRequiredError
 from pgpush.options import ALIASES, BY_NAME, COMMANDS, Option
@@ -24,18 +23,35 @@ _UNITS = {
     "g": 1024**3, "gb": 1024**3, "gib": 1024**3,
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-STANZA_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_STANZA_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 # Environment variables of ours that are not options (the zipapp bootstrap's).
 _ENV_NOT_OPTIONS = {"PGPUSH_CACHE", "PGPUSH_PYTHON", "PGPUSH_LOCK_FD"}
 
 
 def parse_size(text: str) -> int:
     """``16MB`` -> 16777216.  Units are 1024-based as in pgBackRest."""
-    m = _SIZE_RE.match(str(text))
-    if not m or m.group(2).lower() not in _UNITS:
+    text = str(text).strip()
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").rstrip()
+    unit = text[len(digits):].strip().lower()
+    number, dot, decimals = digits.partition(".")
+    if not number.isdigit() or (dot and not decimals.isdigit()) or unit not in _UNITS:
         raise ValueError("a size such as 16MB, 1GB or a number of bytes is expected")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return int(float(digits) * _UNITS[unit])
+
+
+def valid_stanza(name: str) -> bool:
+    """``[A-Za-z0-9_.-]+`` (checked without ``re``, which is slow to import)."""
+    return bool(name) and _STANZA_CHARS.issuperset(name)
+
+
+class _StanzaMatcher:
+    def fullmatch(self, name: str) -> bool:
+        return valid_stanza(name)
+
+    match = fullmatch
+
+
+STANZA_RE = _StanzaMatcher()
 
 
 def format_size(size: int) -> str:
@@ -304,7 +320,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         raw, lineno = section_values("global")["stanza"]
         set_value(BY_NAME["stanza"], raw, f"in section [global] of {config_path} line {lineno}")
     stanza = values.get("stanza")
-    if stanza is not None and not STANZA_RE.fullmatch(str(stanza)):
+    if stanza is not None and not valid_stanza(str(stanza)):
         raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: [A-Za-z0-9_.-]+ is expected")
 
     order = [f"{stanza}:{command}", str(stanza)] if stanza else []

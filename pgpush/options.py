@@ -6,8 +6,6 @@ Stdlib only: the hot path imports it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # Commands that may be given; the aliases map to their canonical name.
 COMMANDS = (
     "push", "get", "stanza-create", "check", "backup", "restore",
@@ -31,20 +29,28 @@ SECTION_HELP = {
 }
 
 
-@dataclass(frozen=True)
 class Option:
-    """One option.  ``type`` is str, int, bool, size, duration, or choice."""
+    """One option.  ``type`` is str, int, bool, size, duration, or choice.
 
-    name: str
-    type: str
-    default: object
-    help: str
-    section: str
-    choices: tuple[str, ...] = ()
-    commands: tuple[str, ...] = ()  # empty: valid for every command
-    secret: bool = False
-    config: bool = True  # may be set in the config file / environment
-    default_doc: str | None = None  # how the default is described in docs
+    A plain class, not a dataclass: importing :mod:`dataclasses` costs more
+    than the whole hot path (it pulls in inspect, ast and tokenize).
+    """
+
+    __slots__ = ("name", "type", "default", "help", "section", "choices", "commands", "secret", "config", "default_doc")
+
+    def __init__(self, name: str, type: str, default: object, help: str, section: str, choices: tuple[str, ...] = (),
+                 commands: tuple[str, ...] = (), secret: bool = False, config: bool = True,
+                 default_doc: str | None = None):
+        self.name = name
+        self.type = type
+        self.default = default
+        self.help = help
+        self.section = section
+        self.choices = choices
+        self.commands = commands  # empty: valid for every command
+        self.secret = secret
+        self.config = config  # may be set in the config file / environment
+        self.default_doc = default_doc  # how the default is described in docs
 
 
 OPTIONS: tuple[Option, ...] = (

@@ -11,16 +11,41 @@ version; anything unknown is an error (46), never a guess.
 
 from __future__ import annotations
 
-import re
 import struct
-from dataclasses import dataclass
 
 from pgpush.errors import FormatError, VersionNotSupportedError
 
-SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-PARTIAL_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
-HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
-BACKUP_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def _hex(text: str, length: int) -> bool:
+    """Upper-case hex of exactly ``length`` characters (no ``re``: it is slow to import)."""
+    return len(text) == length and _HEX.issuperset(text)
+
+
+def is_segment(name: str) -> bool:
+    return _hex(name, 24)
+
+
+class _KindMatcher:
+    """``SEGMENT_RE.fullmatch(name)``-style checks without importing ``re``."""
+
+    def __init__(self, kind_name: str):
+        self.kind_name = kind_name
+
+    def fullmatch(self, name: str) -> bool:
+        try:
+            return kind(name) == self.kind_name
+        except FormatError:
+            return False
+
+    match = fullmatch
+
+
+SEGMENT_RE = _KindMatcher("segment")
+PARTIAL_RE = _KindMatcher("partial")
+HISTORY_RE = _KindMatcher("history")
+BACKUP_RE = _KindMatcher("backup")
 
 # XLOG_PAGE_MAGIC per major version (src/include/access/xlog_internal.h).
 WAL_MAGIC = {
@@ -56,13 +81,13 @@ LONG_HEADER = struct.Struct("<HHIQI4xQII")  # magic, info, tli, pageaddr, rem_le
 
 def kind(name: str) -> str:
     """``segment``, ``partial``, ``history`` or ``backup``; FormatError otherwise."""
-    if SEGMENT_RE.fullmatch(name):
+    if _hex(name, 24):
         return "segment"
-    if PARTIAL_RE.fullmatch(name):
+    if name.endswith(".partial") and _hex(name[:-8], 24):
         return "partial"
-    if HISTORY_RE.fullmatch(name):
+    if name.endswith(".history") and _hex(name[:-8], 8):
         return "history"
-    if BACKUP_RE.fullmatch(name):
+    if name.endswith(".backup") and len(name) == 40 and name[24] == "." and _hex(name[:24], 24) and _hex(name[25:33], 8):
         return "backup"
     raise FormatError(f"'{name}' is not a WAL file name (segment, .partial, .history or .backup)")
 
@@ -128,14 +153,19 @@ def archive_dir(name: str) -> str:
     return name[:16]
 
 
-@dataclass(frozen=True)
 class WalHeader:
-    version: int
-    timeline: int
-    system_id: int
-    segment_size: int
-    block_size: int
-    page_address: int
+    """The long page header of a segment (plain class: no dataclasses/typing import on the hot path)."""
+
+    __slots__ = ("version", "timeline", "system_id", "segment_size", "block_size", "page_address")
+
+    def __init__(self, version: int, timeline: int, system_id: int, segment_size: int, block_size: int,
+                 page_address: int):
+        self.version = version
+        self.timeline = timeline
+        self.system_id = system_id
+        self.segment_size = segment_size
+        self.block_size = block_size
+        self.page_address = page_address
 
 
 def parse_header(data: bytes, name: str = "") -> WalHeader:
@@ -161,14 +191,19 @@ def check_header_matches_name(header: WalHeader, name: str) -> None:
                           f"but its name says {int_to_lsn(expected)}: not this segment")
 
 
-@dataclass(frozen=True)
 class ControlData:
-    version: int
-    system_id: int
-    segment_size: int
-    block_size: int
-    control_version: int
-    catalog_version: int
+    """What pgpush needs of pg_control."""
+
+    __slots__ = ("version", "system_id", "segment_size", "block_size", "control_version", "catalog_version")
+
+    def __init__(self, version: int, system_id: int, segment_size: int, block_size: int, control_version: int,
+                 catalog_version: int):
+        self.version = version
+        self.system_id = system_id
+        self.segment_size = segment_size
+        self.block_size = block_size
+        self.control_version = control_version
+        self.catalog_version = catalog_version
 
 
 def parse_control(data: bytes) -> ControlData:

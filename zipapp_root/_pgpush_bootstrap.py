@@ -1,0 +1,309 @@
+"""Make the third-party packages bundled in pgpush.pyz importable (stdlib only).
+
+The zipapp carries pgpush's dependencies (paramiko, psycopg, zstandard, lz4,
+typer, rich, ...) under ``site-packages/`` inside the archive (or, when built
+with ``--layout nested``, in one stored member ``site-packages.zip``).  Native
+extensions cannot be imported from a zip, so the first run that needs them
+extracts that tree once into a cache directory; later runs only put the
+extracted directory on ``sys.path``.  The hot path (``version``, asynchronous
+``push``/``get``) never calls :func:`bootstrap` and never imports this module.
+
+Cache directory: the first of these candidates that is usable and safe wins.
+
+1. ``$PGPUSH_CACHE`` if set and not empty (e.g. ``/var/cache/pgpush``);
+2. ``$XDG_CACHE_HOME/pgpush`` (``XDG_CACHE_HOME`` must be absolute), else
+   ``~/.cache/pgpush`` -- only when the home directory exists, belongs to the
+   effective user and is writable: postgres' HOME (/var/lib/postgresql) may
+   not be, and root run with someone else's HOME must not create root-owned
+   files in it;
+3. ``/tmp/pgpush-<uid>``.
+
+A directory we create is created 0700.  "Safe" means: a real directory (a
+symlink is accepted only for ``$PGPUSH_CACHE``), owned by the effective uid and
+not writable by group or others.  A candidate that exists but is not safe is
+skipped with a warning on stderr; one that cannot be created or written is
+skipped silently.  If none works, :class:`BootstrapError` says what was tried.
+
+Layout: ``<cache>/<build id>/site-packages`` where the build id is the first 16
+hex digits of the sha256 of the bundled site-packages (computed by shiv at build
+time, stored in ``pgpush_build.json`` at the zip root).  A rebuild with the same
+dependencies reuses the extracted copy; new dependencies get a new directory.
+
+Extraction is atomic: the tree is extracted into ``<cache>/.tmp-<id>-<pid>-<rnd>``
+and renamed to ``<cache>/<id>``.  Concurrent first runs serialize on
+``flock(<cache>/.lock-<id>)`` so only one extracts (the others wait, then find
+the directory); if locking is impossible or takes over two minutes, each
+process extracts into its own temporary directory and the losers of the rename
+delete theirs and use the winner's.  Nothing is compiled at extraction: CPython
+writes ``__pycache__`` on first import (the directory is ours and writable), so
+only the first run pays for compiling the modules it actually uses.
+
+Clean-up: temporary directories of interrupted extractions older than an hour
+are removed by the next extraction.  Directories of old build ids are left in
+place (a process of the previous version may still be running from one); remove
+them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~90 MB.  The
+cache is not fsync'ed: after a crash during the very first extraction, delete
+``<cache>/<id>`` if imports fail.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+BUILD_INFO = "pgpush_build.json"
+LOCK_TIMEOUT = 120.0
+STALE_TMP_AGE = 3600.0
+
+_site_dir: str | None = None
+
+
+class BootstrapError(Exception):
+    """No cache directory could be used; the message says what was tried."""
+
+
+class _Unsafe(Exception):
+    """A candidate cache directory exists but must not be used."""
+
+
+def archive_path() -> str:
+    """The path of the zipapp this module was imported from (absolute)."""
+    archive = getattr(globals().get("__loader__"), "archive", None)
+    if not archive:
+        raise BootstrapError(f"{__name__} was not imported from the pgpush zipapp")
+    return os.path.abspath(archive)
+
+
+def _read_member(archive: str, name: str) -> bytes:
+    loader = globals().get("__loader__")
+    loader_archive = getattr(loader, "archive", None)
+    if loader_archive and os.path.abspath(loader_archive) == archive:
+        # zipimporter.get_data: no need to import zipfile for a small read.
+        return loader.get_data(os.path.join(loader_archive, name))
+    import zipfile
+
+    with zipfile.ZipFile(archive) as zf:
+        return zf.read(name)
+
+
+def build_info(archive: str | None = None) -> dict:
+    """The content of ``pgpush_build.json``: version, build id, layout, ..."""
+    import json
+
+    return json.loads(_read_member(archive or archive_path(), BUILD_INFO))
+
+
+def cache_candidates() -> list[tuple[str, str]]:
+    """``(directory, origin)`` in order of preference (see the module docstring)."""
+    euid = os.geteuid()
+    out: list[tuple[str, str]] = []
+    env = os.environ.get("PGPUSH_CACHE")
+    if env:
+        out.append((os.path.abspath(env), "PGPUSH_CACHE"))
+    home = os.environ.get("HOME")
+    if not home:
+        try:
+            import pwd
+
+            home = pwd.getpwuid(euid).pw_dir
+        except (ImportError, KeyError):
+            home = None
+    if home and os.path.isabs(home):
+        try:
+            st = os.stat(home)
+            usable = st.st_uid == euid and os.access(home, os.W_OK | os.X_OK)
+        except OSError:
+            usable = False
+        if usable:
+            xdg = os.environ.get("XDG_CACHE_HOME")
+            base = xdg if xdg and os.path.isabs(xdg) else os.path.join(home, ".cache")
+            out.append((os.path.join(base, "pgpush"), "home"))
+    out.append((f"/tmp/pgpush-{euid}", "tmp"))
+    return out
+
+
+def _check(path: str, origin: str) -> None:
+    """Raise :class:`_Unsafe` unless ``path`` is a directory safe for us to use."""
+    import stat
+
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        if origin != "PGPUSH_CACHE":
+            raise _Unsafe("is a symbolic link")
+        st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _Unsafe("is not a directory")
+    if st.st_uid != os.geteuid():
+        raise _Unsafe(f"is owned by uid {st.st_uid}, not by uid {os.geteuid()}")
+    if st.st_mode & 0o022:
+        raise _Unsafe(f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def _prepare(path: str, origin: str) -> str:
+    """Create ``path`` 0700 if missing, then check it; return it."""
+    if origin == "home":
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    _check(path, origin)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(13, "not writable", path)
+    return path
+
+
+def _lock(path: str) -> int | None:
+    """flock ``path``; None when locking is impossible or too slow (we then rely on rename)."""
+    try:
+        import fcntl
+        import time
+
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except (ImportError, OSError):
+        return None
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        except OSError:
+            break
+    os.close(fd)
+    return None
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_stale(root: str) -> None:
+    import time
+
+    now = time.time()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".tmp-"):
+            path = os.path.join(root, name)
+            try:
+                if now - os.lstat(path).st_mtime > STALE_TMP_AGE:
+                    _rmtree(path)
+            except OSError:
+                pass
+
+
+def _extract(archive: str, dest: str, layout: str) -> None:
+    """Extract the bundled site-packages of ``archive`` into ``dest/site-packages``."""
+    import zipfile
+
+    with zipfile.ZipFile(archive) as outer:
+        if layout == "nested":
+            import shutil
+
+            inner_path = os.path.join(dest, "site-packages.zip")
+            with outer.open("site-packages.zip") as src, open(inner_path, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            with zipfile.ZipFile(inner_path) as inner:
+                _extract_members(inner, "", os.path.join(dest, "site-packages"))
+            os.unlink(inner_path)
+        else:
+            _extract_members(outer, "site-packages/", dest)
+
+
+def _extract_members(zf, prefix: str, dest: str) -> None:
+    for info in zf.infolist():
+        if not info.filename.startswith(prefix) or info.is_dir():
+            continue
+        path = zf.extract(info, dest)
+        mode = (info.external_attr >> 16) & 0o777
+        if mode:
+            os.chmod(path, (mode | 0o600) & 0o755)
+
+
+def _ensure_extracted(archive: str, root: str, build: str, layout: str) -> str:
+    final = os.path.join(root, build)
+    site_dir = os.path.join(final, "site-packages")
+    if os.path.isdir(site_dir):
+        return site_dir
+    fd = _lock(os.path.join(root, f".lock-{build}"))
+    try:
+        if os.path.isdir(site_dir):  # extracted by the process that held the lock
+            return site_dir
+        if fd is not None:
+            _remove_stale(root)
+        tmp = os.path.join(root, f".tmp-{build}-{os.getpid()}-{os.urandom(4).hex()}")
+        os.mkdir(tmp, 0o700)
+        try:
+            _extract(archive, tmp, layout)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not os.path.isdir(site_dir):
+                    raise
+                _rmtree(tmp)  # lost the race: use the winner's copy
+        except BaseException:
+            _rmtree(tmp)
+            raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return site_dir
+
+
+def _is_site_dir(path: str) -> bool:
+    return os.path.basename(path.rstrip(os.sep)) in ("site-packages", "dist-packages")
+
+
+def activate(site_dir: str) -> None:
+    """``site.addsitedir`` (for .pth files), our entries before any other site dir."""
+    import site  # explicit: python runs with -S; importing site then does not run site.main()
+
+    before = list(sys.path)
+    site.addsitedir(site_dir)
+    new = [p for p in sys.path if p not in before]
+    rest = [p for p in sys.path if p not in new]
+    index = next((i for i, p in enumerate(rest) if _is_site_dir(p)), len(rest))
+    sys.path[:] = rest[:index] + new + rest[index:]
+
+
+def bootstrap(archive: str | None = None) -> str:
+    """Extract the bundled site-packages if needed, activate it, return its path.
+
+    Idempotent within a process.  Raises :class:`BootstrapError` when no cache
+    directory can be used.
+    """
+    global _site_dir
+    if _site_dir is not None:
+        return _site_dir
+    archive = os.path.abspath(archive) if archive else archive_path()
+    info = build_info(archive)
+    build = str(info["build_id"])[:16]
+    layout = str(info.get("layout", "dir"))
+    tried = []
+    for path, origin in cache_candidates():
+        try:
+            root = _prepare(path, origin)
+            site_dir = _ensure_extracted(archive, root, build, layout)
+        except _Unsafe as exc:
+            sys.stderr.write(f"pgpush: warning: not using cache directory {path}: it {exc}\n")
+            tried.append(f"{path} ({exc})")
+            continue
+        except OSError as exc:
+            tried.append(f"{path} ({exc.strerror or exc})")
+            continue
+        activate(site_dir)
+        _site_dir = site_dir
+        return site_dir
+    raise BootstrapError(
+        "cannot extract the bundled packages, tried: " + "; ".join(tried)
+        + ". Set PGPUSH_CACHE to a directory owned by this user."
+    )
