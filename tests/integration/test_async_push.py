@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.pg import DEFAULT_BIN_DIR, bin_dir_for
 from pgpush_env import Pgpush, archived_files, sha1_file
 
 pytestmark = pytest.mark.integration
@@ -32,19 +33,20 @@ def pgpush_processes(kind: str) -> list[tuple[int, str]]:
     return out
 
 
-def setup_async(pg_factory, pgpush_cmd, work_dir, repo=None, **opts) -> tuple[Pgpush, object]:
+def setup_async(pg_factory, pgpush_cmd, work_dir, repo=None, bin_dir=DEFAULT_BIN_DIR, **opts):
     pp = Pgpush(pgpush_cmd, work_dir, repo=repo, archive_async="y", **opts)
     pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "2GB",
-                                "max_wal_size": "1GB"})
+                                "max_wal_size": "1GB"}, bin_dir=bin_dir)
     pp.stanza_create(pg)
     pg.set_conf({"archive_command": pp.archive_command()})
     pg.reload()
     return pp, pg
 
 
-@pytest.mark.parametrize("process_max", [1, 4])
-def test_pgbench_all_wal_arrives_and_workers_share_exec_id(pg_factory, sshd, pgpush_cmd, work_dir, process_max):
-    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), process_max=process_max)
+@pytest.mark.parametrize(("major", "process_max"), [(15, 1), (15, 4), (18, 4)])
+def test_pgbench_all_wal_arrives_and_workers_share_exec_id(pg_factory, sshd, pgpush_cmd, work_dir, major, process_max):
+    pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), process_max=process_max,
+                         bin_dir=bin_dir_for(major))
     pg.pgbench_init(scale=1)
     seen: dict[str, set[int]] = {}
     stop = threading.Event()

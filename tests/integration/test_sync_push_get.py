@@ -7,14 +7,17 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.pg import PG_MAJORS, bin_dir_for
 from pgpush_env import Pgpush, archived_files, sha1_file
 
 pytestmark = pytest.mark.integration
 
 
-def test_pgbench_archives_every_segment_over_sftp_and_pitr_restore(pg_factory, sshd, pgpush_cmd, work_dir):
+@pytest.mark.parametrize("major", PG_MAJORS)
+def test_pgbench_archives_every_segment_over_sftp_and_pitr_restore(pg_factory, sshd, pgpush_cmd, work_dir, major):
     pp = Pgpush(pgpush_cmd, work_dir, repo=sshd.pgpush_options())
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "1GB"})
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "1GB"},
+                    bin_dir=bin_dir_for(major))
     pp.stanza_create(pg)
     pg.set_conf({"archive_command": pp.archive_command()})
     pg.reload()
@@ -39,7 +42,7 @@ def test_pgbench_archives_every_segment_over_sftp_and_pitr_restore(pg_factory, s
             assert sha1_file(local) == sha, name
     assert last in archived
 
-    restored = pg_factory("restored", init=False)
+    restored = pg_factory("restored", init=False, bin_dir=bin_dir_for(major))
     restored._prepare_common()
     os.rename(base, restored.datadir)
     restored.set_conf({
