@@ -1,0 +1,170 @@
+"""Restore: full + incr backups under pgbench, point-in-time recovery, delta restore."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+
+import pytest
+from backup_env import backup, backups, setup_archiving
+from harness import procs
+from pgpush_env import Pgpush
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_promoted(cluster, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.sql("select pg_is_in_recovery()") == "t":
+        assert time.monotonic() < deadline, cluster.log_tail()
+        time.sleep(0.3)
+
+
+def _restored_cluster(pg_factory, name: str):
+    """A PgCluster shell for a data directory pgpush restores (it does not exist yet)."""
+    restored = pg_factory(name, init=False)
+    restored._prepare_common()
+    return restored
+
+
+def _start_restored(restored) -> None:
+    """The backup's postgresql.conf names the original's port and socket: point them at this cluster."""
+    restored.set_conf({"port": restored.port, "unix_socket_directories": str(restored.socket_dir),
+                       "archive_mode": "off"})
+    restored.start(timeout=120)
+
+
+def test_full_incr_under_pgbench_then_pitr(pg_factory, pgpush_cmd, work_dir):
+    pp = Pgpush(pgpush_cmd, work_dir)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
+    setup_archiving(pp, pg)
+    pg.pgbench_init(scale=1)
+
+    load = threading.Thread(target=pg.pgbench, kwargs={"seconds": 8, "clients": 2})
+    load.start()
+    try:
+        full, _ = backup(pp, pg, "--wait", "--wait-timeout=60", "--process-max=2")
+        incr, res = backup(pp, pg, "--type=incr", "--wait", "--wait-timeout=60", "--process-max=2")
+    finally:
+        load.join()
+    info = backups(pp)
+    assert info[full]["type"] == "full" and info[incr]["type"] == "incr"
+    assert info[incr]["prior"] == full and incr.startswith(full + "_") and incr.endswith("I")
+    assert info[incr]["status"] == info[full]["status"] == "DONE"
+    assert 0 < info[incr]["repo_size"] < info[full]["repo_size"]
+
+    pg.sql("create table marks(id int primary key)")
+    pg.sql("insert into marks values (1)")
+    history_at_target = pg.sql("select count(*) from pgbench_history")
+    target = pg.sql("select now()")
+    time.sleep(1.1)
+    pg.sql("insert into marks values (2)")
+    pg.pgbench(transactions=50, clients=1)
+    pg.wait_archived(pg.switch_wal())
+
+    restored = _restored_cluster(pg_factory, "restored")
+    res = pp.run("restore", f"--pg1-path={restored.datadir}", "--type=time", f"--target={target}",
+                 "--target-action=promote", "--process-max=2", timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert f"restore of backup {incr} " in res.stdout  # the latest DONE backup that stopped before the target
+    auto_conf = (restored.datadir / "postgresql.auto.conf").read_text()
+    assert "restore_command = " in auto_conf and f"recovery_target_time = '{target}'" in auto_conf
+    assert "recovery_target_action = 'promote'" in auto_conf
+    assert (restored.datadir / "recovery.signal").exists()
+    assert (restored.datadir / "backup_label").exists()
+    assert not list((restored.datadir / "pg_wal").glob("0*"))
+
+    _start_restored(restored)
+    _wait_promoted(restored)
+    assert restored.sql("select array_agg(id order by id) from marks") == "{1}"
+    assert restored.sql("select count(*) from pgbench_history") == history_at_target
+    assert restored.sql("select count(*) from pgbench_accounts") == "100000"
+
+
+def _sha1(path) -> str:
+    return hashlib.sha1(open(path, "rb").read()).hexdigest()
+
+
+def test_delta_restore_rewrites_only_what_changed(pg_factory, pgpush_cmd, work_dir):
+    pp = Pgpush(pgpush_cmd, work_dir)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
+    setup_archiving(pp, pg)
+    tablespace = procs.make_tmp_dir(work_dir, "ts")
+    pg.sql(f"create tablespace ts location '{tablespace}'")
+    pg.sql("create table t as select g from generate_series(1, 5000) g")
+    pg.sql("create table in_ts tablespace ts as select g from generate_series(1, 300) g")
+    label, _ = backup(pp, pg, "--wait", "--wait-timeout=60")
+    relation_path = pg.sql("select pg_relation_filepath('t')")
+    manifest = json.loads((work_dir / "repo" / "backup" / "main" / label / "backup.manifest").read_text())
+    assert [ln["destination"] for ln in manifest["links"]] == [str(tablespace)]
+    assert any(f["name"].startswith("pg_data/pg_tblspc/") for f in manifest["files"])
+    assert any(f["name"] == "pg_data/tablespace_map" for f in manifest["files"])
+
+    restored = _restored_cluster(pg_factory, "restored")
+    # The tablespace location is in use by the original cluster: refused.
+    res = pp.run("restore", f"--pg1-path={restored.datadir}")
+    assert res.returncode == 40 and "tablespace" in res.stderr, res.stderr
+    pg.stop()
+    os.rename(tablespace, work_dir / "ts.orig")
+    res = pp.run("restore", f"--pg1-path={restored.datadir}", "--type=immediate", "--target-action=promote")
+    assert res.returncode == 0, res.stderr
+    data = restored.datadir
+    links = [p for p in (data / "pg_tblspc").iterdir() if p.is_symlink()]
+    assert [os.readlink(p) for p in links] == [str(tablespace)]
+    ts_files = sorted(p.relative_to(tablespace) for p in tablespace.rglob("*") if p.is_file())
+    assert ts_files == sorted(p.relative_to(work_dir / "ts.orig") for p in (work_dir / "ts.orig").rglob("*") if p.is_file())
+    relation = data / relation_path
+    unchanged = data / "global" / "pg_control"
+    changed = data / "PG_VERSION"
+    removed = data / "pg_hba.conf"
+    original_relation = _sha1(relation)
+    original_hba = _sha1(removed)
+    before = {p: os.stat(p) for p in (relation, unchanged)}
+
+    changed.write_text("99\n")
+    removed.unlink()
+    stray = data / "base" / "stray-file"
+    stray.write_text("not in the backup")
+    ts_stray = next(tablespace.glob("PG_*/*")) / "stray-file"
+    ts_stray.write_text("not in the backup either")
+    stale = pp.in_dir
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "000000010000000000000042").write_bytes(b"stale prefetched WAL")
+    procs.chown_tree(pp.spool_path, "postgres")
+
+    # Not empty: refused without --delta/--force.
+    res = pp.run("restore", f"--pg1-path={data}")
+    assert res.returncode == 40, res.stderr
+
+    time.sleep(0.05)
+    res = pp.run("restore", f"--pg1-path={data}", "--delta", "--type=immediate", "--target-action=promote")
+    assert res.returncode == 0, res.stderr
+    assert f"restore of backup {label} " in res.stdout
+    for p, st in before.items():
+        now = os.stat(p)
+        assert (now.st_ino, now.st_mtime_ns, now.st_ctime_ns) == (st.st_ino, st.st_mtime_ns, st.st_ctime_ns), p
+    assert changed.read_text() == (pg.datadir / "PG_VERSION").read_text()
+    assert _sha1(removed) == original_hba
+    assert _sha1(relation) == original_relation
+    assert not stray.exists() and not ts_stray.exists()
+    assert list(stale.iterdir()) == []
+    # PG_VERSION, pg_hba.conf, and postgresql.auto.conf (the first restore added recovery settings to it)
+    assert " 3 rewritten, " in res.stdout
+
+    # --delta --force rewrites every file, even those whose size and checksum match.
+    res = pp.run("restore", f"--pg1-path={data}", "--delta", "--force", "--type=immediate", "--target-action=promote")
+    assert res.returncode == 0, res.stderr
+    assert os.stat(unchanged).st_ctime_ns != before[unchanged].st_ctime_ns
+    assert " 0 unchanged" in res.stdout
+
+    # The delta-restored cluster recovers; a running cluster is never restored over.
+    _start_restored(restored)
+    _wait_promoted(restored)
+    assert restored.sql("select count(*) from t") == "5000"
+    assert restored.sql("select count(*) from in_ts") == "300"
+    res = pp.run("restore", f"--pg1-path={data}", "--delta")
+    assert res.returncode == 38, res.stderr
+    assert "running" in res.stderr
