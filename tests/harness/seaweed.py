@@ -106,14 +106,16 @@ class SeaweedServer:
         }
         self.config_file.write_text(json.dumps(identity, indent=1))
         os.chmod(self.config_file, 0o600)
-        # Read from the working directory: grow one volume per new collection (bucket), not 7.
+        # Read from config_dir (and the working directory): grow one volume per new collection (bucket), not 7.
         (self.base_dir / "master.toml").write_text(
             "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\n")
 
     def _argv(self) -> list[str]:
         p = self.ports
         return [
-            self.weed, "server", "-s3",
+            # glog options go before the command: log to our stderr (weed.log), not /tmp/weed.*;
+            # master.toml (one volume per new bucket) is read from config_dir.
+            self.weed, "-logtostderr", f"-config_dir={self.base_dir}", "server", "-s3",
             f"-ip={self.host}", f"-ip.bind={self.host}", f"-dir={self.data_dir}",
             f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
@@ -160,21 +162,27 @@ class SeaweedServer:
         raise AssertionError("unreachable")
 
     def _wait_ready(self, timeout: float) -> str | None:
-        """None once a bucket can be created and written; else why not."""
+        """None once a new bucket can be created and written (a new volume grown); else why not.
+
+        A fresh bucket every time: after a restart, writes into existing volumes may work a
+        moment before the master can grow a volume for a new bucket.
+        """
         deadline = time.monotonic() + timeout
         last = "S3 port never answered"
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return f"weed exited with status {self.proc.returncode if self.proc else '?'}"
             if procs.port_accepts(self.s3_port, timeout=0.5):
+                client = self.client(f"pgpush-probe-{uuid.uuid4().hex[:8]}", tries=1, timeout=5)
                 try:
-                    client = self.client("pgpush-harness-probe", tries=1, timeout=5)
                     client.create_bucket()
                     client.request("PUT", "probe", body=b"ok")
-                    client.close()
+                    client.delete_bucket()
                     return None
                 except Exception as exc:  # noqa: BLE001 - not ready yet (no volume server, no leader...)
                     last = str(exc)
+                finally:
+                    client.close()
             time.sleep(0.1)
         return f"not ready after {timeout:g}s: {last}"
 
@@ -225,11 +233,33 @@ class SeaweedServer:
         self.stop()
         return self.start()
 
-    def freeze(self) -> None:
-        """SIGSTOP the process group: TCP connects still succeed (backlog), nothing answers."""
-        if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGSTOP)
-            self.frozen = True
+    def freeze(self, timeout: float = 5) -> None:
+        """SIGSTOP the process group: TCP connects still succeed (backlog), nothing answers.
+
+        Returns once every thread of the server is stopped (signal delivery is asynchronous).
+        """
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+        deadline = time.monotonic() + timeout
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"weed {self.proc.pid} not stopped after SIGSTOP: {self._thread_states()}")
+            time.sleep(0.01)
+
+    def _thread_states(self) -> list[str]:
+        states = []
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/status") as fh:
+                    states += [line.split()[1] for line in fh if line.startswith("State:")]
+            except OSError:
+                continue
+        return states
+
+    def _all_threads_stopped(self) -> bool:
+        return all(state in ("T", "t") for state in self._thread_states())
 
     def thaw(self) -> None:
         if self.proc is not None:

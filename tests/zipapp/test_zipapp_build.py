@@ -2,7 +2,7 @@
 
 Builds dist-like ``pgpush.pyz`` once per session into a temporary directory
 readable by postgres (about 20 s: pip, shiv, zip), or uses the one named by
-``PGPUSH_ZIPAPP`` (``make test`` builds it first).  Tests that switch users
+``TEST_PGPUSH_ZIPAPP`` (``make test`` builds it first).  Tests that switch users
 need root and the ``postgres`` user.
 """
 
@@ -57,10 +57,10 @@ def zipapp_dir():
 @pytest.fixture(scope="session")
 def zipapp(zipapp_dir: Path) -> Path:
     target = zipapp_dir / "pgpush.pyz"
-    given = os.environ.get("PGPUSH_ZIPAPP")
+    given = os.environ.get("TEST_PGPUSH_ZIPAPP")
     if given:
         if not Path(given).is_file():
-            pytest.fail(f"PGPUSH_ZIPAPP={given} does not exist")
+            pytest.fail(f"TEST_PGPUSH_ZIPAPP={given} does not exist")
         shutil.copy2(given, target)
     else:
         subprocess.run(
