@@ -246,6 +246,13 @@ LoginGraceTime 30
         family = self._family()
         procs.signal_pids(family, signal.SIGSTOP)
         self.frozen = sorted(set(self.frozen) | set(family))
+        # Signal delivery is asynchronous: return only once every process shows "T (stopped)".
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if all(procs.pid_state(pid) in ("T", None, "Z", "X") for pid in family):
+                return
+            time.sleep(0.005)
+        raise RuntimeError(f"sshd family {family} not stopped after SIGSTOP")
 
     def thaw(self) -> None:
         """SIGCONT everything frozen by freeze()."""
