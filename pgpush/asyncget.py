@@ -13,32 +13,26 @@ timeline) are removed.  Get never discards anything recovery may still need.
 from __future__ import annotations
 
 import os
-import time
 
-from pgpush import lock, spool, wal
+from pgpush import spool, wal
 from pgpush.errors import PgPushError
-from pgpush.hotpath import segment_size, self_command
+from pgpush.hotpath import segment_size
 from pgpush.log import LOG
-from pgpush.pool import WorkerPool
+from pgpush.parent import AsyncParent
 
 
-class GetParent:
+class GetParent(AsyncParent):
+    group = "archive-get-async"
+    direction = "in"
+
     def __init__(self, cfg, pgdata: str):
-        self.cfg = cfg
-        self.sdir = spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza)
-        self.qdir = spool.queue_dir(str(cfg["spool-path"]), cfg.stanza, "in")
-        self.lock_path = lock.lock_path(self.sdir, "in")
+        super().__init__(cfg)
         self.segment_size = segment_size(pgdata)
         self.window = max(1, int(cfg["archive-get-queue-max"]) // self.segment_size)
-        self.pool: WorkerPool | None = None
+        self.done: str | None = None  # the request the spool was last filled for
 
-    def _pool(self) -> WorkerPool:
-        if self.pool is None:
-            argv = self_command() + ["worker", "get", f"--exec-id={LOG.exec_id}"] + self.cfg.to_argv()
-            env = dict(os.environ)
-            env.update(self.cfg.secret_env())
-            self.pool = WorkerPool(argv, int(self.cfg["process-max"]), env)
-        return self.pool
+    def describe(self) -> str:
+        return f"{super().describe()}, queue {self.window} segment(s)"
 
     def request(self) -> str | None:
         text = spool.read_status(os.path.join(self.qdir, "request"))
@@ -102,45 +96,20 @@ class GetParent:
             LOG.info(f"unable to find {missing_at} in the archive")
         return ok
 
-    def run(self, lock_fd: int) -> int:
-        held: int | None = lock_fd
-        try:
-            done: str | None = None
-            while True:
-                first = self.request()
-                if first is None:
-                    return 0
-                if first != done:
-                    if not self.fetch_round(first):
-                        return 0
-                    done = first
-                    continue
-                lock.release(held)
-                held = None
-                if self.request() == done:
-                    return 0
-                held = lock.try_lock(self.lock_path)
-                if held is None:
-                    return 0
-        finally:
-            if self.pool is not None:
-                self.pool.close()
-            if held is not None:
-                lock.release(held)
+    def work(self) -> bool:
+        while True:
+            first = self.request()
+            if first is None or first == self.done:
+                return True
+            if not self.fetch_round(first):
+                return False
+            self.done = first
+
+    def more_work(self) -> bool:
+        first = self.request()
+        return first is not None and first != self.done
 
 
 def run(cfg) -> int:
     """``get-async PGDATA [NAME]``: the background parent's entry."""
-    LOG.configure(cfg, "archive-get-async", console=False)
-    parent = GetParent(cfg, os.path.abspath(cfg.args[0]))
-    fd = lock.inherited_lock()
-    if fd is None:
-        fd = lock.try_lock(parent.lock_path)
-        if fd is None:
-            return 0
-    started = time.monotonic()
-    LOG.info(f"archive-get-async command begin: process-max={cfg['process-max']}, queue {parent.window} segment(s)")
-    try:
-        return parent.run(fd)
-    finally:
-        LOG.info(f"archive-get-async command end: {time.monotonic() - started:.3f}s")
+    return GetParent.main(cfg, os.path.abspath(cfg.args[0]))

@@ -15,14 +15,12 @@ reachable — until then in ``out/dropped.list`` in the spool.
 from __future__ import annotations
 
 import os
-import time
 
-from pgpush import lock, spool
+from pgpush import spool
 from pgpush.config import format_size
 from pgpush.errors import PgPushError
-from pgpush.hotpath import self_command
 from pgpush.log import LOG
-from pgpush.pool import WorkerPool
+from pgpush.parent import AsyncParent
 
 DROPPED_LIST = "dropped.list"
 
@@ -36,25 +34,16 @@ def _ready(status_dir: str) -> list[str]:
     return sorted(n[:-6] for n in names if n.endswith(".ready"))
 
 
-class PushParent:
+class PushParent(AsyncParent):
+    group = "archive-push-async"
+    direction = "out"
+
     def __init__(self, cfg, pg_wal: str):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.pg_wal = pg_wal
         self.status_dir = os.path.join(pg_wal, "archive_status")
-        self.sdir = spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza)
-        self.qdir = spool.queue_dir(str(cfg["spool-path"]), cfg.stanza, "out")
-        self.lock_path = lock.lock_path(self.sdir, "out")
         self.queue_max = cfg.get("archive-push-queue-max")
-        self.pool: WorkerPool | None = None
         self.failed = False
-
-    def _pool(self) -> WorkerPool:
-        if self.pool is None:
-            argv = self_command() + ["worker", "push", f"--exec-id={LOG.exec_id}"] + self.cfg.to_argv()
-            env = dict(os.environ)
-            env.update(self.cfg.secret_env())
-            self.pool = WorkerPool(argv, int(self.cfg["process-max"]), env)
-        return self.pool
 
     def pending(self) -> list[str]:
         ready = _ready(self.status_dir)
@@ -161,42 +150,15 @@ class PushParent:
         self.push_round(batch)
         return not self.failed
 
-    def run(self, lock_fd: int) -> int:
-        held: int | None = lock_fd
-        try:
-            while True:
-                while self.run_once():
-                    pass
-                if self.failed:
-                    return 0
-                # Release, then look once more: WAL that became ready after our
-                # last look is either seen here or finds the lock free.
-                lock.release(held)
-                held = None
-                if not self.pending():
-                    return 0
-                held = lock.try_lock(self.lock_path)
-                if held is None:
-                    return 0  # another parent took over
-        finally:
-            if self.pool is not None:
-                self.pool.close()
-            if held is not None:
-                lock.release(held)
+    def work(self) -> bool:
+        while self.run_once():
+            pass
+        return not self.failed
+
+    def more_work(self) -> bool:
+        return bool(self.pending())
 
 
 def run(cfg) -> int:
     """``push-async PG_WAL_DIR [NAME]``: the background parent's entry."""
-    LOG.configure(cfg, "archive-push-async", console=False)
-    parent = PushParent(cfg, os.path.abspath(cfg.args[0]))
-    fd = lock.inherited_lock()
-    if fd is None:
-        fd = lock.try_lock(parent.lock_path)
-        if fd is None:
-            return 0
-    started = time.monotonic()
-    LOG.info(f"archive-push-async command begin: process-max={cfg['process-max']}")
-    try:
-        return parent.run(fd)
-    finally:
-        LOG.info(f"archive-push-async command end: {time.monotonic() - started:.3f}s")
+    return PushParent.main(cfg, os.path.abspath(cfg.args[0]))
