@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup zipapp
-	TEST_PGPUSH_ZIPAPP=$(CURDIR)/dist/pgpush.pyz $(VPY) -m pytest -q -n $(PYTEST_N) --dist loadgroup tests
+	TEST_PGPUSH_ZIPAPP=$(CURDIR)/dist/pgpush.pyz $(VPY) -m pytest -q -n $(PYTEST_N) --dist loadgroup --durations=15 tests
 
 unit: setup
 	$(VPY) -m pytest -q tests/unit
