@@ -34,6 +34,20 @@ def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = N
             rc = hotpath.run(cfg)
             if rc is not None:
                 return rc
+        if cfg.command in ("push-async", "get-async"):
+            # The background parents only hand out names and write status files: the
+            # stdlib suffices, so they never pay for (or hold in memory) paramiko & co.
+            if cfg.command == "push-async":
+                from pgpush import asyncpush as parent
+            else:
+                from pgpush import asyncget as parent
+            return parent.run(cfg)
+        if cfg.command == "worker":
+            if bootstrap is not None:
+                bootstrap()
+            from pgpush import worker  # repository work, but no CLI (typer, rich)
+
+            return worker.run(cfg)
     except PgPushError as exc:
         # Errors of option parsing are reported here too; the CLI would say the same.
         from pgpush import log

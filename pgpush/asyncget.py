@@ -13,12 +13,15 @@ timeline) are removed.  Get never discards anything recovery may still need.
 from __future__ import annotations
 
 import os
+import time
 
 from pgpush import spool, wal
 from pgpush.errors import PgPushError
 from pgpush.hotpath import segment_size
 from pgpush.log import LOG
 from pgpush.parent import AsyncParent
+
+LINGER = 10.0  # seconds a get parent waits for recovery's next request before exiting
 
 
 class GetParent(AsyncParent):
@@ -97,13 +100,24 @@ class GetParent(AsyncParent):
         return ok
 
     def work(self) -> bool:
+        """Keep the window filled as recovery moves on; linger a little before giving up.
+
+        The foreground names the next segment in ``in/request`` each time it takes one,
+        so a lingering parent refills at once, with its workers' connections still open,
+        instead of a new parent paying start-up and connect for every few segments.
+        """
+        idle_since = time.monotonic()
         while True:
             first = self.request()
-            if first is None or first == self.done:
+            if first is not None and first != self.done:
+                if not self.fetch_round(first):
+                    return False
+                self.done = first
+                idle_since = time.monotonic()
+                continue
+            if time.monotonic() - idle_since >= LINGER:
                 return True
-            if not self.fetch_round(first):
-                return False
-            self.done = first
+            time.sleep(0.02)
 
     def more_work(self) -> bool:
         first = self.request()

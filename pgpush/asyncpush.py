@@ -15,6 +15,7 @@ reachable — until then in ``out/dropped.list`` in the spool.
 from __future__ import annotations
 
 import os
+import time
 
 from pgpush import spool
 from pgpush.config import format_size
@@ -23,6 +24,7 @@ from pgpush.log import LOG
 from pgpush.parent import AsyncParent
 
 DROPPED_LIST = "dropped.list"
+LINGER = 3.0  # seconds a push parent waits for more WAL before exiting
 
 
 def _ready(status_dir: str) -> list[str]:
@@ -151,9 +153,20 @@ class PushParent(AsyncParent):
         return not self.failed
 
     def work(self) -> bool:
-        while self.run_once():
-            pass
-        return not self.failed
+        """Push all there is; then linger briefly for the next .ready before exiting.
+
+        A busy cluster completes a segment every second or so: lingering keeps the
+        workers and their connections for it instead of starting a new parent each time.
+        """
+        idle_since = time.monotonic()
+        while True:
+            while self.run_once():
+                idle_since = time.monotonic()
+            if self.failed:
+                return False
+            if time.monotonic() - idle_since >= LINGER:
+                return True
+            time.sleep(0.05)
 
     def more_work(self) -> bool:
         return bool(self.pending())

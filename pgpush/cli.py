@@ -138,26 +138,4 @@ def main() -> None:
     sys.exit(run(sys.argv[1:]))
 
 
-@app.command("push-async", hidden=True)
-def push_async_cmd(args: list[str] = typer.Argument(None)) -> None:
-    """Internal: the asynchronous push parent."""
-    from pgpush import asyncpush
-
-    asyncpush.run(_cfg())
-
-
-@app.command("get-async", hidden=True)
-def get_async_cmd(args: list[str] = typer.Argument(None)) -> None:
-    """Internal: the asynchronous get parent."""
-    from pgpush import asyncget
-
-    asyncget.run(_cfg())
-
-
-@app.command("worker", hidden=True)
-def worker_cmd(args: list[str] = typer.Argument(None)) -> None:
-    """Internal: a worker of an asynchronous parent (tasks on stdin)."""
-    from pgpush import worker
-
-    worker.run(_cfg())
 from pgpush import cli_backup  # noqa: E402,F401

@@ -225,14 +225,14 @@ def segment_size(pgdata: str) -> int:
 
 
 def _refill_if_low(cfg: Config, sdir: str, qdir: str, name: str, pgdata: str) -> None:
-    """Start a parent in the background when the prefetch queue runs below half."""
+    """Name the next segment for the parent; start one when none runs and the queue is below half."""
+    seg_size = segment_size(pgdata)
+    nxt = wal.next_segment(name, seg_size)
+    spool.write_atomic(qdir, "request", nxt.encode())
     try:
         ready = [n for n in os.listdir(qdir) if len(n) == 24]
     except OSError:
         return
-    seg_size = segment_size(pgdata)
     window = max(1, int(cfg["archive-get-queue-max"]) // seg_size)
     if len(ready) < window // 2 + 1:
-        nxt = wal.next_segment(name, seg_size) if len(name) == 24 else name
-        spool.write_atomic(qdir, "request", nxt.encode())
         _ensure_parent(cfg, sdir, qdir, "in", [pgdata, nxt])
