@@ -133,7 +133,9 @@ class PushParent(AsyncParent):
         pushed = 0
         while (todo and not self.failed) or pool.busy:
             while todo and not self.failed and pool.has_idle():
-                pool.submit({"op": "push", "path": os.path.join(self.pg_wal, todo.pop(0))})
+                name = todo.pop(0)
+                spool.remove(os.path.join(self.qdir, name + ".error"))  # stale: we try again now
+                pool.submit({"op": "push", "path": os.path.join(self.pg_wal, name)})
             for task, result in pool.results():
                 self._record(task, result)
                 pushed += result["ok"]

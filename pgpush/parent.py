@@ -81,6 +81,9 @@ class AsyncParent:
                 return 0
         started = time.monotonic()
         LOG.info(f"{cls.group} command begin: {parent.describe()}")
+        # An error left by an earlier run is stale now that we try again: a foreground
+        # must wait for this run's verdict instead of failing on the old one.
+        spool.remove(os.path.join(parent.qdir, spool.GLOBAL_ERROR))
         try:
             return parent.run(fd)
         finally:
