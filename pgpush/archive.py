@@ -15,18 +15,6 @@ from pgpush.storage.base import StorageError
 TMP_SUFFIX = ".pgpush.tmp"
 
 
-def read_wal_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise FileMissingError(f"WAL file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise FileMissingError(f"WAL file '{path}' is a directory") from None
-    except OSError as exc:
-        raise FileMissingError(f"unable to read WAL file '{path}': {exc.strerror}") from None
-
-
 def with_retry(repo: Repository, fn, *args):
     """Run ``fn`` once more on a fresh connection when the connection was lost."""
     try:
@@ -42,8 +30,14 @@ def push_file(repo: Repository, path: str) -> str | None:
     """Archive the WAL file at ``path``; returns the duplicate warning, if any."""
     name = os.path.basename(path)
     wal.kind(name)
-    data = read_wal_file(path)
-    return with_retry(repo, repo.push_wal, name, data)
+    try:
+        return with_retry(repo, repo.push_wal_file, name, path)
+    except FileNotFoundError:
+        raise FileMissingError(f"WAL file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise FileMissingError(f"WAL file '{path}' is a directory") from None
+    except PermissionError as exc:
+        raise FileMissingError(f"unable to read WAL file '{path}': {exc.strerror}") from None
 
 
 def push(cfg, wal_path: str) -> None:
@@ -83,21 +77,31 @@ def check_local_cluster(repo: Repository, pgdata: str) -> None:
     repo.check_cluster(control.system_id, control.version, f"the cluster in '{pgdata}'")
 
 
-def write_dest(dest: str, data: bytes) -> None:
-    """Write the restored file atomically: PostgreSQL never sees half of it."""
+def fetch_to(repo: Repository, name: str, dest: str) -> None:
+    """Fetch WAL file ``name`` to ``dest`` through ``dest.pgpush.tmp``: verified, then renamed.
+
+    PostgreSQL (or the spool reader) never sees half a file or a corrupt one; on any
+    failure the temporary file is removed.
+    """
     tmp = dest + TMP_SUFFIX
-    try:
+
+    def attempt() -> None:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            repo.get_wal_into(name, fh)
+
+    try:
+        with_retry(repo, attempt)
         os.replace(tmp, dest)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        from pgpush.errors import PathCreateError
+        if isinstance(exc, OSError) and not isinstance(exc, PgPushError):
+            from pgpush.errors import PathCreateError
 
-        raise PathCreateError(f"unable to write '{dest}': {exc.strerror}") from None
+            raise PathCreateError(f"unable to write '{dest}': {exc.strerror}") from None
+        raise
 
 
 def get(cfg, name: str, dest: str) -> int:
@@ -107,11 +111,10 @@ def get(cfg, name: str, dest: str) -> int:
     try:
         check_local_cluster(repo, str(cfg.get("pg1-path") or os.getcwd()))
         try:
-            data = with_retry(repo, repo.get_wal, name)
+            fetch_to(repo, name, dest)
         except WalNotFound:
             LOG.info(f"unable to find {name} in the archive")
             return 1
-        write_dest(dest, data)
         LOG.info(f"found {name} in the archive")
         return 0
     finally:

@@ -211,6 +211,44 @@ class Repository:
         return [f.name for f in self.storage.list(directory) if f.name.startswith(name + "-") and ARCHIVED_RE.fullmatch(f.name)]
 
     def push_wal(self, name: str, data: bytes) -> str | None:
+        """Archive one WAL file given as bytes; see :meth:`push_wal_file`."""
+        return self._push(name, data[:8192], len(data), sha1_hex(data), lambda: iter([data]), lambda: data)
+
+    def push_wal_file(self, name: str, path: str) -> str | None:
+        """Archive the WAL file at ``path``, streamed: a worker never holds a whole segment in memory.
+
+        One pass computes the SHA-1 (it names the file), a second streams it through compression
+        to the repository while hashing again; a file that changed in between is removed and refused.
+        """
+        if wal.kind(name) in ("history", "backup"):
+            with open(path, "rb") as fh:
+                return self.push_wal(name, fh.read())
+        size = os.stat(path).st_size
+        digest = hashlib.sha1()
+        with open(path, "rb") as fh:
+            head = fh.read(8192)
+            digest.update(head)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        sent = hashlib.sha1()
+
+        def chunks():
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    sent.update(chunk)
+                    yield chunk
+
+        def whole() -> bytes:
+            with open(path, "rb") as fh:
+                return fh.read()
+
+        warning = self._push(name, head, size, digest.hexdigest(), chunks, whole)
+        if warning is None and sent.hexdigest() != digest.hexdigest():
+            self.storage.delete(f"{self.wal_dir(self.archive_id(), name)}/{name}-{digest.hexdigest()}{self.extension()}")
+            raise FormatError(f"WAL file '{name}' changed while it was being archived")
+        return warning
+
+    def _push(self, name: str, head: bytes, size: int, digest: str, chunks, whole) -> str | None:
         """Archive one WAL file; returns a warning (duplicate) or None.
 
         The header of a segment is checked against the stanza before anything
@@ -219,27 +257,26 @@ class Repository:
         """
         kind = wal.kind(name)
         if kind in ("segment", "partial"):
-            if not data:
+            if not size:
                 raise FormatError(f"WAL file '{name}' is empty")
-            header = wal.parse_header(data, name)
+            header = wal.parse_header(head, name)
             wal.check_header_matches_name(header, name)
-            if len(data) != header.segment_size:
-                raise FormatError(f"WAL file '{name}' has size {len(data)} but its header says the segment size is "
+            if size != header.segment_size:
+                raise FormatError(f"WAL file '{name}' has size {size} but its header says the segment size is "
                                   f"{header.segment_size}")
             self.check_cluster(header.system_id, header.version, f"WAL file '{name}'")
         else:
             self.load_archive_info()
         archive_id = self.archive_id()
         directory = self.wal_dir(archive_id, name)
-        digest = sha1_hex(data)
         for _attempt in range(2):
             existing = self.find_wal(archive_id, name)
             if existing:
-                return self._duplicate(name, digest, data, directory, existing[0])
+                return self._duplicate(name, digest, directory, existing[0])
             if kind == "history":
-                target, payload = f"{directory}/{name}", self.encode([data], "none")
+                target, payload = f"{directory}/{name}", self.encode([whole()], "none")
             else:
-                target, payload = f"{directory}/{name}-{digest}{self.extension()}", self.encode([data])
+                target, payload = f"{directory}/{name}-{digest}{self.extension()}", self.encode(chunks())
             try:
                 self.storage.put(target, payload)
                 return None
@@ -247,7 +284,7 @@ class Repository:
                 continue  # pushed concurrently: compare with what is there now
         raise AssertionError("push_wal: file appeared and vanished")
 
-    def _duplicate(self, name: str, digest: str, data: bytes, directory: str, stored: str) -> str:
+    def _duplicate(self, name: str, digest: str, directory: str, stored: str) -> str:
         if wal.kind(name) == "history":
             old = self.read_verified(f"{directory}/{stored}", None, f"history file '{name}'")
             old_digest = sha1_hex(old)
@@ -274,6 +311,35 @@ class Repository:
                 return data
             sha = ARCHIVED_RE.fullmatch(stored).group("sha")
             return self.read_verified(path, sha, f"WAL file '{name}'")
+        raise WalNotFound(name)
+
+    def get_wal_into(self, name: str, fh) -> None:
+        """Write the content of WAL file ``name`` into ``fh``, streamed, and verify its SHA-1 at the end.
+
+        The caller writes to a temporary name and renames only when this returns: a corrupt
+        file raises :class:`FileReadError` and must never reach its destination.
+        """
+        for archive_id in self.archive_ids():
+            found = self.find_wal(archive_id, name)
+            if not found:
+                continue
+            if wal.kind(name) == "history":
+                fh.write(self.get_wal(name))
+                return
+            stored = found[0]
+            path = f"{self.wal_dir(archive_id, name)}/{stored}"
+            expected = ARCHIVED_RE.fullmatch(stored).group("sha")
+            digest = hashlib.sha1()
+            try:
+                for chunk in self.decode(self.storage.read_chunks(path), path):
+                    digest.update(chunk)
+                    fh.write(chunk)
+            except ValueError as exc:
+                raise FileReadError(f"WAL file '{name}' in the repository is corrupt: {exc}") from None
+            if digest.hexdigest() != expected:
+                raise FileReadError(f"WAL file '{name}' in the repository is corrupt: SHA1 {digest.hexdigest()} "
+                                    f"does not match the expected {expected}")
+            return
         raise WalNotFound(name)
 
     def record_dropped(self, name: str, reason: str) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from pgpush import archive, spool
+from pgpush import archive
 from pgpush.errors import PgPushError, RepoInvalidError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repository import Repository
@@ -38,13 +38,11 @@ class Worker:
     def get(self, task: dict) -> dict:
         """Fetch a segment into the spool: temp name, verified, then renamed."""
         name, directory = task["name"], task["dir"]
-        repo = self.repository()
         try:
-            data = archive.with_retry(repo, repo.get_wal, name)
+            archive.fetch_to(self.repository(), name, os.path.join(directory, name))
         except WalNotFound:
             return {"ok": True, "missing": True}
-        spool.write_atomic(directory, name, data)
-        return {"ok": True, "size": len(data)}
+        return {"ok": True}
 
     def drop(self, task: dict) -> dict:
         repo = self.repository()
