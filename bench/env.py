@@ -1,0 +1,102 @@
+"""One benchmark run's environment: work dir, the two sshds, pgBackRest's set-up, WAL
+sources, and the clean-up of everything started (by PID; this machine's init reaps nothing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from common import (
+    BENCH_BASE,
+    PgCluster,
+    SshServer,
+    WalSource,
+    install_zipapps,
+    log,
+    make_dir,
+    procs,
+    rmtree,
+    tool_pids,
+)
+from pgbackrest import DbHostSshd, PgBackRest
+
+
+class BenchEnv:
+    def __init__(self, keep: bool = False):
+        self.keep = keep
+        make_dir(BENCH_BASE, "root", 0o755)
+        self.base = make_dir(BENCH_BASE / time.strftime("run-%Y%m%d-%H%M%S"), "root", 0o755)
+        self.clusters: list[PgCluster] = []
+        self.sources: dict[tuple, WalSource] = {}
+        self.repo_sshd: SshServer | None = None
+        self.db_sshd: DbHostSshd | None = None
+        self.pgbr: PgBackRest | None = None
+        self.shared: dict = {}  # scenario results other scenarios may reuse (filled repos)
+
+    def start(self) -> BenchEnv:
+        install_zipapps(self.base)
+        self.repo_sshd = SshServer(self.base / "sshd-repo").start()
+        self.repo_sshd.verify()
+        self.db_sshd = DbHostSshd(self.base / "sshd-db").start()
+        self.pgbr = PgBackRest(self.base, self.repo_sshd, self.db_sshd)
+        log(f"sshd (repo, pgpush-backup) on port {self.repo_sshd.port}, sshd (db host, postgres) on port "
+            f"{self.db_sshd.port}; work dir {self.base}")
+        return self
+
+    def track(self, cluster: PgCluster) -> PgCluster:
+        self.clusters.append(cluster)
+        return cluster
+
+    def source(self, kind: str, n: int) -> WalSource:
+        """N ready segments of ``kind`` WAL in a stopped cluster (built once per run); random
+        sources also keep a base backup taken before the WAL, for ``replay``."""
+        key = (kind, n)
+        if key not in self.sources:
+            base_backup = kind == "random"
+            log(f"writing {n} segments of {kind} WAL" + (" after a base backup" if base_backup else ""))
+            src = WalSource(self.base, kind, n, with_base_backup=base_backup)
+            self.track(src.cluster)
+            src.build()
+            self.sources[key] = src
+        return self.sources[key]
+
+    def drop_cluster(self, cluster: PgCluster) -> None:
+        try:
+            cluster.cleanup()
+        finally:
+            if cluster in self.clusters:
+                self.clusters.remove(cluster)
+
+    def cleanup(self) -> None:
+        for cluster in reversed(self.clusters):
+            try:
+                cluster.cleanup()
+            except Exception as exc:  # noqa: BLE001 - keep cleaning
+                log(f"cleanup of {cluster!r} failed: {exc}")
+        self.clusters.clear()
+        left = tool_pids()
+        for pid in left:
+            procs.kill_tree(pid, sig=signal.SIGKILL, timeout=2)
+        for server in (self.db_sshd, self.repo_sshd):
+            if server is not None:
+                server.cleanup()
+        for pid, _desc in procs.registered_pids().items():
+            if procs.pid_alive(pid):
+                procs.kill_tree(pid, sig=signal.SIGKILL, timeout=2)
+            procs.unregister_pid(pid)
+        procs.reap_orphans()
+        while True:  # reap every exited child, adopted orphans included
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        zombies = [p for p in procs.children_of(os.getpid()) if procs.pid_state(p) == "Z"]
+        if left:
+            log(f"killed leftover processes: {left}")
+        if zombies:
+            log(f"zombie children left: {zombies}")
+        if not self.keep:
+            rmtree(self.base)

@@ -1,0 +1,182 @@
+"""pgBackRest 2.45 in repo-host mode on this one machine, beside pgpush (see
+/work/shared/PGBACKREST-BASELINE.md).
+
+Two OS users and SSH both ways over 127.0.0.1:
+
+* ``postgres`` (the database host) runs ``archive-push``/``archive-get``/``restore``; they reach
+  the repository host as ``pgpush-backup`` through the *same* sshd pgpush uses for SFTP (the
+  harness ``SshServer``).
+* ``pgpush-backup`` (the repository host) runs ``stanza-create`` and ``backup``; they reach
+  PostgreSQL as ``postgres`` through a second, private sshd (:class:`DbHostSshd`) with
+  ``UsePAM yes`` because the ``postgres`` account is locked.
+
+pgBackRest has no option for an identity or known_hosts file, so ``cmd-ssh`` is a wrapper that
+runs ``ssh -F <per-user config>``.  Each user gets its own lock, log and spool paths; nobody's
+real ~/.ssh is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from common import BACKUP_USER, PG_USER, Result, SshServer, chown, make_dir, run_tool
+
+PGBACKREST = "/usr/bin/pgbackrest"
+
+
+def version() -> str:
+    try:
+        return subprocess.run([PGBACKREST, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+
+
+class DbHostSshd(SshServer):
+    """sshd through which the repository host logs in to the database host as ``postgres``."""
+
+    def __init__(self, base_dir: Path):
+        super().__init__(base_dir, user=PG_USER)
+
+    def _prepare(self) -> None:  # not the harness's: never unlock or create the postgres account
+        if self._prepared:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        for key in (self.host_key, self.key_file):
+            if not key.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"bench-{key.name}", "-f", str(key)],
+                               check=True, capture_output=True)
+        os.chmod(self.host_key, 0o600)
+        chown(self.key_file, BACKUP_USER, 0o600)
+        chown(self.key_file.with_suffix(".pub"), BACKUP_USER, 0o644)
+        self.authorized_keys_dir.mkdir(mode=0o755, exist_ok=True)
+        auth = self.authorized_keys_dir / self.user
+        auth.write_text(self.key_file.with_suffix(".pub").read_text())
+        os.chmod(auth, 0o644)
+        self._write_known_hosts()
+        self._write_config()
+        self._prepared = True
+
+    def _write_known_hosts(self) -> None:
+        keytype, blob = self.host_key.with_suffix(".pub").read_text().split()[:2]
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {keytype} {blob}\n")
+        chown(self.known_hosts, BACKUP_USER, 0o644)
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_file.read_text().replace("UsePAM no", "UsePAM yes")
+        self.config_file.write_text(text)
+
+
+class PgBackRest:
+    """Configs, ssh wrappers and stanzas of pgBackRest for one benchmark run."""
+
+    def __init__(self, base: Path, repo_sshd: SshServer, db_sshd: DbHostSshd):
+        self.base = make_dir(base / "pgbackrest", user="root", mode=0o755)
+        self.repo_sshd, self.db_sshd = repo_sshd, db_sshd
+        self.pg_home = make_dir(self.base / "pg-host", PG_USER, 0o755)
+        self.repo_home = make_dir(self.base / "repo-host", BACKUP_USER, 0o755)
+        self.repo_path = make_dir(self.repo_home / "repo", BACKUP_USER, 0o750)
+        self.pg_conf = self.pg_home / "pgbackrest.conf"
+        self.repo_conf = self.repo_home / "pgbackrest.conf"
+        self.stanzas: dict[str, object] = {}  # name -> PgCluster
+        for home, user in ((self.pg_home, PG_USER), (self.repo_home, BACKUP_USER)):
+            for sub in ("lock", "log", "spool"):
+                make_dir(home / sub, user, 0o750)
+        self._ssh_wrapper(self.pg_home, PG_USER, repo_sshd.key_file, repo_sshd.known_hosts)
+        self._ssh_wrapper(self.repo_home, BACKUP_USER, db_sshd.key_file, db_sshd.known_hosts)
+        self._write_configs()
+
+    @staticmethod
+    def _ssh_wrapper(home: Path, user: str, key: Path, known_hosts: Path) -> None:
+        config = home / "ssh_config"
+        config.write_text(
+            "Host *\n"
+            f"  IdentityFile {key}\n"
+            "  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {known_hosts}\n"
+            "  GlobalKnownHostsFile /dev/null\n"
+            "  StrictHostKeyChecking yes\n"
+            "  BatchMode yes\n"
+        )
+        chown(config, user, 0o600)
+        wrapper = home / "ssh"
+        wrapper.write_text(f"#!/bin/sh\nexec /usr/bin/ssh -F {shlex.quote(str(config))} \"$@\"\n")
+        chown(wrapper, user, 0o755)
+
+    def _write_configs(self) -> None:
+        common = lambda home: [  # noqa: E731
+            f"lock-path={home / 'lock'}", f"log-path={home / 'log'}", f"spool-path={home / 'spool'}",
+            f"cmd-ssh={home / 'ssh'}", "log-level-console=warn",
+        ]
+        pg = ["[global]", *common(self.pg_home), f"repo1-host={self.repo_sshd.host}",
+              f"repo1-host-port={self.repo_sshd.port}", f"repo1-host-user={BACKUP_USER}",
+              f"repo1-host-config={self.repo_conf}", ""]
+        repo = ["[global]", *common(self.repo_home), f"repo1-path={self.repo_path}", "repo1-retention-full=99", ""]
+        for name, cluster in self.stanzas.items():
+            pg += [f"[{name}]", f"pg1-path={cluster.datadir}", f"pg1-port={cluster.port}",
+                   f"pg1-socket-path={cluster.socket_dir}", ""]
+            repo += [f"[{name}]", f"pg1-host={self.db_sshd.host}", f"pg1-host-port={self.db_sshd.port}",
+                     f"pg1-host-user={PG_USER}", f"pg1-host-config={self.pg_conf}", f"pg1-path={cluster.datadir}",
+                     f"pg1-port={cluster.port}", f"pg1-socket-path={cluster.socket_dir}", ""]
+        for path, text, user in ((self.pg_conf, pg, PG_USER), (self.repo_conf, repo, BACKUP_USER)):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("\n".join(text))
+            chown(tmp, user, 0o640)
+            os.replace(tmp, path)
+
+    # ------------------------------------------------------------------------------------------
+
+    def add_stanza(self, name: str, cluster, create: bool = True) -> None:
+        """Describe ``cluster`` (running, for stanza-create) as stanza ``name`` on both hosts."""
+        self.stanzas[name] = cluster
+        self._write_configs()
+        if create:
+            self.repo_cmd("stanza-create", name, timeout=120).check(f"pgbackrest stanza-create {name}")
+
+    def pg_argv(self, command: str, stanza: str, *args: str, **opts) -> list[str]:
+        """argv of a database-host command (run as postgres): options, then the command and its args."""
+        flags = [f"--config={self.pg_conf}", f"--stanza={stanza}"]
+        for key, value in opts.items():
+            key = key.replace("_", "-")
+            if value is True:
+                flags.append(f"--{key}")
+            elif value is False:
+                flags.append(f"--no-{key}")
+            elif value is not None:
+                flags.append(f"--{key}={value}")
+        return [PGBACKREST, *flags, command, *args]
+
+    def command_line(self, command: str, stanza: str, *args: str, **opts) -> str:
+        """For archive_command / restore_command (``%p`` double-quoted as the docs do)."""
+        return " ".join(shlex.quote(a) for a in self.pg_argv(command, stanza, *args, **opts)).replace("'%p'", '"%p"')
+
+    def pg_cmd(self, command: str, stanza: str, *args: str, cwd: str | Path = "/", timeout: float = 300,
+               **opts) -> Result:
+        return run_tool(self.pg_argv(command, stanza, *args, **opts), PG_USER, cwd=cwd, timeout=timeout)
+
+    def repo_cmd(self, command: str, stanza: str, *args: str, timeout: float = 600, **opts) -> Result:
+        flags = [f"--config={self.repo_conf}", f"--stanza={stanza}"]
+        for key, value in opts.items():
+            key = key.replace("_", "-")
+            if value is True:
+                flags.append(f"--{key}")
+            elif value is False:
+                flags.append(f"--no-{key}")
+            elif value is not None:
+                flags.append(f"--{key}={value}")
+        return run_tool([PGBACKREST, *flags, command, *args], BACKUP_USER, cwd=self.repo_home, timeout=timeout)
+
+    def spool_dir(self, name: str) -> Path:
+        """A fresh spool directory for one run (pgBackRest writes archive/STANZA/{in,out} under it)."""
+        return make_dir(self.pg_home / "spools" / name, PG_USER, 0o750)
+
+    def pg_log_tail(self, stanza: str, n: int = 30) -> str:
+        out = []
+        for path in sorted((self.pg_home / "log").glob(f"{stanza}-*.log")):
+            lines = path.read_text(errors="replace").splitlines()
+            out.append(f"--- {path.name}\n" + "\n".join(lines[-n:]))
+        return "\n".join(out)

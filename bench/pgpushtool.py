@@ -1,0 +1,69 @@
+"""pgpush as a DBA runs it: the zipapp copy (/tmp/pgpush-bench/pgpush.pyz) by its own
+shebang, as ``postgres``, with a config file (``--config``) holding the repository over SFTP."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import common
+from common import BACKUP_USER, PG_USER, Result, SshServer, chown, make_dir, run_tool
+
+
+class Pgpush:
+    stanza = "main"
+
+    def __init__(self, base: Path, name: str, sshd: SshServer, cluster=None, repo_name: str | None = None, **options):
+        self.name = name
+        self.dir = make_dir(base / f"pgpush-{name}", PG_USER, 0o755)
+        self.conf = self.dir / "pgpush.conf"
+        self.spool = make_dir(self.dir / "spool")
+        self.log = make_dir(self.dir / "log")
+        repo = dict(sshd.pgpush_options())
+        repo_dir = Path(repo["repo1-path"]) / (repo_name or name)
+        make_dir(repo_dir, BACKUP_USER, 0o750)
+        repo["repo1-path"] = str(repo_dir)
+        self.repo_dir = repo_dir
+        self.global_options = {**repo, "log-path": str(self.log), "spool-path": str(self.spool),
+                               **{k.replace("_", "-"): str(v) for k, v in options.items()}}
+        self.cluster = cluster
+        self.write_config()
+
+    def write_config(self, cluster=None) -> None:
+        if cluster is not None:
+            self.cluster = cluster
+        lines = ["[global]", *(f"{k}={v}" for k, v in self.global_options.items()), ""]
+        if self.cluster is not None:
+            c = self.cluster
+            lines += [f"[{self.stanza}]", f"pg1-path={c.datadir}", f"pg1-port={c.port}",
+                      f"pg1-socket-path={c.socket_dir}", ""]
+        self.conf.write_text("\n".join(lines))
+        chown(self.conf, PG_USER, 0o640)
+
+    def argv(self, command: str, *args: str, **opts) -> list[str]:
+        flags = [f"--config={self.conf}", f"--stanza={self.stanza}"]
+        for key, value in opts.items():
+            key = key.replace("_", "-")
+            if value is True:
+                flags.append(f"--{key}")
+            elif value is False:
+                flags.append(f"--no-{key}")
+            elif value is not None:
+                flags.append(f"--{key}={value}")
+        return [str(common.PGPUSH_PYZ), *flags, command, *args]
+
+    def command_line(self, command: str, *args: str, **opts) -> str:
+        return " ".join(shlex.quote(a) for a in self.argv(command, *args, **opts)).replace("'%p'", '"%p"')
+
+    def run(self, command: str, *args: str, cwd: str | Path = "/", timeout: float = 300, **opts) -> Result:
+        return run_tool(self.argv(command, *args, **opts), PG_USER, cwd=cwd, timeout=timeout)
+
+    def stanza_create(self) -> None:
+        self.run("stanza-create", timeout=120).check(f"pgpush stanza-create ({self.name})")
+
+    def log_tail(self, n: int = 30) -> str:
+        out = []
+        for path in sorted(self.log.glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()
+            out.append(f"--- {path.name}\n" + "\n".join(lines[-n:]))
+        return "\n".join(out)
