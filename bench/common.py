@@ -52,6 +52,22 @@ def install_zipapps(directory: Path) -> None:
         os.replace(tmp, dst)
 
 
+def cli_flags(config: Path, stanza: str, opts: dict) -> list[str]:
+    """``--config`` and ``--stanza``, then ``opts`` as flags (True: ``--key``, False: ``--no-key``, None: left out).
+
+    Both tools spell options the same way, so one builder serves pgpush and pgBackRest."""
+    flags = [f"--config={config}", f"--stanza={stanza}"]
+    for key, value in opts.items():
+        key = key.replace("_", "-")
+        if value is True:
+            flags.append(f"--{key}")
+        elif value is False:
+            flags.append(f"--no-{key}")
+        elif value is not None:
+            flags.append(f"--{key}={value}")
+    return flags
+
+
 def log(message: str) -> None:
     print(f"[{time.monotonic() - _T0:7.1f}s] {message}", flush=True)
 

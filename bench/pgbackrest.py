@@ -22,7 +22,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from common import BACKUP_USER, PG_USER, Result, SshServer, chown, make_dir, run_tool
+from common import BACKUP_USER, PG_USER, Result, SshServer, chown, cli_flags, make_dir, run_tool
 
 PGBACKREST = "/usr/bin/pgbackrest"
 
@@ -139,15 +139,7 @@ class PgBackRest:
 
     def pg_argv(self, command: str, stanza: str, *args: str, **opts) -> list[str]:
         """argv of a database-host command (run as postgres): options, then the command and its args."""
-        flags = [f"--config={self.pg_conf}", f"--stanza={stanza}"]
-        for key, value in opts.items():
-            key = key.replace("_", "-")
-            if value is True:
-                flags.append(f"--{key}")
-            elif value is False:
-                flags.append(f"--no-{key}")
-            elif value is not None:
-                flags.append(f"--{key}={value}")
+        flags = cli_flags(self.pg_conf, stanza, opts)
         return [PGBACKREST, *flags, command, *args]
 
     def command_line(self, command: str, stanza: str, *args: str, **opts) -> str:
@@ -159,15 +151,7 @@ class PgBackRest:
         return run_tool(self.pg_argv(command, stanza, *args, **opts), PG_USER, cwd=cwd, timeout=timeout)
 
     def repo_cmd(self, command: str, stanza: str, *args: str, timeout: float = 600, **opts) -> Result:
-        flags = [f"--config={self.repo_conf}", f"--stanza={stanza}"]
-        for key, value in opts.items():
-            key = key.replace("_", "-")
-            if value is True:
-                flags.append(f"--{key}")
-            elif value is False:
-                flags.append(f"--no-{key}")
-            elif value is not None:
-                flags.append(f"--{key}={value}")
+        flags = cli_flags(self.repo_conf, stanza, opts)
         return run_tool([PGBACKREST, *flags, command, *args], BACKUP_USER, cwd=self.repo_home, timeout=timeout)
 
     def spool_dir(self, name: str) -> Path:

@@ -41,15 +41,7 @@ class Pgpush:
         chown(self.conf, PG_USER, 0o640)
 
     def argv(self, command: str, *args: str, **opts) -> list[str]:
-        flags = [f"--config={self.conf}", f"--stanza={self.stanza}"]
-        for key, value in opts.items():
-            key = key.replace("_", "-")
-            if value is True:
-                flags.append(f"--{key}")
-            elif value is False:
-                flags.append(f"--no-{key}")
-            elif value is not None:
-                flags.append(f"--{key}={value}")
+        flags = common.cli_flags(self.conf, self.stanza, opts)
         return [str(common.PGPUSH_PYZ), *flags, command, *args]
 
     def command_line(self, command: str, *args: str, **opts) -> str:
