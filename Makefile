@@ -23,7 +23,7 @@ unit: setup
 	$(VPY) -m pytest -q tests/unit
 
 lint: setup
-	$(VPY) -m ruff check pgpush tests build_zipapp.py bench scripts
+	$(VPY) -m ruff check pgpush tests build_zipapp.py zipapp_root bench scripts
 
 zipapp: setup
 	$(VPY) build_zipapp.py --output dist/pgpush.pyz
