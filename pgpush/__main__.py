@@ -34,6 +34,14 @@ def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = N
             rc = hotpath.run(cfg)
             if rc is not None:
                 return rc
+        if cfg.command in ("push", "get"):
+            # Synchronous, or a file async get never caches (.history, .partial): the
+            # repository libraries are needed, the CLI (typer, rich) is not.
+            if bootstrap is not None:
+                bootstrap()
+            from pgpush import archive
+
+            return archive.run_command(cfg)
         if cfg.command in ("push-async", "get-async"):
             # The background parents only hand out names and write status files: the
             # stdlib suffices, so they never pay for (or hold in memory) paramiko & co.

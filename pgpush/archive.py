@@ -119,3 +119,31 @@ def get(cfg, name: str, dest: str) -> int:
         return 0
     finally:
         repo.storage.close()
+
+
+def run_command(cfg) -> int:
+    """``push``/``get`` without the CLI layer: PostgreSQL runs these once per WAL file, and typer
+    and rich would add their import time to every call for nothing (no help, no progress bars)."""
+    from pgpush.errors import CommandError, exit_code_for
+
+    try:
+        if cfg.command == "push":
+            if len(cfg.args) != 1:
+                raise CommandError("push requires exactly one argument: the WAL file path (%p)")
+            LOG.configure(cfg, "archive-push")
+            push(cfg, cfg.args[0])
+            return 0
+        if len(cfg.args) != 2:
+            raise CommandError("get requires two arguments: the WAL file name (%f) and the destination path (%p)")
+        LOG.configure(cfg, "archive-get")
+        return get(cfg, cfg.args[0], cfg.args[1])
+    except PgPushError as exc:
+        LOG.exception(exc)
+        return exit_code_for(exc)
+    except Exception as exc:  # a bug: report it with its code, the traceback in the log
+        import traceback
+
+        LOG.debug(traceback.format_exc())
+        err = PgPushError(f"{type(exc).__name__}: {exc}", 25)
+        LOG.exception(err)
+        return exit_code_for(err)
