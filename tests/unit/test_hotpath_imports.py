@@ -77,13 +77,10 @@ def test_async_push_ok_with_drop_warning_is_logged(tmp_path):
 def test_sync_get_never_imports_the_cli(tmp_path):
     """Synchronous push/get (once per WAL file) go straight to the core: no typer, no rich."""
     repo = tmp_path / "repo"
-    snippet = r"""
-import sys
-sys.argv = ["pgpush", "--stanza=main", "--repo1-path=%s", "--log-path=%s", "get", "000000010000000000000001", "%s"]
-from pgpush.__main__ import main
-rc = main()
-print(rc, sorted(m for m in sys.modules if m.split(".")[0] in ("typer", "rich", "click")))
-""" % (repo, tmp_path / "log", tmp_path / "dest")
+    argv = ["pgpush", "--stanza=main", f"--repo1-path={repo}", f"--log-path={tmp_path / 'log'}", "get",
+            "000000010000000000000001", str(tmp_path / "dest")]
+    snippet = (f"import sys\nsys.argv = {argv!r}\nfrom pgpush.__main__ import main\nrc = main()\n"
+               "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'click')))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGPUSH_")}
     out = subprocess.run([sys.executable, "-c", snippet], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=60)
