@@ -31,6 +31,7 @@ BENCH_BASE = Path("/tmp/pgpush-bench")
 # never share one file and the memory sampler sees only this run's pgpush.  Use common.PGPUSH_PYZ.
 PGPUSH_PYZ = BENCH_BASE / "pgpush.pyz"
 EMPTY_PYZ = BENCH_BASE / "empty.pyz"
+RUN_DIR = BENCH_BASE  # this run's work dir: its pgBackRest processes name their config there
 SEG_SIZE = 16 * 1024 * 1024
 MB = 1024 * 1024
 PG_USER = "postgres"
@@ -43,8 +44,9 @@ _T0 = time.monotonic()
 
 def install_zipapps(directory: Path) -> None:
     """Copy dist/pgpush.pyz and dist/empty.pyz into ``directory`` (mode 0755) and run those."""
-    global PGPUSH_PYZ, EMPTY_PYZ
+    global PGPUSH_PYZ, EMPTY_PYZ, RUN_DIR
     PGPUSH_PYZ, EMPTY_PYZ = directory / "pgpush.pyz", directory / "empty.pyz"
+    RUN_DIR = directory
     for name, dst in (("pgpush.pyz", PGPUSH_PYZ), ("empty.pyz", EMPTY_PYZ)):
         tmp = dst.with_suffix(".tmp")
         shutil.copyfile(ROOT / "dist" / name, tmp)
@@ -205,7 +207,7 @@ def wait_tools_idle(timeout: float = 60) -> list[str]:
 
 
 def classify(uid: int, comm: str, argv: list[bytes]) -> tuple[str, str] | None:
-    """(tool, role) of a process, or None if it belongs to neither tool."""
+    """(tool, role) of a process of this run, or None if it belongs to neither tool."""
     args = [a.decode(errors="replace") for a in argv]
     joined = " ".join(args)
     if str(PGPUSH_PYZ) in joined:
@@ -214,6 +216,8 @@ def classify(uid: int, comm: str, argv: list[bytes]) -> tuple[str, str] | None:
         if "worker" in args:
             return "pgpush", "worker"
         return "pgpush", "foreground"
+    if str(RUN_DIR) + "/" not in joined:  # another run's (or anyone's) pgBackRest: not ours to sample or kill
+        return None
     if comm == "pgbackrest":
         if any(a.endswith(":async") for a in args):
             return "pgbackrest", "parent"

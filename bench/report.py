@@ -68,7 +68,9 @@ def render(results: dict, results_dir: Path) -> str:
             ["CPUs (nproc)", m["nproc"]], ["memory", f"{m['memory_gib']} GiB"], ["CPU", m["cpu"]],
             ["kernel", m["kernel"]], ["Debian", m["debian"]], ["Python (zipapp shebang)", m["python"]],
             ["PostgreSQL", m["postgresql"]], ["OpenSSH", m["openssh"]], ["pgBackRest", m["pgbackrest"]],
-            ["pgpush", f"{m['pgpush']} (commit {m['pgpush_commit']})"],
+            ["pgpush", f"{m['pgpush']}, zipapp built {m.get('zipapp_built', '?')} UTC; HEAD {m['pgpush_commit']} of "
+                       f"{m.get('head_commit_time', '?')} UTC" + (" (pgpush/ had uncommitted changes)"
+                                                                   if m.get("pgpush_tree_dirty") else "")],
             ["load average (1/5/15 min) at start", " / ".join(map(str, results["load_before"]))],
             ["load average at end", " / ".join(map(str, results.get("load_after", [])))],
             ["CPU pressure (PSI some avg60) at start / end",
@@ -134,6 +136,9 @@ def render(results: dict, results_dir: Path) -> str:
         if "error" in res:
             lines += ["The scenario failed:", "", "```", res["error"][:1500], "```", ""]
             continue
+        if res.get("concurrent_bench_runs"):
+            lines += [f"**Another `bench/run.py` (PIDs {res['concurrent_bench_runs']}) ran at the same time as this "
+                      "scenario: its figures are skewed by it.**", ""]
         lines += renderers[name](res)
         lines += [f"Scenario time {res.get('seconds', 0):.0f} s; load average {_fmt(res.get('load_before', [None])[0])} "
                   f"at its start, {_fmt(res.get('load_after', [None])[0])} at its end; CPU pressure "

@@ -65,6 +65,9 @@ def machine() -> dict:
         "pgbackrest": pgbr_version(),
         "pgpush": _cmd([str(ROOT / "dist" / "pgpush.pyz"), "version"]),
         "pgpush_commit": _cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "pgpush_tree_dirty": bool(_cmd(["git", "-C", str(ROOT), "status", "--porcelain", "--", "pgpush"]) != "unknown"),
+        "zipapp_built": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime((ROOT / "dist" / "pgpush.pyz").stat().st_mtime)),
+        "head_commit_time": _cmd(["git", "-C", str(ROOT), "log", "-1", "--format=%cd", "--date=format-local:%Y-%m-%d %H:%M:%S"]),
     }
 
 
@@ -76,6 +79,22 @@ def ensure_zipapps() -> None:
         log("building dist/empty.pyz")
         subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--empty", "--output", str(empty)], check=True,
                        cwd=ROOT)
+
+
+def other_bench_runs() -> list[int]:
+    """PIDs of other bench/run.py processes (a concurrent run skews both and competes for the CPUs)."""
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"bench/run.py") for a in argv) and b"timeout" not in argv[0]:
+            found.append(int(entry))
+    return found
 
 
 def has_backup_commands() -> bool:
@@ -132,7 +151,7 @@ def main() -> int:
                 continue
             log(f"=== {name} ===")
             t0 = time.monotonic()
-            load0, psi0 = loadavg(), cpu_pressure()
+            load0, psi0, others0 = loadavg(), cpu_pressure(), other_bench_runs()
             try:
                 res = modules[name].run(env, mode)
             except Exception as exc:  # noqa: BLE001 - a failed scenario is reported, the others still run
@@ -141,6 +160,10 @@ def main() -> int:
             res["seconds"] = round(time.monotonic() - t0, 1)
             res["load_before"], res["load_after"] = load0, loadavg()
             res["cpu_pressure_before"], res["cpu_pressure_after"] = psi0, cpu_pressure()
+            others = sorted(set(others0) | set(other_bench_runs()))
+            if others:
+                res["concurrent_bench_runs"] = others
+                log(f"warning: other bench runs were running at the same time: {others}")
             results["scenarios"][name] = res
             out.write_text(json.dumps(results, indent=2) + "\n")  # partial results survive an interrupted run
             log(f"=== {name} done in {res['seconds']}s (load {res['load_after']}) ===")
