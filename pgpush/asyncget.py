@@ -32,14 +32,16 @@ class GetParent(AsyncParent):
         super().__init__(cfg)
         self.segment_size = segment_size(pgdata)
         self.window = max(1, int(cfg["archive-get-queue-max"]) // self.segment_size)
-        self.done: str | None = None  # the request the spool was last filled for
+        self.done: str | None = None  # the request (with its tag) the spool was last filled for
+        self.request_text = ""
 
     def describe(self) -> str:
         return f"{super().describe()}, queue {self.window} segment(s)"
 
     def request(self) -> str | None:
-        text = spool.read_status(os.path.join(self.qdir, "request"))
-        name = (text or "").strip()
+        """The requested segment, from ``in/request`` (``SEGMENT TAG``; the tag makes each call distinct)."""
+        self.request_text = spool.read_status(os.path.join(self.qdir, "request")) or ""
+        name = (self.request_text.split() or [""])[0]
         return name if wal.SEGMENT_RE.fullmatch(name) else None
 
     def wanted(self, first: str) -> list[str]:
@@ -109,10 +111,10 @@ class GetParent(AsyncParent):
         idle_since = time.monotonic()
         while True:
             first = self.request()
-            if first is not None and first != self.done:
+            if first is not None and self.request_text != self.done:
                 if not self.fetch_round(first):
                     return False
-                self.done = first
+                self.done = self.request_text
                 idle_since = time.monotonic()
                 continue
             if time.monotonic() - idle_since >= LINGER:
@@ -121,7 +123,7 @@ class GetParent(AsyncParent):
 
     def more_work(self) -> bool:
         first = self.request()
-        return first is not None and first != self.done
+        return first is not None and self.request_text != self.done
 
 
 def run(cfg) -> int:

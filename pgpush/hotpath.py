@@ -178,7 +178,7 @@ def get(cfg: Config) -> int | None:
                 started = False
                 last_check = time.monotonic() + 0.5  # retry the parent about once a second
         if not request_written:
-            spool.write_atomic(qdir, "request", name.encode())
+            _write_request(qdir, name)
             request_written = True
         now = time.monotonic()
         if now >= deadline:
@@ -189,6 +189,12 @@ def get(cfg: Config) -> int | None:
             started = _ensure_parent(cfg, sdir, qdir, "in", [pgdata, name])
             last_check = now
         time.sleep(next(steps))
+
+
+def _write_request(qdir: str, name: str) -> None:
+    """Name the segment recovery wants, with a tag unique to this call: asking again for a
+    segment the parent already found missing must still look like a new request to it."""
+    spool.write_atomic(qdir, "request", f"{name} {os.getpid()}-{time.monotonic_ns()}".encode())
 
 
 def _take(src: str, dest: str) -> bool:
@@ -228,7 +234,7 @@ def _refill_if_low(cfg: Config, sdir: str, qdir: str, name: str, pgdata: str) ->
     """Name the next segment for the parent; start one when none runs and the queue is below half."""
     seg_size = segment_size(pgdata)
     nxt = wal.next_segment(name, seg_size)
-    spool.write_atomic(qdir, "request", nxt.encode())
+    _write_request(qdir, nxt)
     try:
         ready = [n for n in os.listdir(qdir) if len(n) == 24]
     except OSError:
