@@ -400,6 +400,10 @@ class PgCluster:
     # ------------------------------------------------------------------------------------------
     # SQL
 
+    def conn_args(self) -> list[str]:
+        """libpq client options reaching this cluster: its socket dir, port, and the postgres user."""
+        return ["-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_USER]
+
     def psql_args(self, dbname: str = "postgres") -> list[str]:
         return [
             self.bin("psql"),
@@ -409,12 +413,7 @@ class PgCluster:
             "-q",
             "-v",
             "ON_ERROR_STOP=1",
-            "-h",
-            str(self.socket_dir),
-            "-p",
-            str(self.port),
-            "-U",
-            PG_USER,
+            *self.conn_args(),
             "-d",
             dbname,
         ]
@@ -535,12 +534,7 @@ class PgCluster:
                 "-q",
                 "-s",
                 str(scale),
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                PG_USER,
+                *self.conn_args(),
                 dbname,
             ],
             timeout=600,
@@ -556,12 +550,7 @@ class PgCluster:
             str(clients),
             "-j",
             str(clients),
-            "-h",
-            str(self.socket_dir),
-            "-p",
-            str(self.port),
-            "-U",
-            PG_USER,
+            *self.conn_args(),
         ]
         if seconds is not None:
             args += ["-T", str(seconds)]
@@ -601,12 +590,7 @@ class PgCluster:
                 "-S",
                 standby.slot_name,
                 "--no-sync",
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                PG_USER,
+                *self.conn_args(),
             ],
             timeout=600,
         )
