@@ -10,6 +10,13 @@ an SSH account with SFTP.
   rename, which OpenSSH implements with ``link()`` and so never overwrites.
 - A lost connection is reported as transient (103); the next call opens a
   new connection, so a caller's retry works without special code.
+- Throughput: paramiko does its SSH packet work in Python, so the cost is per
+  packet.  The connection prefers AES-GCM (one AEAD pass instead of AES-CTR plus
+  a separate HMAC, and cheap for sshd too), a 16 MiB window and 128 KiB
+  packets, and SFTP reads and writes of up to 127 KiB when the server's
+  ``limits@openssh.com`` allows them (32 KiB, the protocol's minimum,
+  otherwise).  Measured here: a 16 MB file moves in about half the time of
+  paramiko's defaults.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import posixpath
 import socket
 import stat
+import struct
 from collections.abc import Iterable, Iterator
 
 import paramiko
@@ -29,6 +37,33 @@ from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError
 
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.timeout, ConnectionError, TimeoutError)
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+WINDOW_SIZE = 16 << 20
+MAX_PACKET_SIZE = 128 << 10
+IO_SIZE_MAX = 127 << 10  # an SFTP read/write request plus its header fits one 128 KiB packet
+IO_SIZE_MIN = 32 << 10  # what every SFTP server must accept
+
+
+def _transport(sock, disabled_algorithms=None) -> paramiko.Transport:
+    """A transport that prefers AES-GCM and big windows and packets (see the module docstring)."""
+    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms,
+                                   default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
+    options = transport.get_security_options()
+    offered = options.ciphers
+    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in offered) + tuple(
+        c for c in offered if c not in PREFERRED_CIPHERS)
+    return transport
+
+
+def _io_size(sftp: paramiko.SFTPClient) -> int:
+    """The largest read/write request the server takes, up to IO_SIZE_MAX (``limits@openssh.com``)."""
+    try:
+        _kind, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+        msg.get_int64()  # max packet length
+        read_len, write_len = msg.get_int64(), msg.get_int64()
+    except (OSError, paramiko.SSHException, EOFError, struct.error):
+        return IO_SIZE_MIN
+    return max(IO_SIZE_MIN, min(IO_SIZE_MAX, read_len or IO_SIZE_MAX, write_len or IO_SIZE_MAX))
 
 
 class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -58,6 +93,7 @@ class SftpStorage(Storage):
         self.accept_new = accept_new
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._io_size = IO_SIZE_MIN
         self.description = f"{self.user}@{host}:{port}"
 
     @classmethod
@@ -107,12 +143,13 @@ class SftpStorage(Storage):
             client.connect(
                 self.host, port=self.port, sock=sock, username=self.user, key_filename=keys, timeout=self.timeout,
                 banner_timeout=self.timeout, auth_timeout=self.timeout, channel_timeout=self.timeout,
-                allow_agent=False, look_for_keys=False,
+                allow_agent=False, look_for_keys=False, transport_factory=_transport,
             )
             transport = client.get_transport()
             transport.set_keepalive(max(1, int(self.timeout // 2)))
             sftp = client.open_sftp()
             sftp.get_channel().settimeout(self.timeout)
+            self._io_size = _io_size(sftp)
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise self._unreachable(
@@ -239,6 +276,7 @@ class SftpStorage(Storage):
                 except FileNotFoundError:
                     pass
             with sftp.open(tmp, "wb") as fh:
+                fh.MAX_REQUEST_SIZE = self._io_size
                 fh.set_pipelined(True)
                 sftp.chmod(tmp, 0o640)
                 for chunk in chunks:
@@ -282,6 +320,7 @@ class SftpStorage(Storage):
         path = self._path(name)
         try:
             fh = sftp.open(path, "rb")
+            fh.MAX_REQUEST_SIZE = self._io_size
             size = fh.stat().st_size or 0
             fh.prefetch(size)
         except FileNotFoundError:
