@@ -24,7 +24,7 @@ import os
 import re
 import time
 
-from pgpush import __version__, catalog, parallel, pgconn, pgdata, wal
+from pgpush import __version__, catalog, parallel, pgconn, pgdata, readahead, wal
 from pgpush.catalog import DONE, FAILED, WAITING, ArchiveListing, Catalog
 from pgpush.errors import (
     ArchiveDisabledError,
@@ -83,7 +83,10 @@ def backup_file(repo: Repository, job: tuple) -> dict | None:
                     yield chunk
 
         ext = repo.extension()
-        written = repo.storage.put(f"{label_dir}/{name}{ext}", repo.encode(chunks()), overwrite=True)
+        payload = repo.encode(chunks())
+        if size > CHUNK:  # big file: compress in a thread while the storage sends
+            payload = readahead.ahead(payload)
+        written = repo.storage.put(f"{label_dir}/{name}{ext}", payload, overwrite=True)
     except FileNotFoundError:
         return None  # removed while backed up (a dropped relation): WAL replay recreates what matters
     return {"name": name, "size": counted[0], "sha1": h.hexdigest(), "ext": ext, "repo_size": written, "reference": None}

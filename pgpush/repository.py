@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 
-from pgpush import compress, crypto, wal
+from pgpush import compress, crypto, readahead, wal
 from pgpush.errors import (
     ArchiveDuplicateError,
     ArchiveMismatchError,
@@ -276,7 +276,8 @@ class Repository:
             if kind == "history":
                 target, payload = f"{directory}/{name}", self.encode([whole()], "none")
             else:
-                target, payload = f"{directory}/{name}-{digest}{self.extension()}", self.encode(chunks())
+                # read + compress in a thread while the storage sends: both cores at work
+                target, payload = f"{directory}/{name}-{digest}{self.extension()}", readahead.ahead(self.encode(chunks()))
             try:
                 self.storage.put(target, payload)
                 return None
