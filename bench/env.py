@@ -1,5 +1,6 @@
 """One benchmark run's environment: work dir, the two sshds, pgBackRest's set-up, WAL
-sources, and the clean-up of everything started (by PID; this machine's init reaps nothing)."""
+sources, a SeaweedFS S3 store (started on first use), and the clean-up of everything started
+(by PID; this machine's init reaps nothing)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class BenchEnv:
         self.repo_sshd: SshServer | None = None
         self.db_sshd: DbHostSshd | None = None
         self.pgbr: PgBackRest | None = None
+        self.seaweed = None  # harness.seaweed.SeaweedServer (tls=True), see s3()
         self.shared: dict = {}  # scenario results other scenarios may reuse (filled repos)
 
     def start(self) -> BenchEnv:
@@ -43,6 +45,23 @@ class BenchEnv:
         log(f"sshd (repo, pgpush-backup) on port {self.repo_sshd.port}, sshd (db host, postgres) on port "
             f"{self.db_sshd.port}; work dir {self.base}")
         return self
+
+    def s3(self):
+        """The run's SeaweedFS (S3 over plain http and over HTTPS with a self-signed certificate
+        for 127.0.0.1), started on first use; stopped by cleanup() or stop_s3()."""
+        if self.seaweed is None:
+            from harness.seaweed import SeaweedServer
+
+            t0 = time.monotonic()
+            self.seaweed = SeaweedServer(make_dir(self.base / "seaweed", "root", 0o755), tls=True).start()
+            log(f"SeaweedFS S3 on {self.seaweed.https_endpoint} (https) and {self.seaweed.endpoint}, "
+                f"started in {time.monotonic() - t0:.1f}s")
+        return self.seaweed
+
+    def stop_s3(self) -> None:
+        if self.seaweed is not None:
+            self.seaweed.cleanup()
+            self.seaweed = None
 
     def track(self, cluster: PgCluster) -> PgCluster:
         self.clusters.append(cluster)
@@ -78,6 +97,10 @@ class BenchEnv:
         left = tool_pids()
         for pid in left:
             procs.kill_tree(pid, sig=signal.SIGKILL, timeout=2)
+        try:
+            self.stop_s3()
+        except Exception as exc:  # noqa: BLE001 - keep cleaning
+            log(f"stopping SeaweedFS failed: {exc}")
         for server in (self.db_sshd, self.repo_sshd):
             if server is not None:
                 server.cleanup()

@@ -13,6 +13,9 @@ Two OS users and SSH both ways over 127.0.0.1:
 pgBackRest has no option for an identity or known_hosts file, so ``cmd-ssh`` is a wrapper that
 runs ``ssh -F <per-user config>``.  Each user gets its own lock, log and spool paths; nobody's
 real ~/.ssh is touched.
+
+:class:`PgBackRestS3` is pgBackRest with an S3 repository instead (the ``s3`` scenario): one
+user, no SSH, every command on the database host.
 """
 
 from __future__ import annotations
@@ -164,3 +167,45 @@ class PgBackRest:
             lines = path.read_text(errors="replace").splitlines()
             out.append(f"--- {path.name}\n" + "\n".join(lines[-n:]))
         return "\n".join(out)
+
+
+class PgBackRestS3(PgBackRest):
+    """pgBackRest with an S3 repository (``repo1-type=s3``): every command, ``stanza-create`` and
+    ``backup`` included, runs on the database host as ``postgres``; no SSH at all.
+
+    ``s3`` holds the store's settings: ``host``, ``port`` (HTTPS: pgBackRest 2.45's S3 driver
+    speaks nothing else), ``bucket``, ``region``, ``key``, ``secret``, ``ca_file`` (verified:
+    ``repo1-storage-ca-file``), and ``path`` (the key prefix, ``repo1-path``).
+    """
+
+    def __init__(self, base: Path, s3: dict):  # noqa: D107 - no super().__init__: no sshd, no repo host
+        self.base = make_dir(base / "pgbackrest-s3", user="root", mode=0o755)
+        self.s3 = dict(s3)
+        self.pg_home = make_dir(self.base / "pg-host", PG_USER, 0o755)
+        self.pg_conf = self.pg_home / "pgbackrest.conf"
+        self.repo_conf = self.pg_conf
+        self.repo_path = None  # keys in a bucket, not a directory
+        self.stanzas: dict[str, object] = {}
+        for sub in ("lock", "log", "spool"):
+            make_dir(self.pg_home / sub, PG_USER, 0o750)
+        self._write_configs()
+
+    def _write_configs(self) -> None:
+        s3, home = self.s3, self.pg_home
+        pg = ["[global]", f"lock-path={home / 'lock'}", f"log-path={home / 'log'}", f"spool-path={home / 'spool'}",
+              "log-level-console=warn", "repo1-type=s3", f"repo1-path={s3['path']}", f"repo1-s3-endpoint={s3['host']}",
+              f"repo1-storage-port={s3['port']}", f"repo1-s3-bucket={s3['bucket']}", f"repo1-s3-region={s3['region']}",
+              "repo1-s3-uri-style=path", f"repo1-s3-key={s3['key']}", f"repo1-s3-key-secret={s3['secret']}",
+              f"repo1-storage-ca-file={s3['ca_file']}", "repo1-retention-full=99", ""]
+        for name, cluster in self.stanzas.items():
+            pg += [f"[{name}]", f"pg1-path={cluster.datadir}", f"pg1-port={cluster.port}",
+                   f"pg1-socket-path={cluster.socket_dir}", ""]
+        tmp = self.pg_conf.with_suffix(".tmp")
+        tmp.write_text("\n".join(pg))
+        chown(tmp, PG_USER, 0o640)
+        os.replace(tmp, self.pg_conf)
+
+    def repo_cmd(self, command: str, stanza: str, *args: str, timeout: float = 600, **opts) -> Result:
+        """Commands the SSH set-up runs on the repository host (stanza-create, backup, info) run
+        here on the database host, as postgres."""
+        return self.pg_cmd(command, stanza, *args, cwd=self.pg_home, timeout=timeout, **opts)

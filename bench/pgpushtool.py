@@ -1,5 +1,6 @@
 """pgpush as a DBA runs it: the zipapp copy (/tmp/pgpush-bench/pgpush.pyz) by its own
-shebang, as ``postgres``, with a config file (``--config``) holding the repository over SFTP."""
+shebang, as ``postgres``, with a config file (``--config``) holding the repository over SFTP
+(or, given ``repo_options``, any other repository, e.g. S3)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,28 @@ from common import BACKUP_USER, PG_USER, Result, SshServer, chown, make_dir, run
 class Pgpush:
     stanza = "main"
 
-    def __init__(self, base: Path, name: str, sshd: SshServer, cluster=None, repo_name: str | None = None, **options):
+    def __init__(self, base: Path, name: str, sshd: SshServer | None, cluster=None, repo_name: str | None = None,
+                 repo_options: dict | None = None, stanza: str | None = None, **options):
+        """The repository is ``sshd``'s SFTP directory, or ``repo_options`` (repo1-* options,
+        e.g. S3) when given; either way ``repo1-path`` gets ``/REPO_NAME`` (default: ``name``)
+        appended.  ``repo_dir`` is the local directory of an SFTP repository (None otherwise)."""
         self.name = name
+        if stanza:
+            self.stanza = stanza
         self.dir = make_dir(base / f"pgpush-{name}", PG_USER, 0o755)
         self.conf = self.dir / "pgpush.conf"
         self.spool = make_dir(self.dir / "spool")
         self.log = make_dir(self.dir / "log")
-        repo = dict(sshd.pgpush_options())
-        repo_dir = Path(repo["repo1-path"]) / (repo_name or name)
-        make_dir(repo_dir, BACKUP_USER, 0o750)
-        repo["repo1-path"] = str(repo_dir)
-        self.repo_dir = repo_dir
+        if repo_options is not None:
+            repo = dict(repo_options)
+            repo["repo1-path"] = f"{repo['repo1-path'].rstrip('/')}/{repo_name or name}"
+            self.repo_dir = None
+        else:
+            repo = dict(sshd.pgpush_options())
+            repo_dir = Path(repo["repo1-path"]) / (repo_name or name)
+            make_dir(repo_dir, BACKUP_USER, 0o750)
+            repo["repo1-path"] = str(repo_dir)
+            self.repo_dir = repo_dir
         self.global_options = {**repo, "log-path": str(self.log), "spool-path": str(self.spool),
                                **{k.replace("_", "-"): str(v) for k, v in options.items()}}
         self.cluster = cluster

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ORDER = ["hotpath", "sync", "async-push", "replay", "backup"]
+ORDER = ["hotpath", "sync", "async-push", "replay", "backup", "s3"]
 
 
 def _fmt(value, digits: int = 2, suffix: str = "") -> str:
@@ -89,7 +89,8 @@ def render(results: dict, results_dir: Path) -> str:
         "harness's `SshServer`, user `pgpush-backup`): pgpush over SFTP (paramiko), pgBackRest in repo-host mode "
         "(its own protocol over `ssh`, a `cmd-ssh` wrapper giving the identity and known_hosts). A second, "
         "private sshd with `UsePAM yes` lets the repository host log in to the database host as the locked "
-        "`postgres` account; only pgBackRest's `stanza-create` and `backup` use it.",
+        "`postgres` account; only pgBackRest's `stanza-create` and `backup` use it. Section 6 (`s3`) instead puts "
+        "both tools' repositories in one bucket of a SeaweedFS S3 store over HTTPS (see there).",
         "- pgpush is the zipapp `dist/pgpush.pyz` copied into the run's work dir (`/tmp/pgpush-bench/run-*/`), run by its own "
         "shebang (`#!/usr/bin/python3 -IS`) as `postgres`, options in a config file (`--config`). "
         "pgBackRest is `/usr/bin/pgbackrest`, run as `postgres` (database host) or `pgpush-backup` "
@@ -116,12 +117,14 @@ def render(results: dict, results_dir: Path) -> str:
     lines += ["## Targets", ""]
     lines += _table(["scenario", "target", "measured", ""], targets) if targets else ["No target measured.", ""]
 
-    renderers = {"hotpath": _hotpath, "sync": _sync, "async-push": _async, "replay": _replay, "backup": _backup}
+    renderers = {"hotpath": _hotpath, "sync": _sync, "async-push": _async, "replay": _replay, "backup": _backup,
+                 "s3": _s3}
     titles = {"hotpath": "1. hotpath: foreground push with the `.ok` already spooled",
               "sync": "2. sync: one synchronous push / get per segment",
               "async-push": "3. async-push: PostgreSQL archiving a backlog",
               "replay": "4. replay: archive recovery through restore_command",
-              "backup": "5. backup and restore of a pgbench database"}
+              "backup": "5. backup and restore of a pgbench database",
+              "s3": "6. s3: both tools with an S3 repository on the same SeaweedFS"}
     for name in ORDER:
         lines += [f"## {titles[name]}", ""]
         if name not in scenarios:
@@ -265,4 +268,76 @@ def _backup(res: dict) -> list[str]:
     for r in res["runs"]:
         if r.get("error"):
             out += [f"{r['tool']} pm={r['process_max']} {r['compress']}:", "", "```", r["error"][:1200], "```", ""]
+    return out
+
+
+def _s3(res: dict) -> list[str]:
+    out = [f"One {res.get('store', 'SeaweedFS')} (`weed server -s3`, tests/harness/seaweed.py) on 127.0.0.1, one bucket, "
+           "**HTTPS for both tools** (pgBackRest 2.45's S3 driver speaks nothing else): a self-signed certificate for "
+           "127.0.0.1 that both verify (`repo1-storage-ca-file`), path-style URIs. pgpush as everywhere else "
+           "(`repo1-type=s3`, its own S3 client); pgBackRest with `repo1-type=s3` runs every command on the database "
+           "host as postgres (no SSH). WAL: random (incompressible) segments; the same methods as sections 3-5.", ""]
+    push = res.get("push")
+    if push:
+        out += ["**Async push** (as section 3: a backlog archived by PostgreSQL through the tool's async push).", ""]
+        rows = []
+        for r in push["runs"]:
+            roles = r.get("memory_mb", {}).get("peak_mb_by_role", {})
+            role_text = ", ".join(f"{k} {v:.0f}" for k, v in roles.items() if k != "foreground") or "—"
+            rows.append([f"{r['kind']} {r['n']}", r["process_max"], r["label"], _fmt(r.get("seg_per_s")),
+                         _fmt(r.get("mb_per_s"), 1), _fmt(r.get("seconds"), 1), r.get("failed_count", "—"),
+                         _fmt(r.get("repo_mb"), 0), role_text])
+        out += _table(["WAL, N", "process-max", "variant", "seg/s", "MB/s", "s", "archive failures", "repo MB",
+                       "peak RSS MB by role"], rows)
+        out += ["Ratios (pgpush seg/s / pgBackRest seg/s):", ""]
+        out += _table(["WAL, N", "process-max", "both gz (equal compression)", "defaults (pgpush zst / pgBackRest gz)"],
+                      [[f"{c['kind']} {c['n']}", c["process_max"], _x(c["same_gz"]), _x(c["defaults"])]
+                       for c in push["comparisons"]])
+    replay = res.get("replay")
+    if replay:
+        out += ["**Replay** (as section 4, async get): from the repositories the gz push runs at the largest "
+                "process-max left, so both at gz.", ""]
+        out += _table(["N", "tool", "process-max", "seg/s", "MB/s", "s", "segments restored"],
+                      [[r["n"], r["tool"], r["process_max"], _fmt(r.get("seg_per_s")), _fmt(r.get("mb_per_s"), 1),
+                        _fmt(r.get("seconds"), 1), r.get("restored_segments", "—")] for r in replay["runs"]])
+        out += _table(["N", "process-max", "pgpush / pgBackRest"],
+                      [[c["n"], c["process_max"], _x(c["ratio"])] for c in replay["comparisons"]])
+    backup = res.get("backup")
+    if backup:
+        out += [f"**Backup and restore** (as section 5, both at gz): pgbench scale {backup['scale']}, data directory "
+                f"{backup['size_mb']:.0f} MB without pg_wal; both back up from the database host to the bucket.", ""]
+        out += _table(["tool", "process-max", "compression", "backup MB/s", "backup s", "restore MB/s", "restore s"],
+                      [[r["tool"], r["process_max"], r["compress"], _fmt(r.get("backup_mb_per_s"), 1),
+                        _fmt(r.get("backup_s"), 1), _fmt(r.get("restore_mb_per_s"), 1), _fmt(r.get("restore_s"), 1)]
+                       for r in backup["runs"]])
+        out += _table(["process-max", "compression", "backup ratio", "restore ratio"],
+                      [[c["process_max"], c["compress"], _x(c["backup"]), _x(c["restore"])]
+                       for c in backup["comparisons"]])
+    fleet = res.get("fleet")
+    if fleet:
+        out += [f"**Fleet**: {fleet['clusters']} clusters (stanzas) archiving {fleet['segments_per_cluster']} segments each "
+                f"at once, each through its own pgpush async parent (process-max {fleet['process_max']}), into one "
+                "repository: in the bucket, then on the SFTP backup host (one sshd, as sections 1-5). Aggregate "
+                "seg/s = all segments / time until the last cluster's last `.done`; store CPU = CPU time of `weed` "
+                "(master, volume, filer and S3 gateway in one process) or of the sshd (with its finished sessions) "
+                "meanwhile, on the same 2 cores; then every stanza's archive is listed to check each segment is "
+                "there exactly once.", ""]
+        out += _table(["repository", "segments", "aggregate seg/s", "MB/s", "s", "store CPU s", "archive failures",
+                       "each exactly once"],
+                      [[r["repo"], r["segments"], _fmt(r.get("seg_per_s")), _fmt(r.get("mb_per_s"), 1),
+                        _fmt(r.get("seconds"), 1), _fmt(r.get("store_cpu_s"), 1), r.get("failed_count", "—"),
+                        "yes" if r.get("verified") else "**no**"] for r in fleet["runs"]])
+        out += [f"- S3 / SFTP aggregate throughput: {_x(fleet.get('s3_over_sftp'))}", ""]
+        for r in fleet["runs"]:
+            for problem in r.get("problems", [])[:8]:
+                out += [f"- {problem}"]
+        out += [""] if any(r.get("problems") for r in fleet["runs"]) else []
+    for part in ("push", "replay", "fleet"):
+        for r in (res.get(part) or {}).get("runs", []):
+            if r.get("error"):
+                what = r.get("label") or r.get("tool") or r.get("repo")
+                out += [f"{part} run {what} pm={r.get('process_max', '—')}:", "", "```", r["error"][:1200], "```", ""]
+    for r in (backup or {}).get("runs", []):
+        if r.get("error"):
+            out += [f"backup {r['tool']} pm={r['process_max']}:", "", "```", r["error"][:1200], "```", ""]
     return out

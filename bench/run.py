@@ -5,7 +5,8 @@
 
 Writes bench/results/<date>.json and regenerates docs/benchmarks.md.  It reports; it never
 asserts timings.  Needs root (PostgreSQL runs as postgres, sshd as root), the built
-dist/pgpush.pyz (dist/empty.pyz is built here when missing) and /usr/bin/pgbackrest.
+dist/pgpush.pyz (dist/empty.pyz is built here when missing), /usr/bin/pgbackrest and, for the
+``s3`` scenario, .venv/bin/weed (scripts/setup-s3.sh) and openssl.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, cpu_pressure, loadavg, log, procs  # noqa: E402
 
-SCENARIOS = ["hotpath", "sync", "async-push", "replay", "backup"]
+SCENARIOS = ["hotpath", "sync", "async-push", "replay", "backup", "s3"]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -126,10 +127,12 @@ def main() -> int:
     import sc_backup
     import sc_hotpath
     import sc_replay
+    import sc_s3
     import sc_sync
     from env import BenchEnv
 
-    modules = {"hotpath": sc_hotpath, "sync": sc_sync, "async-push": sc_async, "replay": sc_replay, "backup": sc_backup}
+    modules = {"hotpath": sc_hotpath, "sync": sc_sync, "async-push": sc_async, "replay": sc_replay, "backup": sc_backup,
+               "s3": sc_s3}
     started = time.time()
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -21,31 +21,55 @@ VARIANTS = [  # (label, tool, compress-type or None for the default)
 ]
 
 
+class SftpRepo:
+    """Where the tools' repositories are: pgpush over SFTP, pgBackRest in repo-host mode, both
+    through ``env.repo_sshd`` (sc_s3.S3Repo is the same interface for a bucket)."""
+
+    kind = "sftp"
+
+    def __init__(self, env):
+        self.env = env
+        self.pgbr = env.pgbr
+
+    def pgpush(self, name: str, cluster, **kw) -> Pgpush:
+        return Pgpush(self.env.base, name, self.env.repo_sshd, cluster=cluster, **kw)
+
+    def _dir(self, tool: str, obj, stanza: str):
+        return obj.repo_dir if tool == "pgpush" else self.pgbr.repo_path / "archive" / stanza
+
+    def size_mb(self, tool: str, obj, stanza: str) -> float:
+        return round(sum(p.stat().st_size for p in self._dir(tool, obj, stanza).rglob("*") if p.is_file()) / MB, 1)
+
+    def remove(self, tool: str, obj, stanza: str) -> None:
+        rmtree(self._dir(tool, obj, stanza))
+
+
 def archive_clone(env, src, tool: str, compress: str | None, pm: int, tag: str, keep_repo: bool = False,
-                  timeout: float | None = None) -> dict:
+                  timeout: float | None = None, repo=None) -> dict:
     """Start a copy of ``src`` with archive_command = ``tool`` (async, ``pm`` workers) and time it
-    until every ready segment is archived.  Returns the measurements (and the repo when kept)."""
+    until every ready segment is archived.  Returns the measurements (and the repo when kept).
+    ``repo``: where the repositories are (default :class:`SftpRepo`)."""
+    repo = repo or SftpRepo(env)
     run_dir = env.base / f"async-{tag}"
     clone = env.track(src.clone(run_dir))
     segs = src.segments
     last = src.ready_segments[-1]
     timeout = timeout or 120 + 4 * len(segs)
     result: dict = {"tool": tool, "compress": compress or "default", "process_max": pm, "segments": len(segs)}
+    obj = None
     try:
         clone.start()
         if tool == "pgpush":
             opts = {"compress_type": compress} if compress else {}
-            obj = Pgpush(env.base, tag, env.repo_sshd, cluster=clone, **opts)
+            obj = repo.pgpush(tag, clone, **opts)
             obj.stanza_create()
             command = obj.command_line("push", "%p", archive_async=True, process_max=pm)
-            repo_dir = obj.repo_dir
         else:
-            obj = env.pgbr
-            env.pgbr.add_stanza(tag, clone)
-            spool = env.pgbr.spool_dir(tag)
-            command = env.pgbr.command_line("archive-push", tag, "%p", archive_async=True, process_max=pm,
-                                            spool_path=spool, compress_type=compress)
-            repo_dir = env.pgbr.repo_path / "archive" / tag
+            obj = repo.pgbr
+            obj.add_stanza(tag, clone)
+            spool = obj.spool_dir(tag)
+            command = obj.command_line("archive-push", tag, "%p", archive_async=True, process_max=pm,
+                                       spool_path=spool, compress_type=compress)
         clone.set_conf({"archive_command": command})
         done_file = clone.wal_dir / "archive_status" / f"{last}.done"
         with MemorySampler() as mem:
@@ -61,11 +85,11 @@ def archive_clone(env, src, tool: str, compress: str | None, pm: int, tag: str, 
             "mb_per_s": round(len(segs) * SEG_SIZE / MB / elapsed, 1) if finished else None,
             "failed_count": stats["failed_count"],
             "archived_count": stats["archived_count"],
-            "repo_mb": round(sum(p.stat().st_size for p in repo_dir.rglob("*") if p.is_file()) / MB, 1),
+            "repo_mb": repo.size_mb(tool, obj, tag),
             "memory_mb": mem.report(tool),
         })
         if not finished:
-            tail = obj.log_tail() if tool == "pgpush" else env.pgbr.pg_log_tail(tag)
+            tail = obj.log_tail() if tool == "pgpush" else obj.pg_log_tail(tag)
             result["error"] = f"not caught up after {timeout}s; archiver {stats}\n{clone.log_tail(10)}\n{tail[-3000:]}"
         if keep_repo:
             result["repo"] = {"obj": obj if tool == "pgpush" else None, "stanza": tag}
@@ -75,8 +99,8 @@ def archive_clone(env, src, tool: str, compress: str | None, pm: int, tag: str, 
         if left:
             result["killed_leftover_pids"] = left
         rmtree(run_dir)
-        if not keep_repo:
-            rmtree(repo_dir)
+        if not keep_repo and obj is not None:
+            repo.remove(tool, obj, tag)
     return result
 
 

@@ -17,7 +17,6 @@ import re
 import time
 
 from common import MB, PG_USER, PgCluster, log, make_dir, ratio, rmtree, wait_tools_idle
-from pgpushtool import Pgpush
 
 STANZA = "bk"
 
@@ -35,34 +34,40 @@ def _data_size(datadir) -> int:
     return total
 
 
-def _pgbr_last_label(env) -> str:
-    res = env.pgbr.repo_cmd("info", STANZA, output="json", timeout=120).check("pgbackrest info")
+def _pgbr_last_label(pgbr) -> str:
+    res = pgbr.repo_cmd("info", STANZA, output="json", timeout=120).check("pgbackrest info")
     return json.loads(res.stdout)[0]["backup"][-1]["label"]
 
 
-def run(env, mode: str) -> dict:
-    scale = {"quick": 10, "medium": 30, "full": 100}[mode]
-    base = make_dir(env.base / "backup", PG_USER, 0o755)
+def run(env, mode: str, repo=None, scale: int | None = None, plan: list | None = None) -> dict:
+    """``repo``: where the repositories are (default sc_async.SftpRepo); ``scale`` and ``plan``
+    (process-max, compression label, compress-type) override the mode's."""
+    from sc_async import SftpRepo
+
+    repo = repo or SftpRepo(env)
+    pgbr = repo.pgbr
+    scale = scale or {"quick": 10, "medium": 30, "full": 100}[mode]
+    base = make_dir(env.base / ("backup" if repo.kind == "sftp" else f"backup-{repo.kind}"), PG_USER, 0o755)
     pg = env.track(PgCluster(base, "pg"))
     pg.init({"archive_mode": "on", "archive_command": "", "max_wal_size": "2GB", "checkpoint_timeout": "1h"}).start()
     log(f"backup: pgbench -i -s {scale}")
     pg.pgbench_init(scale)
     pg.sql("vacuum analyze; checkpoint")
     size = _data_size(pg.datadir)
-    pp = Pgpush(env.base, "backup", env.repo_sshd, cluster=pg)
+    pp = repo.pgpush("backup" if repo.kind == "sftp" else f"backup-{repo.kind}", pg)
     pp.stanza_create()
-    env.pgbr.add_stanza(STANZA, pg)
-    pg.set_conf({"archive_command": f"{pp.command_line('push', '%p')} && {env.pgbr.command_line('archive-push', STANZA, '%p')}"})
+    pgbr.add_stanza(STANZA, pg)
+    pg.set_conf({"archive_command": f"{pp.command_line('push', '%p')} && {pgbr.command_line('archive-push', STANZA, '%p')}"})
     pg.reload()
     log(f"backup: database {size / MB:.0f} MB; archive_command feeds both repositories")
     # (process-max, compression label, compress-type); gz only at process-max 2 to keep the run short
-    plan = {"quick": [(1, "default", None)], "medium": [(1, "default", None), (2, "default", None)],
-            "full": [(1, "default", None), (2, "default", None), (2, "gz", "gz")]}[mode]
+    plan = plan or {"quick": [(1, "default", None)], "medium": [(1, "default", None), (2, "default", None)],
+                    "full": [(1, "default", None), (2, "default", None), (2, "gz", "gz")]}[mode]
     runs = []
     for k, (pm, cname, compress) in enumerate(plan):
         order = ["pgpush", "pgbackrest"] if k % 2 == 0 else ["pgbackrest", "pgpush"]
         for tool in order:
-            runs.append(_one(env, pg, pp, tool, pm, cname, compress, size))
+            runs.append(_one(env, pg, pp, tool, pm, cname, compress, size, pgbr))
     env.drop_cluster(pg)
     out = {"scale": scale, "size_mb": round(size / MB, 1), "runs": runs}
     rows, targets = [], []
@@ -81,16 +86,16 @@ def run(env, mode: str) -> dict:
     return out
 
 
-def _one(env, pg, pp, tool: str, pm: int, cname: str, compress: str | None, size: int) -> dict:
+def _one(env, pg, pp, tool: str, pm: int, cname: str, compress: str | None, size: int, pgbr) -> dict:
     res = {"tool": tool, "process_max": pm, "compress": cname}
     if tool == "pgpush":
         b = pp.run("backup", "--type=full", process_max=pm, compress_type=compress, timeout=1800)
         found = re.findall(r"backup (\S+) is ", b.stdout + b.stderr)
         label = found[-1] if found else None
     else:
-        b = env.pgbr.repo_cmd("backup", STANZA, type="full", process_max=pm, compress_type=compress, start_fast=True,
-                              archive_check=False, timeout=1800)
-        label = _pgbr_last_label(env) if b.rc == 0 else None
+        b = pgbr.repo_cmd("backup", STANZA, type="full", process_max=pm, compress_type=compress, start_fast=True,
+                          archive_check=False, timeout=1800)
+        label = _pgbr_last_label(pgbr) if b.rc == 0 else None
     res["backup_s"] = round(b.seconds, 2)
     if b.rc != 0 or not label:
         res["error"] = f"backup exited {b.rc}: {(b.stdout + b.stderr)[-2000:]}"
@@ -108,7 +113,7 @@ def _one(env, pg, pp, tool: str, pm: int, cname: str, compress: str | None, size
         if tool == "pgpush":
             r = pp.run("restore", f"--set={label}", pg1_path=target, process_max=pm, timeout=1800)
         else:
-            r = env.pgbr.pg_cmd("restore", STANZA, set=label, pg1_path=target, process_max=pm, timeout=1800)
+            r = pgbr.pg_cmd("restore", STANZA, set=label, pg1_path=target, process_max=pm, timeout=1800)
         res["restore_s"] = round(r.seconds, 2)
         if r.rc != 0:
             res["error"] = f"restore exited {r.rc}: {(r.stdout + r.stderr)[-2000:]}"

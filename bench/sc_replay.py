@@ -15,36 +15,40 @@ import subprocess
 import time
 
 from common import MB, PG_USER, SEG_SIZE, PgCluster, chown, log, make_dir, procs, ratio, rmtree, wait_tools_idle
-from pgpushtool import Pgpush
-from sc_async import archive_clone
+from sc_async import SftpRepo, archive_clone
 
 
-def _filled_repo(env, src, tool: str) -> dict:
-    key = (src.kind, src.n, tool)
+def _filled_repo(env, src, tool: str, repo) -> dict:
+    key = (src.kind, src.n, tool) if repo.kind == "sftp" else (src.kind, src.n, tool, repo.kind)
     filled = env.shared.setdefault("filled", {})
     if key not in filled:
         log(f"replay: filling the {tool} repository with {len(src.segments)} segments (async push, process-max 2)")
-        res = archive_clone(env, src, tool, None, 2, f"fill-{src.kind}{src.n}-{tool}", keep_repo=True)
+        tag = f"fill-{src.kind}{src.n}-{tool}" + ("" if repo.kind == "sftp" else f"-{repo.kind}")
+        res = archive_clone(env, src, tool, None, 2, tag, keep_repo=True, repo=repo)
         if not res.get("finished"):
             raise RuntimeError(f"filling the {tool} repo failed: {res.get('error')}")
         filled[key] = res["repo"]
     return filled[key]
 
 
-def replay_run(env, src, tool: str, asynchronous: bool, pm: int, tag: str) -> dict:
-    repo = _filled_repo(env, src, tool)
+def replay_run(env, src, tool: str, asynchronous: bool, pm: int, tag: str, repo_at=None) -> dict:
+    """``repo_at``: where the repositories are (default sc_async.SftpRepo); the one of ``tool``
+    is filled once per source (env.shared["filled"])."""
+    repo_at = repo_at or SftpRepo(env)
+    repo = _filled_repo(env, src, tool, repo_at)
     run_dir = make_dir(env.base / f"replay-{tag}", PG_USER, 0o755)
     pg = env.track(PgCluster(run_dir, "pg"))
     pg._prepare_common()
     subprocess.run(["cp", "-a", str(src.base_backup), str(pg.datadir)], check=True)
     pg._write_harness_conf({"archive_mode": "off", "hot_standby": False})
     if tool == "pgpush":
-        obj = Pgpush(env.base, tag, env.repo_sshd, cluster=pg, repo_name=repo["obj"].name)
+        obj = repo_at.pgpush(tag, pg, repo_name=repo["obj"].name)
         command = obj.command_line("get", "%f", "%p", archive_async=asynchronous, process_max=pm)
     else:
-        spool = env.pgbr.spool_dir(tag)
-        command = env.pgbr.command_line("archive-get", repo["stanza"], "%f", "%p", archive_async=asynchronous or None,
-                                        process_max=pm, spool_path=spool, pg1_path=pg.datadir)
+        obj = repo_at.pgbr
+        spool = obj.spool_dir(tag)
+        command = obj.command_line("archive-get", repo["stanza"], "%f", "%p", archive_async=asynchronous or None,
+                                   process_max=pm, spool_path=spool, pg1_path=pg.datadir)
     pg.set_conf({"restore_command": command})
     signal_file = pg.datadir / "recovery.signal"
     signal_file.touch()
@@ -76,7 +80,7 @@ def replay_run(env, src, tool: str, asynchronous: bool, pm: int, tag: str) -> di
             "mb_per_s": round(restored * SEG_SIZE / MB / elapsed, 1) if finished else None,
         })
         if not finished or restored < n:
-            tail = obj.log_tail() if tool == "pgpush" else env.pgbr.pg_log_tail(repo["stanza"])
+            tail = obj.log_tail() if tool == "pgpush" else obj.pg_log_tail(repo["stanza"])
             result["error"] = (f"recovery {'did not finish' if not finished else 'restored too few segments'} "
                                f"({restored}/{n}) after {elapsed:.0f}s\n{pg.log_tail(15)}\n{tail[-3000:]}")
     finally:

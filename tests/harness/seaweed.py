@@ -20,6 +20,10 @@ Typical use (normally through the ``seaweed`` fixture of tests/contract/conftest
     server.freeze(); server.thaw()                 # SIGSTOP/SIGCONT: connects hang unanswered
     server.cleanup()
 
+``SeaweedServer(dir, tls=True)`` also serves S3 over HTTPS on a second port (``https_endpoint``)
+with a self-signed certificate for 127.0.0.1 made by ``openssl`` in ``base_dir`` (``ca_file``);
+plain http stays on ``endpoint``.  The default (``tls=False``) starts exactly as before.
+
 Environment notes: PID 1 does not reap orphans here, so liveness is read from
 ``/proc/PID/status`` (zombies count as dead, see harness.procs); the daemon is our own child
 (``start_new_session``) and is reaped with ``wait()``.  ``weed`` also creates unix sockets
@@ -61,8 +65,11 @@ class SeaweedServer:
     host = "127.0.0.1"
 
     def __init__(self, base_dir: str | os.PathLike, weed: str | None = None,
-                 access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> None:
+                 access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, tls: bool = False) -> None:
         self.base_dir = Path(base_dir)
+        self.tls = tls
+        self.ca_file = self.base_dir / "tls-cert.pem"
+        self.key_file = self.base_dir / "tls-key.pem"
         self.weed = weed or find_weed()
         if not self.weed:
             raise FileNotFoundError("SeaweedFS 'weed' binary not found: run scripts/setup-s3.sh")
@@ -90,6 +97,15 @@ class SeaweedServer:
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.s3_port}"
 
+    @property
+    def https_port(self) -> int:
+        return self.ports["s3_https"]
+
+    @property
+    def https_endpoint(self) -> str:
+        """``https://127.0.0.1:PORT`` (``tls=True`` only); its certificate is ``ca_file``."""
+        return f"https://{self.host}:{self.https_port}"
+
     def running(self) -> bool:
         return self.proc is not None and procs.pid_alive(self.proc.pid)
 
@@ -109,6 +125,14 @@ class SeaweedServer:
         # Read from config_dir (and the working directory): grow one volume per new collection (bucket), not 7.
         (self.base_dir / "master.toml").write_text(
             "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\n")
+        if self.tls and not (self.ca_file.exists() and self.key_file.exists()):
+            # DNS:127.0.0.1 as well as IP:127.0.0.1: pgBackRest 2.45 matches the host only against DNS names
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                            "-subj", f"/CN={self.host}", "-addext", f"subjectAltName=IP:{self.host},DNS:{self.host},DNS:localhost",
+                            "-keyout", str(self.key_file), "-out", str(self.ca_file)],
+                           check=True, capture_output=True)
+            os.chmod(self.key_file, 0o600)
+            os.chmod(self.ca_file, 0o644)
 
     def _argv(self) -> list[str]:
         p = self.ports
@@ -125,13 +149,15 @@ class SeaweedServer:
             f"-s3.config={self.config_file}", "-s3.autoCreateBucket=false",
             "-master.volumeSizeLimitMB=64", "-volume.max=1000", "-volume.preStopSeconds=0",
             "-master.telemetry=false", "-master.peers=none",
-        ]
+        ] + ([f"-s3.cert.file={self.ca_file}", f"-s3.key.file={self.key_file}", f"-s3.port.https={p['s3_https']}"]
+             if self.tls else [])
 
     def _pick_ports(self) -> None:
+        names = _PORT_NAMES + (("s3_https",) if self.tls else ())
         ports: set[int] = set()
-        while len(ports) < len(_PORT_NAMES):
+        while len(ports) < len(names):
             ports.add(procs.free_port())
-        self.ports = dict(zip(_PORT_NAMES, sorted(ports), strict=True))
+        self.ports = dict(zip(names, sorted(ports), strict=True))
 
     def start(self, timeout: float = 60) -> SeaweedServer:
         """Start (or restart, on the same ports and data) and wait until S3 writes work."""
@@ -178,6 +204,8 @@ class SeaweedServer:
                     client.create_bucket()
                     client.request("PUT", "probe", body=b"ok")
                     client.delete_bucket()
+                    if self.tls and not procs.port_accepts(self.https_port, timeout=0.5):
+                        raise ConnectionError(f"S3 https port {self.https_port} does not answer")
                     return None
                 except Exception as exc:  # noqa: BLE001 - not ready yet (no volume server, no leader...)
                     last = str(exc)
