@@ -32,8 +32,11 @@ class GetParent(AsyncParent):
         super().__init__(cfg)
         self.segment_size = segment_size(pgdata)
         self.window = max(1, int(cfg["archive-get-queue-max"]) // self.segment_size)
-        self.done: str | None = None  # the request (with its tag) the spool was last filled for
+        self.done: str | None = None  # the request (with its tag) last taken into account
         self.request_text = ""
+        self.first: str | None = None  # the segment recovery asked for last
+        self.missing_at: str | None = None  # the first segment of the window the repo lacks
+        self.inflight: set[str] = set()
 
     def describe(self) -> str:
         return f"{super().describe()}, queue {self.window} segment(s)"
@@ -60,63 +63,84 @@ class GetParent(AsyncParent):
             if base[:8] != tli or base < first:
                 spool.remove(os.path.join(self.qdir, name))
 
-    def fetch_round(self, first: str) -> bool:
-        """Fill the window from ``first``; False when the repo failed us."""
-        present = os.listdir(self.qdir)
-        self.clean(first, present)
+    def _submit(self, pool) -> None:
+        """Hand the next wanted segments to idle workers, in recovery order."""
+        if self.first is None or not pool.has_idle():
+            return
         have = set(os.listdir(self.qdir))
-        todo = [n for n in self.wanted(first) if n not in have and n + ".ok" not in have and n + ".error" not in have]
-        pool = self._pool()
-        missing_at: str | None = None
-        ok = True
-        while (todo and ok) or pool.busy:
-            while todo and ok and pool.has_idle():
-                name = todo.pop(0)
-                if missing_at is not None and name > missing_at:
-                    todo.clear()
-                    break
-                pool.submit({"op": "get", "name": name, "dir": self.qdir})
-            for task, result in pool.results():
-                name = task["name"]
-                if result["ok"] and result.get("missing"):
-                    if missing_at is None or name < missing_at:
-                        missing_at = name
-                    todo = [n for n in todo if n < name]
-                    continue
-                if result["ok"]:
-                    spool.remove(os.path.join(self.qdir, name + ".error"))
-                    spool.remove(os.path.join(self.qdir, spool.GLOBAL_ERROR))
-                    LOG.detail(f"prefetched WAL file '{name}'")
-                    continue
-                ok = False
-                err = PgPushError(result["message"], result["code"])
-                LOG.error(f"[{err.code:03d}]: {err.message}")
-                spool.write_error(self.qdir, None if result.get("global") else name, err)
-        if missing_at is not None:
-            # Beyond a missing segment nothing prefetched can be used yet.
-            for name in os.listdir(self.qdir):
-                if wal.SEGMENT_RE.fullmatch(name) and name > missing_at and name[:8] == missing_at[:8]:
-                    spool.remove(os.path.join(self.qdir, name))
-            spool.write_ok(self.qdir, missing_at)
-            LOG.info(f"unable to find {missing_at} in the archive")
-        return ok
+        for name in self.wanted(self.first):
+            if not pool.has_idle():
+                return
+            if self.missing_at is not None and name > self.missing_at:
+                return  # beyond a missing segment nothing can be used yet
+            if name in self.inflight or name in have or name + ".ok" in have or name + ".error" in have:
+                continue
+            self.inflight.add(name)
+            pool.submit({"op": "get", "name": name, "dir": self.qdir})
+
+    def _missing(self, name: str) -> None:
+        if self.missing_at is None or name < self.missing_at:
+            self.missing_at = name
+        if any(n < self.missing_at for n in self.inflight):
+            return  # an earlier segment may be missing too: wait for it
+        for other in os.listdir(self.qdir):  # prefetched beyond the hole: unusable for now
+            if wal.SEGMENT_RE.fullmatch(other) and other > self.missing_at and other[:8] == self.missing_at[:8]:
+                spool.remove(os.path.join(self.qdir, other))
+        if not os.path.exists(os.path.join(self.qdir, self.missing_at + ".ok")):
+            spool.write_ok(self.qdir, self.missing_at)
+            LOG.info(f"unable to find {self.missing_at} in the archive")
+
+    def _record(self, task: dict, result: dict) -> bool:
+        """Book one worker result; False when the repository failed us."""
+        name = task["name"]
+        self.inflight.discard(name)
+        if result["ok"] and result.get("missing"):
+            self._missing(name)
+            return True
+        if result["ok"]:
+            spool.remove(os.path.join(self.qdir, name + ".error"))
+            spool.remove(os.path.join(self.qdir, spool.GLOBAL_ERROR))
+            LOG.detail(f"prefetched WAL file '{name}'")
+            if self.first is not None and (name[:8] != self.first[:8] or name < self.first):
+                spool.remove(os.path.join(self.qdir, name))  # recovery moved on while it came
+            elif self.missing_at is not None and name > self.missing_at:
+                spool.remove(os.path.join(self.qdir, name))
+            elif self.missing_at is not None:
+                self._missing(self.missing_at)  # this was the last one before the hole, maybe
+            return True
+        err = PgPushError(result["message"], result["code"])
+        LOG.error(f"[{err.code:03d}]: {err.message}")
+        spool.write_error(self.qdir, None if result.get("global") else name, err)
+        return False
 
     def work(self) -> bool:
-        """Keep the window filled as recovery moves on; linger a little before giving up.
+        """Keep the window full as recovery moves on; linger a little before giving up.
 
-        The foreground names the next segment in ``in/request`` each time it takes one,
-        so a lingering parent refills at once, with its workers' connections still open,
-        instead of a new parent paying start-up and connect for every few segments.
+        No rounds: each time a worker is free it gets the first wanted segment that is
+        neither in the spool nor on its way, so ``process-max`` workers stay busy and the
+        segment recovery waits for is always the next one handed out.  The foreground names
+        the next segment in ``in/request`` each time it takes one, so a lingering parent
+        slides its window at once, with its workers' connections still open.
         """
+        pool = self._pool()
         idle_since = time.monotonic()
+        failed = False
         while True:
             first = self.request()
             if first is not None and self.request_text != self.done:
-                if not self.fetch_round(first):
-                    return False
                 self.done = self.request_text
+                self.first, self.missing_at = first, None  # a new request: look again
+                self.clean(first, os.listdir(self.qdir))
+                idle_since = time.monotonic()
+            if not failed:
+                self._submit(pool)
+            if pool.busy:
+                for task, result in pool.results(timeout=0.02):
+                    failed = not self._record(task, result) or failed
                 idle_since = time.monotonic()
                 continue
+            if failed:
+                return False
             if time.monotonic() - idle_since >= LINGER:
                 return True
             time.sleep(0.02)
