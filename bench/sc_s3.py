@@ -38,7 +38,7 @@ FLEET = 8
 
 PLAN = {  # push/replay N (random WAL), process-max values, backup pgbench scale, fleet N per cluster
     "quick": {"n": 8, "pms": [2], "scale": 5, "backup_pms": [1], "fleet_n": 4},
-    "medium": {"n": 16, "pms": [1, 2], "scale": 10, "backup_pms": [1, 2], "fleet_n": 8},
+    "medium": {"n": 12, "pms": [1, 2], "scale": 10, "backup_pms": [1, 2], "fleet_n": 6},
     "full": {"n": 32, "pms": [1, 2], "scale": 30, "backup_pms": [1, 2], "fleet_n": 16},
 }
 
@@ -196,7 +196,7 @@ def _fleet(env, s3repo: S3Repo, src) -> dict:
     for repo in (s3repo, SftpRepo(env)):
         res = _fleet_run(env, repo, src)
         log(f"s3 fleet {repo.kind}: {FLEET} x {len(src.segments)} segments, {res.get('seg_per_s')} seg/s aggregate "
-            f"({res.get('seconds')} s); {'verified' if res.get('verified') else 'NOT verified: ' + str(res.get('problems'))}")
+            f"({res.get('seconds')} s, store CPU {res.get('store_cpu_s')} s); {'verified' if res.get('verified') else 'NOT verified: ' + str(res.get('problems'))}")
         out["runs"].append(res)
     by = {r["repo"]: r for r in out["runs"]}
     value = ratio(by.get("s3", {}).get("seg_per_s"), by.get("sftp", {}).get("seg_per_s"))
