@@ -685,10 +685,10 @@ class S3Storage(Storage):
             buf += chunk
             if len(buf) > self.part_size:
                 return self._put_multipart(name, key, buf, it, overwrite)
-        self._put_single(name, key, bytes(buf), overwrite)
+        self._put_single(name, key, buf, overwrite)  # no bytes() copy: 16 MiB less at the peak
         return len(buf)
 
-    def _put_single(self, name: str, key: str, data: bytes, overwrite: bool) -> None:
+    def _put_single(self, name: str, key: str, data: bytes | bytearray, overwrite: bool) -> None:
         md5_b64, md5 = _md5_b64(data)
         headers = {"content-md5": md5_b64, "content-type": "application/octet-stream"}
         conditional = not overwrite and self.conditional_put is not False
