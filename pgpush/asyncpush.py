@@ -39,6 +39,7 @@ def _ready(status_dir: str) -> list[str]:
 class PushParent(AsyncParent):
     group = "archive-push-async"
     direction = "out"
+    ROUND_MAX = 64  # files pushed before the backup status is refreshed and the drop list written
 
     def __init__(self, cfg, pg_wal: str):
         super().__init__(cfg)
@@ -59,12 +60,15 @@ class PushParent(AsyncParent):
             spool.remove(os.path.join(self.qdir, name + ".ok"))
         return [n for n in ready if n not in oks]
 
-    def drop_if_over(self, pending: list[str]) -> list[str]:
-        """Apply archive-push-queue-max to what waits; returns what is left to push."""
+    def drop_if_over(self, pending: list[str], inflight: set[str] | frozenset = frozenset()) -> list[str]:
+        """Apply archive-push-queue-max to what waits; returns what is left to push.
+
+        Files on their way to the repository count in the queue but are never dropped.
+        """
         if self.queue_max is None or not pending:
             return pending
         total = 0
-        for name in pending:
+        for name in [*pending, *inflight]:
             try:
                 total += os.stat(os.path.join(self.pg_wal, name)).st_size
             except FileNotFoundError:
@@ -127,16 +131,22 @@ class PushParent(AsyncParent):
         spool.write_error(self.qdir, None if result.get("global") else name, err)
 
     def push_round(self, names: list[str]) -> None:
-        """Push ``names`` with the pool; stop handing out files after an error."""
+        """Push ``names`` with the pool, topping up with WAL that became ready meanwhile, so
+        no worker idles while another finishes; stop handing out files after an error."""
         pool = self._pool()
         todo = list(names)
+        inflight: set[str] = set()
         pushed = 0
         while (todo and not self.failed) or pool.busy:
+            if not todo and not self.failed and pool.has_idle() and pushed < self.ROUND_MAX:
+                todo = self.drop_if_over([n for n in self.pending() if n not in inflight], inflight)
             while todo and not self.failed and pool.has_idle():
                 name = todo.pop(0)
                 spool.remove(os.path.join(self.qdir, name + ".error"))  # stale: we try again now
                 pool.submit({"op": "push", "path": os.path.join(self.pg_wal, name)})
+                inflight.add(name)
             for task, result in pool.results():
+                inflight.discard(os.path.basename(task["path"]))
                 self._record(task, result)
                 pushed += result["ok"]
         if pushed:
