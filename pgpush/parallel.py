@@ -68,18 +68,20 @@ def run(cfg, fn: Worker, jobs: Iterable[Job], on_result: Callable[[Job, Any], No
         parent_repo: Repository | None = None) -> None:
     """Run ``fn(repo, job)`` for every job and hand each result to ``on_result`` (in the parent).
 
-    With ``process-max`` 1 the jobs run in this process on a connection of
+    With ``process-max`` 1 the jobs run in this process, on the parent's
+    connection when it is given (an SSH handshake less), else on one of
     their own.  The first error stops the pool and is raised.
     """
     jobs = list(jobs)
     workers = min(int(cfg["process-max"]), len(jobs))
     if workers <= 1:
-        repo = Repository.from_config(cfg)
+        repo = parent_repo if parent_repo is not None else Repository.from_config(cfg)
         try:
             for job in jobs:
                 on_result(job, call(fn, repo, job))
         finally:
-            repo.storage.close()
+            if repo is not parent_repo:
+                repo.storage.close()
         return
     if parent_repo is not None:
         parent_repo.storage.close()  # no connection (nor its thread) may cross the fork

@@ -18,14 +18,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import grp
 import hashlib
 import os
 import pwd
 import shutil
 import stat
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
-from pgpush import catalog, parallel, recovery, spool
+from pgpush import catalog, parallel, readahead, recovery, spool
 from pgpush.catalog import DONE, WAITING, Catalog
 from pgpush.errors import (
     BackupSetInvalidError,
@@ -44,6 +47,26 @@ PREFIX = "pg_data"
 
 # -- worker -----------------------------------------------------------------------------------------
 
+SMALL_REPO_SIZE = 1024 * 1024  # a file stored in at most this many bytes ...
+SMALL_SIZE = 8 * 1024 * 1024  # ... and at most this big once decoded is read in a batch, whole, in memory
+BATCH_FILES = 64  # at most this many files ...
+BATCH_BYTES = 16 * 1024 * 1024  # ... and about this many decoded bytes per batch (a unit of work for the pool)
+SLICE = 32 * 1024  # stored bytes handed to the decoder at a time: its output stays well under a few MB
+
+
+class FileJob(NamedTuple):
+    name: str  # in the manifest (pg_data/...)
+    dest: str  # where it is written
+    path: str  # in the repository
+    sha1: str
+    size: int
+    mode: int
+    mtime: float
+    uid: int | None
+    gid: int | None
+    compare: bool  # keep a local file whose size and SHA-1 match
+    repo_size: int | None  # stored size, from the manifest (a hint for the reader)
+
 
 def _sha1_file(path: str) -> str:
     h = hashlib.sha1()
@@ -53,39 +76,208 @@ def _sha1_file(path: str) -> str:
     return h.hexdigest()
 
 
-def restore_file(repo: Repository, job: tuple) -> tuple[int, bool]:
+def _unchanged(job: FileJob) -> bool:
+    """--delta: does the local file already have the manifest's size and SHA-1?"""
+    try:
+        st = os.lstat(job.dest)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == job.size and _sha1_file(job.dest) == job.sha1
+
+
+def _corrupt(job: FileJob, sha1: str, size: int) -> FileReadError:
+    return FileReadError(f"backup file '{job.path}' in the repository is corrupt: SHA1 {sha1} ({size} bytes) "
+                         f"does not match the manifest's {job.sha1} ({job.size} bytes)")
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _open_dest(job: FileJob) -> int:
+    return os.open(job.dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
+
+def _finish_dest(fd: int, job: FileJob) -> None:
+    """Mode, owner and modification time on the open file (after its last write, which sets the time)."""
+    os.fchmod(fd, job.mode)
+    if job.uid is not None:
+        os.fchown(fd, job.uid, job.gid)
+    os.utime(fd, (job.mtime, job.mtime))
+
+
+def _sliced(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The same bytes in pieces of at most ``SLICE``: zstd at ~40x turns a 1 MB read into a 40 MB buffer,
+    and fresh buffers that big cost page faults on every one (measured: twice the time of the whole file)."""
+    for chunk in chunks:
+        if len(chunk) <= SLICE:
+            yield chunk
+        else:
+            for i in range(0, len(chunk), SLICE):
+                yield chunk[i:i + SLICE]
+
+
+def restore_file(repo: Repository, job: FileJob) -> tuple[int, bool]:
     """Write one file from the repository, or keep a matching one: (bytes written, kept).
 
-    ``job`` = (name, destination, repository path, sha1, size, mode, mtime, uid, gid, compare).
+    Streams: a thread reads and decodes (zstd, zlib and hashlib release the
+    GIL) while this one hashes and writes.  The SHA-1 is checked once the
+    last byte is written; a mismatch fails the restore.
     """
-    name, dest, path, sha1, size, mode, mtime, uid, gid, compare = job
-    if compare:
-        try:
-            st = os.lstat(dest)
-            if stat.S_ISREG(st.st_mode) and st.st_size == size and _sha1_file(dest) == sha1:
-                return 0, True
-        except FileNotFoundError:
-            pass
+    if job.compare and _unchanged(job):
+        return 0, True
     h = hashlib.sha1()
     written = 0
+    fd = _open_dest(job)
     try:
-        with open(dest, "wb") as fh:
-            for chunk in repo.decode(repo.storage.read_chunks(path), path):
+        try:
+            for chunk in readahead.ahead(repo.decode(_sliced(repo.storage.read_chunks(job.path)), job.path), depth=8):
                 h.update(chunk)
-                fh.write(chunk)
+                _write_all(fd, chunk)
                 written += len(chunk)
-    except FileNotFoundError:
-        raise FileReadError(f"backup file '{path}' is missing from the repository") from None
-    except ValueError as exc:
-        raise FileReadError(f"backup file '{path}' in the repository is corrupt: {exc}") from None
-    if h.hexdigest() != sha1 or written != size:
-        raise FileReadError(f"backup file '{path}' in the repository is corrupt: SHA1 {h.hexdigest()} ({written} bytes) "
-                            f"does not match the manifest's {sha1} ({size} bytes)")
-    os.chmod(dest, mode)
-    if uid is not None:
-        os.chown(dest, uid, gid)
-    os.utime(dest, (mtime, mtime))
+        except FileNotFoundError:
+            raise FileReadError(f"backup file '{job.path}' is missing from the repository") from None
+        except ValueError as exc:
+            raise FileReadError(f"backup file '{job.path}' in the repository is corrupt: {exc}") from None
+        if h.hexdigest() != job.sha1 or written != job.size:
+            raise _corrupt(job, h.hexdigest(), written)
+        _finish_dest(fd, job)
+    finally:
+        os.close(fd)
     return written, False
+
+
+def _decode_whole(repo: Repository, job: FileJob, data: bytes) -> bytes:
+    try:
+        content = b"".join(repo.decode([data], job.path))
+    except ValueError as exc:
+        raise FileReadError(f"backup file '{job.path}' in the repository is corrupt: {exc}") from None
+    if len(content) != job.size or hashlib.sha1(content).hexdigest() != job.sha1:
+        raise _corrupt(job, hashlib.sha1(content).hexdigest(), len(content))
+    return content
+
+
+def restore_files(repo: Repository, jobs: list[FileJob]) -> list[tuple[int, bool]]:
+    """One job of the pool: a big file alone (streamed), or a batch of small ones; one result per file.
+
+    A batch is read with ``Storage.read_many`` (sftp keeps many files in
+    flight on the connection), each file decoded and checked in memory
+    *before* it is written: a corrupt file never reaches the data directory.
+    """
+    if len(jobs) == 1 and not _small(jobs[0]):
+        return [restore_file(repo, jobs[0])]
+    results: dict[str, tuple[int, bool]] = {}
+    fetch: dict[str, FileJob] = {}
+    for job in jobs:
+        if job.compare and _unchanged(job):
+            results[job.name] = (0, True)
+        else:
+            fetch[job.path] = job
+    try:
+        for path, data in repo.storage.read_many((j.path, j.repo_size) for j in fetch.values()):
+            job = fetch[path]
+            content = _decode_whole(repo, job, data)
+            fd = _open_dest(job)
+            try:
+                _write_all(fd, content)
+                _finish_dest(fd, job)
+            finally:
+                os.close(fd)
+            results[job.name] = (len(content), False)
+    except FileNotFoundError as exc:
+        raise FileReadError(f"backup file '{exc.filename}' is missing from the repository") from None
+    return [results[j.name] for j in jobs]
+
+
+def _small(job: FileJob) -> bool:
+    return job.repo_size is not None and job.repo_size <= SMALL_REPO_SIZE and job.size <= SMALL_SIZE
+
+
+def plan(jobs: list[FileJob]) -> list[list[FileJob]]:
+    """Units of work for the pool: big files alone, largest first, then small files in batches.
+
+    Largest first, so that at the end the workers are busy with small
+    batches, not one waiting for a 1 GB segment started last.
+    """
+    big = sorted((j for j in jobs if not _small(j)), key=lambda j: -j.size)
+    small = sorted((j for j in jobs if _small(j)), key=lambda j: -j.size)
+    units: list[list[FileJob]] = [[j] for j in big]
+    batch: list[FileJob] = []
+    size = 0
+    for job in small:
+        if batch and (len(batch) >= BATCH_FILES or size + job.size > BATCH_BYTES):
+            units.append(batch)
+            batch, size = [], 0
+        batch.append(job)
+        size += job.size
+    if batch:
+        units.append(batch)
+    return units
+
+
+# -- durability -------------------------------------------------------------------------------------
+
+
+def _syncfs(path: str) -> bool:
+    """syncfs(2) on the file system holding ``path``; False where the call does not exist."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOSYS:
+                return False
+            raise OSError(err, f"syncfs failed: {os.strerror(err)}", path)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _fsync_tree(root: str) -> None:
+    """fsync every file and directory below ``root`` (and ``root``'s parent, whose entry it may be new in)."""
+    for directory, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for directory in [os.path.dirname(root) or "/", *(d for d, _, _ in os.walk(root))]:
+        fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def make_durable(paths: list[str]) -> None:
+    """Flush the restored cluster to stable storage before the restore reports success.
+
+    One ``syncfs`` per file system (as ``initdb --sync-method=syncfs`` does:
+    measured 0.3 s for a 470 MB restore, against 1.5 s for an fsync of each
+    of its 1,000 files); where it does not exist, an fsync of every file and
+    directory.
+    """
+    synced: set[int] = set()
+    for path in paths:
+        dev = os.stat(path).st_dev
+        if dev in synced:
+            continue
+        if _syncfs(path):
+            synced.add(dev)
+        else:
+            _fsync_tree(path)
 
 
 # -- choosing the backup ---------------------------------------------------------------------------
@@ -299,6 +491,7 @@ def _run(cfg) -> str:
         pg_dir = next(d for d in manifest["dirs"] if d["name"] == PREFIX)
         uid, gid = _owner(pg_dir, (None, None))
         recovery.write(pgdata, int(record["pg_version"]), rtype, recovery.settings(cfg, rtype, target, action), uid, gid)
+        make_durable([pgdata, *(link["destination"] for link in manifest.get("links", []))])
     finally:
         repo.storage.close()
     files = len(manifest["files"])
@@ -354,21 +547,23 @@ def _restore(cfg, repo: Repository, cat: Catalog, manifest: dict, pgdata: str, e
         LOG.info(f"removed {removed} file(s) or directorie(s) not in the backup")
     _make_dirs(pgdata, dirs, links, root_owner)
     jobs = []
-    for f in sorted(files.values(), key=lambda f: -f["size"]):
+    for f in files.values():
         ref = f.get("reference") or label
         uid, gid = _owner(f, root_owner)
-        jobs.append((f["name"], _path(pgdata, f["name"]), f"{cat.label_dir(ref)}/{f['name']}{f['ext']}", f["sha1"],
-                     f["size"], int(f["mode"], 8), float(f["mtime"]), uid, gid, compare))
+        jobs.append(FileJob(f["name"], _path(pgdata, f["name"]), f"{cat.label_dir(ref)}/{f['name']}{f['ext']}",
+                            f["sha1"], f["size"], int(f["mode"], 8), float(f["mtime"]), uid, gid, compare,
+                            f.get("repo_size")))
     progress = Progress(f"restore {label}", len(jobs), sum(f["size"] for f in files.values()),
                         str(cfg["log-level-console"]))
     counts = [0, 0]
 
-    def collect(job: tuple, result: tuple[int, bool]) -> None:
-        progress.advance(job[4])
-        counts[1 if result[1] else 0] += 1
+    def collect(unit: list[FileJob], results: list[tuple[int, bool]]) -> None:
+        progress.advance(sum(job.size for job in unit), files=len(unit))
+        for _written, kept in results:
+            counts[1 if kept else 0] += 1
 
     try:
-        parallel.run(cfg, restore_file, jobs, collect, parent_repo=repo)
+        parallel.run(cfg, restore_files, plan(jobs), collect, parent_repo=repo)
     finally:
         progress.close()
     return counts[0], counts[1]

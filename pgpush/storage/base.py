@@ -81,6 +81,22 @@ class Storage:
     def read(self, name: str) -> bytes:
         return b"".join(self.read_chunks(name))
 
+    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, bytes]]:
+        """``(name, content)`` of each ``(name, size hint)`` in ``files``, in their order, for many small files.
+
+        A missing file raises FileNotFoundError (its ``filename`` is the name)
+        when its turn comes.  The hint is the size the caller expects; the
+        content is returned as the backend has it.  Backends with a round trip
+        per request (sftp) override this to keep many files in flight; this
+        default reads them one by one.
+        """
+        for name, _hint in files:
+            try:
+                data = self.read(name)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(exc.errno, exc.strerror or "no such file", name) from None
+            yield name, data
+
     def delete(self, name: str) -> None:
         """Remove ``name``; a missing file is not an error."""
         raise NotImplementedError

@@ -28,10 +28,25 @@ import posixpath
 import socket
 import stat
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_EXTENDED,
+    CMD_HANDLE,
+    CMD_OPEN,
+    CMD_READ,
+    CMD_STATUS,
+    SFTP_EOF,
+    SFTP_FLAG_READ,
+    SFTP_NO_SUCH_FILE,
+    SFTP_PERMISSION_DENIED,
+    int64,
+)
+from paramiko.sftp_attr import SFTPAttributes
 
 from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
 
@@ -64,6 +79,8 @@ def _io_size(sftp: paramiko.SFTPClient) -> int:
     except (OSError, paramiko.SSHException, EOFError, struct.error):
         return IO_SIZE_MIN
     return max(IO_SIZE_MIN, min(IO_SIZE_MAX, read_len or IO_SIZE_MAX, write_len or IO_SIZE_MAX))
+READ_MANY_WINDOW = 32  # files in flight on one connection in read_many
+READ_MAX = 255 * 1024  # largest read OpenSSH's sftp-server answers in one reply (SFTP_MAX_READ_LENGTH)
 
 
 class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -78,6 +95,42 @@ class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
         with open(self.path, "a", encoding="ascii") as fh:
             fh.write(entry)
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class _Pending:
+    """One file of :meth:`SftpStorage.read_many` on its way."""
+
+    __slots__ = ("name", "path", "hint", "handle", "offset", "chunks", "done", "error")
+
+    def __init__(self, name: str, path: str, hint: int | None):
+        self.name, self.path, self.hint = name, path, hint
+        self.handle: bytes | None = None
+        self.offset = 0
+        self.chunks: list[bytes] = []
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _Replies:
+    """Where paramiko hands the replies to our requests (it calls ``_async_response``)."""
+
+    def __init__(self):
+        self.got: list[tuple[int, tuple[int, paramiko.Message]]] = []
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        self.got.append((num, (t, msg)))
+
+    def take(self) -> list[tuple[int, tuple[int, paramiko.Message]]]:
+        got, self.got = self.got, []
+        return got
+
+
+def _status_error(code: int, text: str, name: str) -> OSError:
+    if code == SFTP_NO_SUCH_FILE:
+        return FileNotFoundError(errno.ENOENT, text or "no such file", name)
+    if code == SFTP_PERMISSION_DENIED:
+        return PermissionError(errno.EACCES, text or "permission denied", name)
+    return OSError(f"{text or 'SFTP error'} (status {code})")
 
 
 class SftpStorage(Storage):
@@ -341,6 +394,94 @@ class SftpStorage(Storage):
                 fh.close()
             except Exception:  # noqa: BLE001
                 pass
+
+    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, bytes]]:
+        """Many small files on one connection, ``READ_MANY_WINDOW`` of them in flight at a time.
+
+        One file costs four requests (open, read, read at the end, close) and
+        the size hint saves the third: a read asked for ``hint + 1`` bytes that
+        is answered short, at or past the hint, is the end of the file (OpenSSH
+        answers short only there).  Without pipelining every request is a round
+        trip (about 0.3 ms here, and a delayed-ACK stall of 40 ms now and then);
+        with it the round trips of the next files overlap the caller's work on
+        this one: paramiko's transport thread keeps receiving while we yield.
+        A failure leaves requests outstanding, so it drops the connection (the
+        next call opens a new one) rather than leave answers or handles behind.
+        """
+        sftp = self._connect()
+        todo = iter(files)
+        window: deque[_Pending] = deque()
+        sent: dict[int, tuple[_Pending, int, int]] = {}  # request number -> (file, request type, read length)
+        replies = _Replies()
+        clean = False
+
+        def request(f: _Pending, t: int, *args, length: int = 0) -> None:
+            sent[sftp._async_request(replies, t, *args)] = (f, t, length)
+
+        def read_next(f: _Pending) -> None:
+            # up to one byte past the hint (a short answer then ends the file); past it, as much as allowed
+            want = READ_MAX if f.hint is None or f.offset > f.hint else min(READ_MAX, f.hint + 1 - f.offset)
+            request(f, CMD_READ, f.handle, int64(f.offset), want, length=want)
+
+        def finish(f: _Pending) -> None:
+            f.done = True
+            if f.handle is not None:
+                request(f, CMD_CLOSE, f.handle)
+                f.handle = None
+
+        def answer(f: _Pending, t: int, asked: int, msg) -> None:
+            if f.done:
+                return
+            if t == CMD_HANDLE:
+                f.handle = msg.get_binary()
+                read_next(f)
+            elif t == CMD_DATA:
+                data = msg.get_binary()
+                f.chunks.append(data)
+                f.offset += len(data)
+                if not data or (len(data) < asked and f.hint is not None and f.offset >= f.hint):
+                    finish(f)
+                else:
+                    read_next(f)
+            elif t == CMD_STATUS:
+                code, text = msg.get_int(), msg.get_text()
+                if code != SFTP_EOF or f.handle is None:
+                    f.error = _status_error(code, text, f.name)
+                finish(f)
+            else:
+                f.error = StorageError(f"unable to read '{f.name}': unexpected SFTP reply {t} ({self.description})")
+                finish(f)
+
+        try:
+            while True:
+                while len(window) < READ_MANY_WINDOW:
+                    item = next(todo, None)
+                    if item is None:
+                        break
+                    f = _Pending(item[0], self._path(item[0]), item[1])
+                    request(f, CMD_OPEN, f.path, SFTP_FLAG_READ, SFTPAttributes())
+                    window.append(f)
+                if window and window[0].done:
+                    f = window.popleft()
+                    if f.error is not None:
+                        raise f.error if isinstance(f.error, (FileNotFoundError, StorageError)) \
+                            else self._oserror(f.error, f"read '{f.name}'")
+                    yield f.name, b"".join(f.chunks)
+                    continue
+                if not sent:
+                    break  # every file answered and every handle closed
+                sftp._read_response()  # one reply (possibly for a close) into ``replies``
+                for num, (t, msg) in replies.take():
+                    f, _kind, asked = sent.pop(num)
+                    answer(f, t, asked, msg)
+            clean = True
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"read '{window[0].name}'" if window else "read files") from None
+        finally:
+            if not clean:
+                self.close()
 
     def delete(self, name: str) -> None:
         sftp = self._connect()

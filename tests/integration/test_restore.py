@@ -168,3 +168,63 @@ def test_delta_restore_rewrites_only_what_changed(pg_factory, pgpush_cmd, work_d
     res = pp.run("restore", f"--pg1-path={data}", "--delta")
     assert res.returncode == 38, res.stderr
     assert "running" in res.stderr
+
+
+def _manifest(repo_dir, stanza: str, label: str) -> dict:
+    return json.loads((repo_dir / "backup" / stanza / label / "backup.manifest").read_text())
+
+
+def test_sftp_restore_batched_and_streamed_files_verified(pg_factory, sshd, pgpush_cmd, work_dir):
+    """Over SFTP small files travel in pipelined batches (checked before they are written), big ones
+    stream; both land byte for byte with the manifest's mode and time, and a corrupt or missing file in
+    the repository fails the restore (42) whichever path it takes."""
+    import zstandard
+
+    pp = Pgpush(pgpush_cmd, work_dir, repo=sshd.pgpush_options())
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
+    setup_archiving(pp, pg)
+    # hex of random numbers: ~2x compression, so the table's stored file exceeds the batch limit (1 MB)
+    pg.sql("create table big as select g, md5(random()::text) || md5(random()::text) h from generate_series(1, 60000) g")
+    big_path = "pg_data/" + pg.sql("select pg_relation_filepath('big')")
+    label, _ = backup(pp, pg, "--wait", "--wait-timeout=60")
+    manifest = _manifest(sshd.repo_dir, pp.stanza, label)
+    files = {f["name"]: f for f in manifest["files"]}
+    assert files[big_path]["repo_size"] > 1024 * 1024 and files["pg_data/PG_VERSION"]["repo_size"] < 1024
+    stored = sshd.repo_dir / "backup" / pp.stanza / label
+
+    for pm in (1, 2):
+        target = work_dir / f"restored-{pm}"
+        res = pp.run("restore", f"--pg1-path={target}", f"--process-max={pm}", timeout=180)
+        assert res.returncode == 0, res.stderr
+        for name, f in files.items():
+            path = target / name[len("pg_data/"):]
+            st = os.stat(path)
+            if name != "pg_data/postgresql.auto.conf":  # gets the recovery settings
+                assert (st.st_size, _sha1(path)) == (f["size"], f["sha1"]), name
+                assert st.st_mtime == pytest.approx(float(f["mtime"]), abs=1e-5), name
+            assert oct(st.st_mode & 0o7777) == oct(int(f["mode"], 8)), name
+
+    # A small file (batched) that decodes to the wrong content: refused, and never written.
+    version = stored / f"pg_data/PG_VERSION{files['pg_data/PG_VERSION']['ext']}"
+    original = version.read_bytes()
+    version.write_bytes(zstandard.ZstdCompressor().compress(b"99\n"))
+    for pm in (1, 2):
+        target = work_dir / f"corrupt-small-{pm}"
+        res = pp.run("restore", f"--pg1-path={target}", f"--process-max={pm}", timeout=180)
+        assert res.returncode == 42, res.stderr
+        assert "PG_VERSION" in res.stderr and "corrupt" in res.stderr
+        assert not (target / "PG_VERSION").exists()
+    version.unlink()
+    res = pp.run("restore", f"--pg1-path={work_dir / 'missing-small'}", timeout=180)
+    assert res.returncode == 42 and "PG_VERSION" in res.stderr and "missing" in res.stderr, res.stderr
+    version.write_bytes(original)
+
+    # A big file (streamed) with one byte flipped in the middle.
+    big = stored / f"{big_path}{files[big_path]['ext']}"
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    big.write_bytes(bytes(data))
+    for pm in (1, 2):
+        res = pp.run("restore", f"--pg1-path={work_dir / f'corrupt-big-{pm}'}", f"--process-max={pm}", timeout=180)
+        assert res.returncode == 42, res.stderr
+        assert big_path.rsplit("/", 1)[-1] in res.stderr and "corrupt" in res.stderr

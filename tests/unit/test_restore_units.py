@@ -1,0 +1,95 @@
+"""restore's work plan (big files alone and largest first, small ones in bounded batches) and its
+durability step (syncfs, or an fsync of every file and directory where syncfs does not exist)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pgpush import restore
+from pgpush.restore import FileJob
+
+
+def _job(name: str, size: int, repo_size: int | None) -> FileJob:
+    return FileJob(name, f"/nowhere/{name}", f"repo/{name}", "0" * 40, size, 0o600, 0.0, None, None, False, repo_size)
+
+
+def test_plan_big_files_alone_largest_first_then_batches():
+    jobs = [_job(f"small{i}", 8192, 500) for i in range(150)]
+    jobs += [_job("seg", 1 << 30, 50 << 20), _job("idx", 64 << 20, 9 << 20), _job("no-repo-size", 100, None),
+             _job("compressible", 100 << 20, 200 << 10), _job("medium", 2 << 20, 2 << 20)]
+    units = restore.plan(jobs)
+    singles = [u[0].name for u in units if len(u) == 1 and not restore._small(u[0])]
+    assert singles == ["seg", "compressible", "idx", "medium", "no-repo-size"]
+    assert [len(u) for u in units[:5]] == [1] * 5
+    batches = units[5:]
+    assert all(restore._small(j) for u in batches for j in u)
+    assert all(len(u) <= restore.BATCH_FILES for u in batches)
+    assert sorted(j.name for u in units for j in u) == sorted(j.name for j in jobs)
+
+
+def test_plan_batches_bounded_in_bytes():
+    jobs = [_job(f"f{i}", 3 << 20, 900 << 10) for i in range(20)]
+    units = restore.plan(jobs)
+    assert all(sum(j.size for j in u) <= restore.BATCH_BYTES for u in units)
+    assert sum(len(u) for u in units) == 20
+
+
+def _tree(root):
+    (root / "base" / "1").mkdir(parents=True)
+    for name in ("PG_VERSION", "base/1/1259", "base/1/1259_fsm"):
+        (root / name).write_bytes(b"x" * 100)
+    os.symlink("/nonexistent", root / "link")  # a tablespace link: not followed, not fsynced
+    return {str(root / n) for n in ("PG_VERSION", "base/1/1259", "base/1/1259_fsm")}, \
+        {str(root), str(root / "base"), str(root / "base" / "1"), str(root.parent)}
+
+
+def test_make_durable_falls_back_to_fsync_of_everything(tmp_path, monkeypatch):
+    root = tmp_path / "pgdata"
+    root.mkdir()
+    files, dirs = _tree(root)
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(restore, "_syncfs", lambda path: False)
+    monkeypatch.setattr(os, "fsync", fsync)
+    restore.make_durable([str(root)])
+    assert set(synced) == files | dirs
+
+
+def test_make_durable_one_syncfs_per_file_system(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    calls = []
+    real = restore._syncfs
+
+    def syncfs(path):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(restore, "_syncfs", syncfs)
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("fsync called although syncfs exists"))
+    restore.make_durable([str(a), str(b)])  # same file system: one call
+    assert calls == [str(a)]
+
+
+def test_syncfs_error_is_raised(tmp_path, monkeypatch):
+    import ctypes
+    import errno
+
+    class Libc:
+        @staticmethod
+        def syncfs(fd):
+            ctypes.set_errno(errno.EIO)
+            return -1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc())
+    with pytest.raises(OSError) as info:
+        restore._syncfs(str(tmp_path))
+    assert info.value.errno == errno.EIO
