@@ -11,8 +11,6 @@ version; anything unknown is an error (46), never a guess.
 
 from __future__ import annotations
 
-import struct
-
 from pgpush.errors import FormatError, VersionNotSupportedError
 
 _HEX = frozenset("0123456789ABCDEF")
@@ -76,7 +74,17 @@ CATALOG_RANGES = [
 ]
 
 XLP_LONG_HEADER = 0x0002
-LONG_HEADER = struct.Struct("<HHIQI4xQII")  # magic, info, tli, pageaddr, rem_len, (pad), sysid, seg_size, blcksz
+LONG_HEADER_FORMAT = "<HHIQI4xQII"  # magic, info, tli, pageaddr, rem_len, (pad), sysid, seg_size, blcksz
+
+
+def __getattr__(name: str):
+    """``LONG_HEADER`` (a ``struct.Struct``) on first use: ``struct`` costs the hot path ~1 ms it never needs."""
+    if name == "LONG_HEADER":
+        import struct
+
+        globals()["LONG_HEADER"] = value = struct.Struct(LONG_HEADER_FORMAT)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def kind(name: str) -> str:
@@ -170,9 +178,12 @@ class WalHeader:
 
 def parse_header(data: bytes, name: str = "") -> WalHeader:
     """Parse the long page header at the start of a segment."""
-    if len(data) < LONG_HEADER.size:
+    import struct
+
+    header = struct.Struct(LONG_HEADER_FORMAT)
+    if len(data) < header.size:
         raise FormatError(f"WAL file '{name}' is too short for a WAL page header ({len(data)} bytes)")
-    magic, info, tli, pageaddr, _rem, sysid, seg_size, blcksz = LONG_HEADER.unpack_from(data)
+    magic, info, tli, pageaddr, _rem, sysid, seg_size, blcksz = header.unpack_from(data)
     version = WAL_MAGIC.get(magic)
     if version is None:
         raise VersionNotSupportedError(f"unexpected WAL magic 0x{magic:04X} in '{name}': unsupported PostgreSQL version or not a WAL file")
@@ -212,6 +223,8 @@ def parse_control(data: bytes) -> ControlData:
     The offsets of ``xlog_seg_size`` and ``blcksz`` differ by version, so they
     are read from a small table keyed by the pg_control version.
     """
+    import struct
+
     if len(data) < 16:
         raise FormatError("pg_control is too short")
     sysid, control_version, catalog_version = struct.unpack_from("<QII", data, 0)
@@ -234,6 +247,8 @@ def _control_sizes(data: bytes, version: int) -> tuple[int, int]:
     relseg_size, xlog_blcksz, xlog_seg_size, ... .  floatFormat is the
     constant 1234567.0, which locates the block reliably across versions.
     """
+    import struct
+
     marker = struct.pack("<d", 1234567.0)
     pos = data.find(marker)
     if pos < 0:
