@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import grp
@@ -108,6 +109,28 @@ def _finish_dest(fd: int, job: FileJob) -> None:
     os.utime(fd, (job.mtime, job.mtime))
 
 
+WRITEBACK_EVERY = 32 * 1024 * 1024  # a big file's written bytes handed to the kernel's writeback at a time
+_sync_file_range = None  # libc's, resolved on first use; False where it does not exist
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range out now (``sync_file_range(SYNC_FILE_RANGE_WRITE)``,
+    as PostgreSQL's checkpointer does), so that the final sync finds little left to write: the disk
+    works while we decode.  Only a hint: errors are ignored, durability comes from make_durable()."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+            fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+            _sync_file_range = fn
+        except (OSError, AttributeError):
+            _sync_file_range = False
+    if _sync_file_range:
+        _sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
+
+
 def _sliced(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """The same bytes in pieces of at most ``SLICE``: zstd at ~40x turns a 1 MB read into a 40 MB buffer,
     and fresh buffers that big cost page faults on every one (measured: twice the time of the whole file)."""
@@ -133,10 +156,14 @@ def restore_file(repo: Repository, job: FileJob) -> tuple[int, bool]:
     fd = _open_dest(job)
     try:
         try:
+            flushed = 0
             for chunk in readahead.ahead(repo.decode(_sliced(repo.storage.read_chunks(job.path)), job.path), depth=8):
                 h.update(chunk)
                 _write_all(fd, chunk)
                 written += len(chunk)
+                if written - flushed >= WRITEBACK_EVERY:
+                    _start_writeback(fd, flushed, written - flushed)
+                    flushed = written
         except FileNotFoundError:
             raise FileReadError(f"backup file '{job.path}' is missing from the repository") from None
         except ValueError as exc:
@@ -165,6 +192,10 @@ def restore_files(repo: Repository, jobs: list[FileJob]) -> list[tuple[int, bool
     A batch is read with ``Storage.read_many`` (sftp keeps many files in
     flight on the connection), each file decoded and checked in memory
     *before* it is written: a corrupt file never reaches the data directory.
+    Reading and checking run in a thread while this one creates and writes
+    the files: creating a file is kernel time (about 1 ms on this project's
+    ext4 after many deletions, ext4 looking for a free inode), done here
+    while the other core decodes and hashes the next ones.
     """
     if len(jobs) == 1 and not _small(jobs[0]):
         return [restore_file(repo, jobs[0])]
@@ -175,10 +206,15 @@ def restore_files(repo: Repository, jobs: list[FileJob]) -> list[tuple[int, bool
             results[job.name] = (0, True)
         else:
             fetch[job.path] = job
+
+    def checked() -> Iterator[tuple[FileJob, bytes]]:
+        with contextlib.closing(repo.storage.read_many((j.path, j.repo_size) for j in fetch.values())) as files:
+            for path, data in files:
+                job = fetch[path]
+                yield job, _decode_whole(repo, job, data)
+
     try:
-        for path, data in repo.storage.read_many((j.path, j.repo_size) for j in fetch.values()):
-            job = fetch[path]
-            content = _decode_whole(repo, job, data)
+        for job, content in readahead.ahead(checked(), depth=16):
             fd = _open_dest(job)
             try:
                 _write_all(fd, content)
@@ -187,6 +223,8 @@ def restore_files(repo: Repository, jobs: list[FileJob]) -> list[tuple[int, bool
                 os.close(fd)
             results[job.name] = (len(content), False)
     except FileNotFoundError as exc:
+        if exc.filename not in fetch:
+            raise  # a local path
         raise FileReadError(f"backup file '{exc.filename}' is missing from the repository") from None
     return [results[j.name] for j in jobs]
 
