@@ -30,10 +30,10 @@ def test_plan_big_files_alone_largest_first_then_batches():
 
 
 def test_plan_batches_bounded_in_bytes():
-    jobs = [_job(f"f{i}", 3 << 20, 900 << 10) for i in range(20)]
+    jobs = [_job(f"f{i}", 1536 << 10, 900 << 10) for i in range(30)]
     units = restore.plan(jobs)
     assert all(sum(j.size for j in u) <= restore.BATCH_BYTES for u in units)
-    assert sum(len(u) for u in units) == 20
+    assert all(len(u) > 1 for u in units[:-1]) and sum(len(u) for u in units) == 30
 
 
 def _tree(root):
