@@ -36,6 +36,7 @@ from paramiko.sftp import (
     CMD_CLOSE,
     CMD_DATA,
     CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
     CMD_HANDLE,
     CMD_OPEN,
     CMD_READ,
@@ -73,12 +74,16 @@ def _transport(sock, disabled_algorithms=None) -> paramiko.Transport:
 def _io_size(sftp: paramiko.SFTPClient) -> int:
     """The largest read/write request the server takes, up to IO_SIZE_MAX (``limits@openssh.com``)."""
     try:
-        _kind, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+        kind, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+        if kind != CMD_EXTENDED_REPLY or len(msg.asbytes()) - msg.packet.tell() < 32:  # four uint64
+            return IO_SIZE_MIN
         msg.get_int64()  # max packet length
         read_len, write_len = msg.get_int64(), msg.get_int64()
     except (OSError, paramiko.SSHException, EOFError, struct.error):
         return IO_SIZE_MIN
-    return max(IO_SIZE_MIN, min(IO_SIZE_MAX, read_len or IO_SIZE_MAX, write_len or IO_SIZE_MAX))
+    if not read_len or not write_len:  # 0: not announced; OpenSSH's own client then keeps 32 KiB too
+        return IO_SIZE_MIN
+    return max(IO_SIZE_MIN, min(IO_SIZE_MAX, read_len, write_len))
 READ_MANY_WINDOW = 32  # files in flight on one connection in read_many
 READ_MAX = 255 * 1024  # largest read OpenSSH's sftp-server answers in one reply (SFTP_MAX_READ_LENGTH)
 
