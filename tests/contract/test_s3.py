@@ -576,3 +576,44 @@ def test_open_storage_from_options(seaweed) -> None:
     raw = seaweed.storage("/")
     assert raw.list_dirs("some") == ["prefix"]
     raw.close()
+
+
+def test_host_style_addressing_on_a_real_store(seaweed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Virtual-host requests (``BUCKET.localhost``) against SeaweedFS: write, list, read, delete.
+
+    The store is real and routes by the Host header (``-s3.domainName=localhost``); only the name
+    lookup is the test's, since nothing resolves ``*.localhost`` here.
+    """
+    import socket
+
+    real = socket.getaddrinfo
+    looked_up: list[str] = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, str) and host.endswith(".localhost"):
+            looked_up.append(host)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    endpoint = f"http://localhost:{seaweed.server.s3_port}"
+    storage = S3Storage(endpoint, seaweed.bucket, "/repo", key=seaweed.server.access_key,
+                        secret=seaweed.server.secret_key, uri_style="host", timeout=10)
+    try:
+        payload = bytes(range(256)) * 4096
+        storage.put("archive/main/f1", [payload])
+        with pytest.raises(FileExistsError):
+            storage.put("archive/main/f1", [b"other"])
+        assert [f.name for f in storage.list("archive/main")] == ["f1"]
+        assert b"".join(storage.read_chunks("archive/main/f1")) == payload
+        # the same object seen path-style: both addressings name the one bucket
+        path_style = seaweed.storage()
+        try:
+            assert b"".join(path_style.read_chunks("archive/main/f1")) == payload
+        finally:
+            path_style.close()
+        storage.delete("archive/main/f1")
+        assert storage.info("archive/main/f1") is None
+    finally:
+        storage.close()
+    assert looked_up and set(looked_up) == {f"{seaweed.bucket}.localhost"}

@@ -63,6 +63,7 @@ def find_weed() -> str | None:
 
 class SeaweedServer:
     host = "127.0.0.1"
+    domain = "localhost"  # host-style requests name BUCKET.localhost (tests resolve it to 127.0.0.1)
 
     def __init__(self, base_dir: str | os.PathLike, weed: str | None = None,
                  access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, tls: bool = False) -> None:
@@ -147,6 +148,8 @@ class SeaweedServer:
             f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={self.config_file}", "-s3.autoCreateBucket=false",
+            # virtual-host addressing for BUCKET.localhost (path style keeps working)
+            f"-s3.domainName={self.domain}",
             "-master.volumeSizeLimitMB=64", "-volume.max=1000", "-volume.preStopSeconds=0",
             "-master.telemetry=false", "-master.peers=none",
         ] + ([f"-s3.cert.file={self.ca_file}", f"-s3.key.file={self.key_file}", f"-s3.port.https={p['s3_https']}"]
