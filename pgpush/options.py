@@ -103,6 +103,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("delta", "bool", False, "restore into an existing data directory, rewriting only changed files", "command", commands=("restore",)),
     Option("force", "bool", False, "restore: with --delta, also rewrite files whose size matches", "command", commands=("restore",)),
     Option("target", "str", None, "restore: recovery target (time, lsn, name or xid)", "command", commands=("restore",), config=False),
+    Option("tablespace-map", "str", None, "restore: tablespaces elsewhere, OID=PATH[,OID=PATH...] (OIDs as in pg_tblspc)", "command", commands=("restore",), config=False),
+    Option("tablespace-map-all", "str", None, "restore: every tablespace under this directory, in a subdirectory named by its OID", "command", commands=("restore",), config=False),
     Option("target-action", "choice", "pause", "restore: what recovery does at the target", "command", commands=("restore",), choices=("pause", "promote", "shutdown")),
     Option("output", "choice", "text", "info: output format", "command", commands=("info",), choices=("text", "json")),
 )

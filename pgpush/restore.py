@@ -470,6 +470,59 @@ def tablespaces_in_use(manifest: dict, delta: bool, force: bool) -> bool:
     return False
 
 
+def remap_tablespaces(cfg, manifest: dict) -> dict[str, str]:
+    """Apply ``--tablespace-map`` / ``--tablespace-map-all`` to the manifest's links; returns {OID: new path}.
+
+    A restore next to the running original (a test restore on the same host) needs its
+    tablespaces elsewhere; the links in ``pg_tblspc`` and the ``tablespace_map`` file
+    (which PostgreSQL reads at start-up to recreate those links) then name the new places.
+    """
+    links = {ln["name"].rsplit("/", 1)[-1]: ln for ln in manifest.get("links", [])}
+    wanted: dict[str, str] = {}
+    every = cfg.get("tablespace-map-all")
+    if every:
+        if not os.path.isabs(str(every)) or "\n" in str(every) or "\r" in str(every):
+            raise OptionInvalidValueError(f"option 'tablespace-map-all' must be an absolute path, not '{every}'")
+        wanted = {oid: os.path.join(str(every), oid) for oid in links}
+    for item in [i.strip() for i in str(cfg.get("tablespace-map") or "").split(",") if i.strip()]:
+        oid, sep, path = item.partition("=")
+        oid, path = oid.strip(), path.strip()
+        if not sep or not oid.isdigit() or not os.path.isabs(path) or "\n" in path or "\r" in path:
+            raise OptionInvalidValueError(f"option 'tablespace-map' has invalid value '{item}': OID=ABSOLUTE_PATH is expected")
+        if oid not in links:
+            known = ", ".join(sorted(links)) or "none"
+            raise OptionInvalidValueError(
+                f"option 'tablespace-map' names tablespace {oid}, which is not in the backup (its tablespaces: {known})")
+        wanted[oid] = os.path.normpath(path)
+    for oid, path in wanted.items():
+        LOG.info(f"tablespace {oid}: '{links[oid]['destination']}' restored to '{path}'")
+        links[oid]["destination"] = path
+    return wanted
+
+
+def rewrite_tablespace_map(pgdata: str, remapped: dict[str, str]) -> None:
+    """Point the restored ``tablespace_map`` at the new locations (PostgreSQL recreates links from it)."""
+    path = os.path.join(pgdata, "tablespace_map")
+    if not remapped or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8", newline="") as fh:
+        lines = fh.read().split("\n")
+    out = []
+    for line in lines:
+        oid = line.split(" ", 1)[0]
+        if oid in remapped:  # "OID PATH", a backslash before \\, \n and \r in PATH (remap_tablespaces refuses the last two)
+            line = f"{oid} " + remapped[oid].replace("\\", "\\\\")
+        out.append(line)
+    st = os.stat(path)
+    tmp = path + ".pgpush.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write("\n".join(out))
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    if os.geteuid() == 0:
+        os.chown(tmp, st.st_uid, st.st_gid)
+    os.replace(tmp, path)
+
+
 def clear_spool(cfg) -> None:
     """Empty ``SPOOL/archive/STANZA/in/``: stale prefetched WAL must never reach the restored cluster."""
     path = os.path.join(spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza), "in")
@@ -528,10 +581,12 @@ def _run(cfg) -> str:
         label = record["label"]
         LOG.info(f"restoring backup {label} ({why}) into '{pgdata}'")
         manifest = cat.read_manifest(label)
+        remapped = remap_tablespaces(cfg, manifest)
         existing = prepare(pgdata, delta, force)
         existing = tablespaces_in_use(manifest, delta, force) or existing
         clear_spool(cfg)
         written, kept = _restore(cfg, repo, cat, manifest, pgdata, existing, compare=existing and not force)
+        rewrite_tablespace_map(pgdata, remapped)
         pg_dir = next(d for d in manifest["dirs"] if d["name"] == PREFIX)
         uid, gid = _owner(pg_dir, (None, None))
         recovery.write(pgdata, int(record["pg_version"]), rtype, recovery.settings(cfg, rtype, target, action), uid, gid)

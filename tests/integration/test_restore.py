@@ -228,3 +228,39 @@ def test_sftp_restore_batched_and_streamed_files_verified(pg_factory, sshd, pgpu
         res = pp.run("restore", f"--pg1-path={work_dir / f'corrupt-big-{pm}'}", f"--process-max={pm}", timeout=180)
         assert res.returncode == 42, res.stderr
         assert big_path.rsplit("/", 1)[-1] in res.stderr and "corrupt" in res.stderr
+
+
+def test_tablespace_map_restores_beside_the_running_original(pg_factory, pgpush_cmd, work_dir):
+    """--tablespace-map: a test restore on the same host as its running original, tablespace elsewhere."""
+    pp = Pgpush(pgpush_cmd, work_dir)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
+    setup_archiving(pp, pg)
+    tablespace = procs.make_tmp_dir(work_dir, "ts")
+    pg.sql(f"create tablespace ts location '{tablespace}'")
+    pg.sql("create table in_ts tablespace ts as select g from generate_series(1, 300) g")
+    oid = pg.sql("select oid from pg_tablespace where spcname = 'ts'")
+    label, _ = backup(pp, pg, "--wait", "--wait-timeout=60")
+
+    restored = _restored_cluster(pg_factory, "restored")
+    new_home = procs.make_tmp_dir(work_dir, "ts-new-parent") / "ts"
+    for bad in ("99999=/tmp/x", f"{oid}=relative/path", f"ts={new_home}"):
+        res = pp.run("restore", f"--pg1-path={restored.datadir}", f"--tablespace-map={bad}")
+        assert res.returncode == 32 and "tablespace-map" in res.stderr, (bad, res.stderr)
+        assert not restored.datadir.exists() or not any(restored.datadir.iterdir())
+    res = pp.run("restore", f"--pg1-path={restored.datadir}", f"--tablespace-map={oid}={new_home}",
+                 "--type=immediate", "--target-action=promote")
+    assert res.returncode == 0, res.stderr
+    link = restored.datadir / "pg_tblspc" / oid
+    assert os.readlink(link) == str(new_home)
+    assert (restored.datadir / "tablespace_map").read_text() == f"{oid} {new_home}\n"
+    assert any(p.is_file() for p in new_home.rglob("*"))
+
+    _start_restored(restored)  # PostgreSQL recreates pg_tblspc links from tablespace_map: they must hold
+    _wait_promoted(restored)
+    assert restored.sql("select count(*) from in_ts") == "300"
+    restored.sql("insert into in_ts select g from generate_series(301, 400) g")
+    assert restored.sql("select count(*) from in_ts") == "400"
+    assert os.readlink(link) == str(new_home)
+    # the original keeps its own tablespace
+    assert pg.sql("select count(*) from in_ts") == "300"
+    assert os.readlink(pg.datadir / "pg_tblspc" / oid) == str(tablespace)
