@@ -71,8 +71,8 @@ class GetParent(AsyncParent):
         for name in self.wanted(self.first):
             if not pool.has_idle():
                 return
-            if self.missing_at is not None and name > self.missing_at:
-                return  # beyond a missing segment nothing can be used yet
+            if self.missing_at is not None and name >= self.missing_at:
+                return  # a missing segment is asked again on the next request; beyond it nothing is usable yet
             if name in self.inflight or name in have or name + ".ok" in have or name + ".error" in have:
                 continue
             self.inflight.add(name)

@@ -1,0 +1,148 @@
+"""The async get parent's window logic (asyncget.GetParent) with a scripted pool: which segments are
+handed out in what order, and when a missing segment is marked ``.ok``.  The end-to-end behaviour
+with PostgreSQL is in tests/integration/test_async_get.py; these pin the ordering rules that an
+out-of-order pool (process-max > 1) makes hard to hit there on purpose."""
+
+from __future__ import annotations
+
+import os
+
+from pgpush import asyncget, spool
+from pgpush.config import load
+
+SEG = 16 * 1024 * 1024
+
+
+class ScriptedPool:
+    """Stands in for pool.WorkerPool: records submissions; results are fed by the test."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.submitted: list[str] = []
+        self.running: list[dict] = []
+        self.ready: list[tuple[dict, dict]] = []
+
+    @property
+    def busy(self) -> int:  # a worker is busy until its result has been read, as in WorkerPool
+        return len(self.running) + len(self.ready)
+
+    def has_idle(self) -> bool:
+        return self.busy < self.size
+
+    def submit(self, task: dict) -> None:
+        self.submitted.append(task["name"])
+        self.running.append(task)
+
+    def finish(self, name: str, found: bool) -> None:
+        task = next(t for t in self.running if t["name"] == name)
+        self.running.remove(task)
+        if found:
+            open(os.path.join(task["dir"], name), "wb").close()
+        self.ready.append((task, {"ok": True, "missing": not found}))
+
+    def results(self, timeout=None):
+        out, self.ready = self.ready, []
+        return out
+
+
+def _parent(tmp_path, process_max: int, window: int):
+    cfg = load(["--stanza=main", f"--spool-path={tmp_path / 'spool'}", f"--process-max={process_max}",
+                f"--archive-get-queue-max={window * SEG}", f"--pg1-path={tmp_path / 'pg'}", "get-async", "x"],
+               environ={})
+    parent = asyncget.GetParent(cfg, str(tmp_path / "pg"))  # no pg_control: 16 MB segments
+    parent.pool = ScriptedPool(process_max)
+    return parent, parent.pool
+
+
+def _name(n: int) -> str:
+    return f"00000001000000000000{n:04X}"
+
+
+def _request(parent, n: int, tag: str) -> None:
+    spool.write_atomic(parent.qdir, "request", f"{_name(n)} {tag}".encode())
+
+
+def _look(parent) -> None:
+    first = parent.request()
+    if first is not None and parent.request_text != parent.done:
+        parent.done = parent.request_text
+        parent.first, parent.missing_at = first, None
+        parent.clean(first, os.listdir(parent.qdir))
+    parent._submit(parent.pool)
+
+
+def _step(parent) -> None:
+    """Two passes of GetParent.work's loop (look, hand out, book results; look, hand out again),
+    without its sleeping and lingering."""
+    _look(parent)
+    for task, result in parent.pool.results():
+        parent._record(task, result)
+    _look(parent)
+
+
+def test_requested_segment_first_then_the_window_in_order(tmp_path):
+    parent, pool = _parent(tmp_path, process_max=2, window=4)
+    _request(parent, 0x10, "a")
+    _step(parent)
+    assert pool.submitted == [_name(0x10), _name(0x11)]
+    pool.finish(_name(0x11), True)  # the second comes back first
+    _step(parent)
+    assert pool.submitted[2] == _name(0x12)  # a free worker takes the next, no round barrier
+    pool.finish(_name(0x10), True)
+    _step(parent)
+    assert pool.submitted == [_name(n) for n in range(0x10, 0x14)]
+    # recovery took 0x10 and asks for 0x11: the window slides by one
+    os.unlink(os.path.join(parent.qdir, _name(0x10)))
+    _request(parent, 0x11, "b")
+    pool.finish(_name(0x12), True)
+    _step(parent)
+    assert pool.submitted[-1] == _name(0x14)
+
+
+def test_missing_is_marked_only_once_every_earlier_segment_is_answered(tmp_path):
+    parent, pool = _parent(tmp_path, process_max=3, window=4)
+    _request(parent, 0x20, "a")
+    _step(parent)
+    pool.finish(_name(0x22), False)  # missing, but 0x20 and 0x21 are still on their way
+    _step(parent)
+    assert not os.path.exists(os.path.join(parent.qdir, _name(0x22) + ".ok"))
+    assert _name(0x23) not in pool.submitted  # nothing handed out beyond a hole
+    pool.finish(_name(0x21), False)  # an earlier one is missing too: it is the hole
+    _step(parent)
+    assert not os.path.exists(os.path.join(parent.qdir, _name(0x21) + ".ok"))  # 0x20 still out
+    pool.finish(_name(0x20), True)
+    _step(parent)
+    present = sorted(os.listdir(parent.qdir))
+    assert _name(0x21) + ".ok" in present and _name(0x22) + ".ok" not in present
+    assert _name(0x20) in present
+    # a new request for the missing segment looks again (it may have been archived since)
+    os.unlink(os.path.join(parent.qdir, _name(0x21) + ".ok"))
+    os.unlink(os.path.join(parent.qdir, _name(0x20)))
+    before = len(pool.submitted)
+    _request(parent, 0x21, "b")
+    _step(parent)
+    assert pool.submitted[before] == _name(0x21)
+
+
+def test_found_beyond_a_hole_or_behind_recovery_is_dropped(tmp_path):
+    parent, pool = _parent(tmp_path, process_max=3, window=3)
+    _request(parent, 0x30, "a")
+    _step(parent)
+    pool.finish(_name(0x30), True)
+    pool.finish(_name(0x31), False)
+    _step(parent)
+    pool.finish(_name(0x32), True)  # archived out of order, but unusable past the hole
+    _step(parent)
+    present = sorted(os.listdir(parent.qdir))
+    assert _name(0x32) not in present and _name(0x31) + ".ok" in present
+    # recovery moved past files still on their way: they are removed when they land
+    _request(parent, 0x50, "b")
+    _step(parent)
+    assert [t["name"] for t in pool.running] == [_name(0x50), _name(0x51), _name(0x52)]
+    _request(parent, 0x52, "c")
+    pool.finish(_name(0x50), True)
+    pool.finish(_name(0x51), True)
+    pool.finish(_name(0x52), True)
+    _step(parent)
+    present = os.listdir(parent.qdir)
+    assert _name(0x50) not in present and _name(0x51) not in present and _name(0x52) in present
