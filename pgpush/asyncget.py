@@ -78,10 +78,21 @@ class GetParent(AsyncParent):
             self.inflight.add(name)
             pool.submit({"op": "get", "name": name, "dir": self.qdir})
 
-    def _missing(self, name: str) -> None:
-        if self.missing_at is None or name < self.missing_at:
+    def _wanted_now(self, name: str) -> bool:
+        """Is ``name`` still of use to recovery: on the requested timeline, not older than the request?"""
+        return self.first is not None and name[:8] == self.first[:8] and name >= self.first
+
+    def _missing(self, name: str | None = None) -> None:
+        """Note a segment the repository lacks; mark the hole ``.ok`` once every earlier one is answered.
+
+        Called again after every answer (``name`` None): the last earlier segment may just have come.
+        Answers for segments recovery no longer wants (it moved on, or to another timeline) are ignored.
+        """
+        if name is not None and self._wanted_now(name) and (self.missing_at is None or name < self.missing_at):
             self.missing_at = name
-        if any(n < self.missing_at for n in self.inflight):
+        if self.missing_at is None:
+            return
+        if any(self._wanted_now(n) and n < self.missing_at for n in self.inflight):
             return  # an earlier segment may be missing too: wait for it
         for other in os.listdir(self.qdir):  # prefetched beyond the hole: unusable for now
             if wal.SEGMENT_RE.fullmatch(other) and other > self.missing_at and other[:8] == self.missing_at[:8]:
@@ -101,12 +112,9 @@ class GetParent(AsyncParent):
             spool.remove(os.path.join(self.qdir, name + ".error"))
             spool.remove(os.path.join(self.qdir, spool.GLOBAL_ERROR))
             LOG.detail(f"prefetched WAL file '{name}'")
-            if self.first is not None and (name[:8] != self.first[:8] or name < self.first):
-                spool.remove(os.path.join(self.qdir, name))  # recovery moved on while it came
-            elif self.missing_at is not None and name > self.missing_at:
-                spool.remove(os.path.join(self.qdir, name))
-            elif self.missing_at is not None:
-                self._missing(self.missing_at)  # this was the last one before the hole, maybe
+            if not self._wanted_now(name) or (self.missing_at is not None and name > self.missing_at):
+                spool.remove(os.path.join(self.qdir, name))  # recovery moved on while it came, or past a hole
+            self._missing()  # this may have been the last answer before the hole
             return True
         err = PgPushError(result["message"], result["code"])
         LOG.error(f"[{err.code:03d}]: {err.message}")

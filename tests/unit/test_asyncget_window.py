@@ -146,3 +146,40 @@ def test_found_beyond_a_hole_or_behind_recovery_is_dropped(tmp_path):
     _step(parent)
     present = os.listdir(parent.qdir)
     assert _name(0x50) not in present and _name(0x51) not in present and _name(0x52) in present
+
+
+def test_hole_marked_when_the_last_earlier_answer_comes_after_recovery_took_it(tmp_path):
+    """The stall the benchmark caught (a 10 s LINGER at the end of recovery, process-max 2): the last
+    segment lands, recovery takes it and asks for the next before the parent has read that worker's
+    answer; the next is missing.  The hole must be marked as soon as the late answer is read."""
+    parent, pool = _parent(tmp_path, process_max=2, window=8)
+    _request(parent, 0x60, "a")
+    _step(parent)
+    pool.finish(_name(0x60), True)
+    _step(parent)  # 0x61 and 0x62 on their way
+    assert [t["name"] for t in pool.running] == [_name(0x61), _name(0x62)]
+    os.unlink(os.path.join(parent.qdir, _name(0x60)))  # recovery took 0x60
+    # 0x61 lands in the spool (the worker renames it) and recovery takes it and asks for 0x62 ...
+    pool.finish(_name(0x61), True)
+    os.unlink(os.path.join(parent.qdir, _name(0x61)))
+    _request(parent, 0x62, "b")
+    answered_late = pool.ready.pop()  # ... before the parent reads the answer for 0x61
+    pool.finish(_name(0x62), False)  # 0x62 is not in the archive
+    _step(parent)
+    pool.ready.append(answered_late)
+    _step(parent)
+    assert _name(0x62) + ".ok" in os.listdir(parent.qdir)
+
+
+def test_an_answer_for_another_timeline_does_not_block_the_window(tmp_path):
+    parent, pool = _parent(tmp_path, process_max=2, window=4)
+    _request(parent, 0x70, "a")
+    _step(parent)
+    new_tli = "00000002" + _name(0x71)[8:]
+    spool.write_atomic(parent.qdir, "request", f"{new_tli} c".encode())  # recovery switched timeline
+    pool.finish(_name(0x70), False)  # late "missing" for the old timeline
+    pool.finish(_name(0x71), True)
+    _step(parent)
+    assert parent.missing_at is None
+    assert new_tli in pool.submitted
+    assert _name(0x70) + ".ok" not in os.listdir(parent.qdir) and _name(0x71) not in os.listdir(parent.qdir)
