@@ -109,13 +109,7 @@ class BenchEnv:
                 procs.kill_tree(pid, sig=signal.SIGKILL, timeout=2)
             procs.unregister_pid(pid)
         procs.reap_orphans()
-        while True:  # reap every exited child, adopted orphans included
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        procs.reap_exited_children()
         zombies = [p for p in procs.children_of(os.getpid()) if procs.pid_state(p) == "Z"]
         if left:
             log(f"killed leftover processes: {left}")

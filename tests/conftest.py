@@ -134,13 +134,7 @@ def _kill_session_leftovers() -> list[str]:
             procs.stop_pid(int(entry), timeout=2, sig=signal.SIGKILL)
             command = cmdline.replace(b"\0", b" ").decode(errors="replace")[:120]
             killed.append(f"{entry} ({command})")
-    while True:  # all tests are done: reap every exited child, adopted orphans included
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
+    procs.reap_exited_children()  # all tests are done
     return killed
 
 

@@ -228,6 +228,19 @@ def become_subreaper() -> bool:
         return False
 
 
+def reap_exited_children() -> None:
+    """Reap every child of ours that has exited (adopted orphans included), without waiting.
+
+    For the end of a run, when no Popen object needs an exit status any more."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def reap_orphans() -> int:
     """Reap zombie children of ours that are not owned by root; returns how many were reaped.
 
