@@ -53,14 +53,13 @@ class GetParent(AsyncParent):
             names.append(wal.next_segment(names[-1], self.segment_size))
         return names
 
-    def clean(self, first: str, present: list[str]) -> None:
-        """Remove what recovery no longer needs: older segments, other timelines."""
-        tli = first[:8]
+    def clean(self, present: list[str]) -> None:
+        """Remove what recovery no longer needs (older segments, other timelines) since it asked for ``self.first``."""
         for name in present:
             base = name[:24]
             if not wal.SEGMENT_RE.fullmatch(base) or name.endswith(spool.TMP_SUFFIX):
                 continue
-            if base[:8] != tli or base < first:
+            if not self._wanted_now(base):
                 spool.remove(os.path.join(self.qdir, name))
 
     def _submit(self, pool) -> None:
@@ -138,7 +137,7 @@ class GetParent(AsyncParent):
             if first is not None and self.request_text != self.done:
                 self.done = self.request_text
                 self.first, self.missing_at = first, None  # a new request: look again
-                self.clean(first, os.listdir(self.qdir))
+                self.clean(os.listdir(self.qdir))
                 idle_since = time.monotonic()
             if not failed:
                 self._submit(pool)

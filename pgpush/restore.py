@@ -477,17 +477,20 @@ def remap_tablespaces(cfg, manifest: dict) -> dict[str, str]:
     tablespaces elsewhere; the links in ``pg_tblspc`` and the ``tablespace_map`` file
     (which PostgreSQL reads at start-up to recreate those links) then name the new places.
     """
+    def usable(path: str) -> bool:  # tablespace_map cannot hold a line break in a path we write
+        return os.path.isabs(path) and "\n" not in path and "\r" not in path
+
     links = {ln["name"].rsplit("/", 1)[-1]: ln for ln in manifest.get("links", [])}
     wanted: dict[str, str] = {}
     every = cfg.get("tablespace-map-all")
     if every:
-        if not os.path.isabs(str(every)) or "\n" in str(every) or "\r" in str(every):
+        if not usable(str(every)):
             raise OptionInvalidValueError(f"option 'tablespace-map-all' must be an absolute path, not '{every}'")
         wanted = {oid: os.path.join(str(every), oid) for oid in links}
     for item in [i.strip() for i in str(cfg.get("tablespace-map") or "").split(",") if i.strip()]:
         oid, sep, path = item.partition("=")
         oid, path = oid.strip(), path.strip()
-        if not sep or not oid.isdigit() or not os.path.isabs(path) or "\n" in path or "\r" in path:
+        if not sep or not oid.isdigit() or not usable(path):
             raise OptionInvalidValueError(f"option 'tablespace-map' has invalid value '{item}': OID=ABSOLUTE_PATH is expected")
         if oid not in links:
             known = ", ".join(sorted(links)) or "none"

@@ -67,7 +67,7 @@ def _look(parent) -> None:
     if first is not None and parent.request_text != parent.done:
         parent.done = parent.request_text
         parent.first, parent.missing_at = first, None
-        parent.clean(first, os.listdir(parent.qdir))
+        parent.clean(os.listdir(parent.qdir))
     parent._submit(parent.pool)
 
 
