@@ -114,10 +114,16 @@ def push(cfg: Config) -> int:
             content = spool.read_status(ok)
             if content is not None:
                 break
-            for err in (name + ".error", spool.GLOBAL_ERROR):
-                text = spool.read_status(os.path.join(qdir, err))
-                if text is not None:
-                    raise error_from_text(text)
+            text = _first_error(qdir, name)
+            if text is not None and not started:
+                # Left by a parent that tried before this call; if that parent has exited
+                # since, the verdict is about an earlier attempt (the host may be back):
+                # start a fresh parent once, and report what that one finds.
+                started = _ensure_parent(cfg, sdir, qdir, "out", [os.path.dirname(wal_path), name])
+                last_check = time.monotonic()
+                text = None if started else _first_error(qdir, name)
+            if text is not None:
+                raise error_from_text(text)
             now = time.monotonic()
             if now >= deadline:
                 raise ArchiveTimeoutError(
@@ -134,6 +140,15 @@ def push(cfg: Config) -> int:
     else:
         LOG.info(f"pushed WAL file '{name}' to the archive asynchronously")
     return 0
+
+
+def _first_error(qdir: str, name: str) -> str | None:
+    """The text of ``NAME.error`` or, failing that, ``global.error``."""
+    for err in (name + ".error", spool.GLOBAL_ERROR):
+        text = spool.read_status(os.path.join(qdir, err))
+        if text is not None:
+            return text
+    return None
 
 
 def get(cfg: Config) -> int | None:

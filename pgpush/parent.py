@@ -55,6 +55,11 @@ class AsyncParent:
         try:
             while True:
                 if not self.work():
+                    # Free the lock before the (idle) pool winds down: a foreground that
+                    # comes after the failure must be able to start a fresh try at once
+                    # rather than be handed this run's verdict while we close workers.
+                    lock.release(held)
+                    held = None
                     return 0
                 lock.release(held)
                 held = None
