@@ -7,6 +7,8 @@ type is used, never on the hot path.
 ``gz`` is written and read with zlib-ng (PyPI ``zlib-ng``) when it is installed: the same
 deflate format and levels as zlib, byte streams any gzip reads, about 1.5x faster on
 incompressible WAL and 2x on text here.  Without it the standard library's zlib does the job.
+It is written in independent 1 MiB blocks, two at a time, and incompressible blocks are
+stored rather than searched (:mod:`pgpush.gzblocks`).
 """
 
 from __future__ import annotations
@@ -43,13 +45,9 @@ def compress(chunks: Iterable[bytes], kind: str, level: int | None = None) -> It
         yield from chunks
         return
     if kind == "gz":
-        zlib = _zlib()
-        obj = zlib.compressobj(level, zlib.DEFLATED, 31)
-        for chunk in chunks:
-            out = obj.compress(chunk)
-            if out:
-                yield out
-        yield obj.flush()
+        from pgpush import gzblocks
+
+        yield from gzblocks.compress(_zlib(), chunks, level)
         return
     if kind == "zst":
         import zstandard
