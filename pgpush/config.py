@@ -335,7 +335,28 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
     for opt in BY_NAME.values():
         if opt.name not in values:
             values[opt.name] = opt.default
+    _check_compress_level(values, sources)
     return Config(command, args, values, sources)
+
+
+# Levels each library accepts (zstd 0 and lz4 0 mean the library's default); ``none`` has no
+# level to check, so a global level does not forbid one stanza from turning compression off.
+COMPRESS_LEVELS = {"gz": (0, 9), "zst": (0, 22), "lz4": (0, 16)}
+
+
+def _check_compress_level(values: dict, sources: dict) -> None:
+    """A level the chosen compression cannot use is a bad option value (32), caught before
+    any work starts, not a library error half-way through a push or a backup."""
+    level = values.get("compress-level")
+    kind = values.get("compress-type")
+    if level is None or kind not in COMPRESS_LEVELS:
+        return
+    low, high = COMPRESS_LEVELS[kind]
+    if not low <= level <= high:
+        raise OptionInvalidValueError(
+            f"option 'compress-level' has invalid value '{level}' {sources['compress-level']}: "
+            f"{low}..{high} is expected for compress-type {kind}"
+        )
 
 
 def stanzas_in_config(cfg: Config) -> list[str]:

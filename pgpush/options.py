@@ -91,7 +91,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("archive-timeout", "duration", 60.0, "how long a foreground push/get waits for the async parent", "archive"),
     Option("process-max", "int", 1, "workers in the pool (async push/get, backup, restore)", "perf"),
     Option("compress-type", "choice", "zst", "compression of WAL and backup files", "perf", choices=("none", "gz", "zst", "lz4")),
-    Option("compress-level", "int", None, "compression level", "perf", default_doc="type's default (gz 6, zst 3, lz4 1)"),
+    Option("compress-level", "int", None, "compression level: gz 0..9, zst 0..22, lz4 0..16 (checked when the command starts)", "perf", default_doc="type's default (gz 6, zst 3, lz4 1)"),
     Option("log-level-console", "choice", "warn", "console log level", "log", choices=("off", "error", "warn", "info", "detail", "debug")),
     Option("log-level-file", "choice", "info", "log file level", "log", choices=("off", "error", "warn", "info", "detail", "debug")),
     Option("log-path", "str", "/var/log/pgpush", "one file per stanza and command group", "log"),

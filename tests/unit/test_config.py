@@ -174,3 +174,20 @@ def test_secret_value_redacted_in_errors():
     with pytest.raises(OptionInvalidValueError) as err:
         config.load(["push", "x"], {"PGPUSH_REPO1_CIPHER_PASS": ""})
     assert "<redacted>" in str(err.value)
+
+
+@pytest.mark.parametrize("kind, good, bad", [("gz", 9, 10), ("zst", 22, 23), ("lz4", 16, 17)])
+def test_compress_level_checked_against_the_type(tmp_path, kind, good, bad):
+    path = write_conf(tmp_path, f"[main]\ncompress-type={kind}\ncompress-level={bad}\n")
+    with pytest.raises(OptionInvalidValueError) as err:
+        config.load(["--config", path, "--stanza=main", "push", "x"], {})
+    assert str(err.value) == (f"option 'compress-level' has invalid value '{bad}' in section [main] of {path} line 3: "
+                              f"0..{good} is expected for compress-type {kind}")
+    assert err.value.code == 32
+    cfg = config.load(["--config", path, "--stanza=main", f"--compress-level={good}", "push", "x"], {})
+    assert cfg["compress-level"] == good
+
+
+def test_compress_level_ignored_without_compression(tmp_path):
+    path = write_conf(tmp_path, "[global]\ncompress-level=12\n[main]\ncompress-type=none\n")
+    assert config.load(["--config", path, "--stanza=main", "push", "x"], {})["compress-level"] == 12
