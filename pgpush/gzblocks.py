@@ -107,7 +107,7 @@ def compress(zlib, chunks: Iterable[bytes], level: int, threads: int = 2) -> Ite
                     size += len(block)
                     running.append(pool.submit(deflate_block, zlib, block, window, level))
                     window = block[-WINDOW:]
-                    while len(running) > threads:
+                    while len(running) >= threads:
                         yield running.popleft().result()
                 while running:
                     yield running.popleft().result()
