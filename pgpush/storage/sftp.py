@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import getpass
+import logging
 import os
 import posixpath
 import socket
@@ -49,6 +50,7 @@ from paramiko.sftp import (
 )
 from paramiko.sftp_attr import SFTPAttributes
 
+from pgpush.log import LOG
 from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
 
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.timeout, ConnectionError, TimeoutError)
@@ -58,6 +60,24 @@ WINDOW_SIZE = 16 << 20
 MAX_PACKET_SIZE = 128 << 10
 IO_SIZE_MAX = 127 << 10  # an SFTP read/write request plus its header fits one 128 KiB packet
 IO_SIZE_MIN = 32 << 10  # what every SFTP server must accept
+
+
+class _ParamikoToLog(logging.Handler):
+    """paramiko logs its transport thread's failures (a banner that never came, a traceback)
+    through :mod:`logging`; with no handler Python prints them raw on stderr, which is the log
+    file of a parent or worker and PostgreSQL's log for a foreground call.  They become debug
+    lines of our own log instead: the error that matters is reported by us, with its code."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            LOG.debug(f"paramiko: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - logging must never break a transfer
+            pass
+
+
+_paramiko_log = logging.getLogger("paramiko")
+_paramiko_log.addHandler(_ParamikoToLog())
+_paramiko_log.propagate = False
 
 
 def _transport(sock, disabled_algorithms=None) -> paramiko.Transport:
@@ -224,6 +244,10 @@ class SftpStorage(Storage):
                     f"host key for {hostport} is not in known hosts file '{self.known_hosts}': add it with "
                     f"'ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}' after checking its fingerprint, "
                     "or set repo1-host-accept-new=y", False) from None
+            if text == "No existing session":
+                # paramiko's start_client gives up silently after `timeout` and auth then finds
+                # no session: the host accepted the TCP connection but never answered (frozen).
+                text = f"timeout after {self.timeout:g}s waiting for the SSH server to answer"
             raise self._unreachable(text or type(exc).__name__) from None
         except TimeoutError:
             client.close()

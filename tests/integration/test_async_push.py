@@ -192,6 +192,9 @@ def test_backup_host_frozen_errors_within_timeout(pg_factory, sshd, pgpush_cmd, 
         sshd.thaw()
     assert res.returncode == 103, res.stderr
     assert elapsed < 25, elapsed  # repo1-host-timeout=3, plus process start-up on a loaded machine
+    assert "timeout after 3s" in res.stderr or "Error reading SSH protocol banner" in res.stderr, res.stderr
+    log = pp.log_text("archive-push-async")
+    assert "Traceback" not in log and "Exception (client)" not in log, log  # paramiko's own lines stay out
     assert pp.run("push", f"pg_wal/{seg}", cwd=pg.datadir).returncode == 0
 
 
