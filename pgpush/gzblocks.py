@@ -12,11 +12,12 @@ independent, so ``threads`` of them are compressed at once (zlib releases the GI
 
 Incompressible blocks: WAL full of already compressed or encrypted data gains nothing
 from deflate, and at level 6 zlib spends nearly its full time searching before it falls
-back to stored blocks anyway.  A block whose three 16 KiB samples (each primed with the 32 KiB
-before it) do not shrink by ``STORE_GAIN`` at level 1 is stored directly (deflate level 0): the same bytes zlib
-would have produced to within a few per mille, a hundred times sooner.  zstd makes the
-same decision inside its own blocks.  A block that is compressible anywhere beyond its
-samples can lose at most that part of its gain; the probe reads 5 % of a block at level 1.
+back to stored blocks anyway.  A block whose three 16 KiB samples (each primed with the
+32 KiB before it) do not shrink by ``STORE_GAIN`` at level 1 is stored directly (deflate
+level 0): the same bytes zlib would have produced to within a few per mille, a hundred
+times sooner.  zstd makes the same decision inside its own blocks.  A block that is
+compressible only away from its samples loses that part of its gain; the probe reads
+5 % of a block at level 1.
 """
 
 from __future__ import annotations

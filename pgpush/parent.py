@@ -54,16 +54,13 @@ class AsyncParent:
         held: int | None = lock_fd
         try:
             while True:
-                if not self.work():
-                    # Free the lock before the (idle) pool winds down: a foreground that
-                    # comes after the failure must be able to start a fresh try at once
-                    # rather than be handed this run's verdict while we close workers.
-                    lock.release(held)
-                    held = None
-                    return 0
+                succeeded = self.work()
+                # The lock is freed before the (idle) pool winds down, after a failure too: a
+                # foreground that comes next must be able to start a fresh try at once rather
+                # than be handed this run's verdict while we close workers.
                 lock.release(held)
                 held = None
-                if not self.more_work():
+                if not succeeded or not self.more_work():
                     return 0
                 held = lock.try_lock(self.lock_path)
                 if held is None:
