@@ -88,14 +88,20 @@ def _sha1(path) -> str:
     return hashlib.sha1(open(path, "rb").read()).hexdigest()
 
 
-def test_delta_restore_rewrites_only_what_changed(pg_factory, pgpush_cmd, work_dir):
-    pp = Pgpush(pgpush_cmd, work_dir)
+def _archiving_cluster_with_tablespace(pg_factory, pp, work_dir):
+    """A cluster archiving through ``pp``, with tablespace ``ts`` holding table ``in_ts`` (300 rows)."""
     pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
     setup_archiving(pp, pg)
     tablespace = procs.make_tmp_dir(work_dir, "ts")
     pg.sql(f"create tablespace ts location '{tablespace}'")
-    pg.sql("create table t as select g from generate_series(1, 5000) g")
     pg.sql("create table in_ts tablespace ts as select g from generate_series(1, 300) g")
+    return pg, tablespace
+
+
+def test_delta_restore_rewrites_only_what_changed(pg_factory, pgpush_cmd, work_dir):
+    pp = Pgpush(pgpush_cmd, work_dir)
+    pg, tablespace = _archiving_cluster_with_tablespace(pg_factory, pp, work_dir)
+    pg.sql("create table t as select g from generate_series(1, 5000) g")
     label, _ = backup(pp, pg, "--wait", "--wait-timeout=60")
     relation_path = pg.sql("select pg_relation_filepath('t')")
     manifest = json.loads((work_dir / "repo" / "backup" / "main" / label / "backup.manifest").read_text())
@@ -233,11 +239,7 @@ def test_sftp_restore_batched_and_streamed_files_verified(pg_factory, sshd, pgpu
 def test_tablespace_map_restores_beside_the_running_original(pg_factory, pgpush_cmd, work_dir):
     """--tablespace-map: a test restore on the same host as its running original, tablespace elsewhere."""
     pp = Pgpush(pgpush_cmd, work_dir)
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
-    setup_archiving(pp, pg)
-    tablespace = procs.make_tmp_dir(work_dir, "ts")
-    pg.sql(f"create tablespace ts location '{tablespace}'")
-    pg.sql("create table in_ts tablespace ts as select g from generate_series(1, 300) g")
+    pg, tablespace = _archiving_cluster_with_tablespace(pg_factory, pp, work_dir)
     oid = pg.sql("select oid from pg_tablespace where spcname = 'ts'")
     label, _ = backup(pp, pg, "--wait", "--wait-timeout=60")
 
