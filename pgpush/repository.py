@@ -44,6 +44,42 @@ def sha1_hex(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def history_problem(name: str, data: bytes) -> str | None:
+    """What makes ``data`` not a timeline history file PostgreSQL could read as ``name``; None when sound.
+
+    PostgreSQL's format: ``TLI<TAB>LSN<TAB>reason`` lines, blank lines and ``#`` comments; the
+    timelines increase and stay below the file's own.  A garbage history archived once would
+    make every later recovery through that timeline fail, so it is refused before it is stored.
+    """
+    try:
+        rows = wal.parse_history(data.decode("utf-8", "replace"))
+    except (ValueError, FormatError) as exc:
+        return f"history file '{name}' is malformed: {exc}"
+    if not rows:
+        return f"history file '{name}' has no timeline switch line"
+    own = wal.timeline_of(name)
+    previous = 0
+    for tli, _lsn, _reason in rows:
+        if not previous < tli < own:
+            return (f"history file '{name}' is malformed: timeline {tli} is not between {previous} and {own} "
+                    "(timelines must increase and stay below the file's own)")
+        previous = tli
+    return None
+
+
+def stored_checksums(stored: Iterable[str]) -> set[str]:
+    """The distinct SHA-1s among stored names of one WAL file (a compression change keeps the SHA-1)."""
+    return {m.group("sha") for f in stored if (m := ARCHIVED_RE.fullmatch(f))}
+
+
+def conflict_error(name: str, checksums: Iterable[str]) -> ArchiveDuplicateError:
+    """One WAL name stored with different contents (a split brain): nothing may choose between them."""
+    return ArchiveDuplicateError(
+        f"WAL file '{name}' is stored in the archive with different checksums: SHA1 {', '.join(sorted(checksums))}\n"
+        "HINT: two clusters (a split brain?) archived different WAL under one name; keep the right one, remove "
+        "the other from the repository")
+
+
 class Repository:
     """WAL and stanza meaning over a :class:`Storage`; knows nothing of the CLI."""
 
@@ -267,12 +303,14 @@ class Repository:
             self.check_cluster(header.system_id, header.version, f"WAL file '{name}'")
         else:
             self.load_archive_info()
+            if kind == "history" and (problem := history_problem(name, whole())):
+                raise FormatError(problem)
         archive_id = self.archive_id()
         directory = self.wal_dir(archive_id, name)
         for _attempt in range(2):
             existing = self.find_wal(archive_id, name)
             if existing:
-                return self._duplicate(name, digest, directory, existing[0])
+                return self._duplicate(name, digest, directory, existing)
             if kind == "history":
                 target, payload = f"{directory}/{name}", self.encode([whole()], "none")
             else:
@@ -280,16 +318,38 @@ class Repository:
                 target, payload = f"{directory}/{name}-{digest}{self.extension()}", readahead.ahead(self.encode(chunks()))
             try:
                 self.storage.put(target, payload)
-                return None
             except FileExistsError:
                 continue  # pushed concurrently: compare with what is there now
+            if kind != "history":
+                self._check_no_rival(name, digest, directory, target)
+            return None
         raise AssertionError("push_wal: file appeared and vanished")
 
-    def _duplicate(self, name: str, digest: str, directory: str, stored: str) -> str:
+    def _check_no_rival(self, name: str, digest: str, directory: str, target: str) -> None:
+        """Look again after the put: a concurrent push of other content under the same name loses both ways.
+
+        The check before the put cannot see a push running at the same moment (the names differ
+        by their SHA-1).  Listing after our own put closes it: of two racers, the one that lists
+        second always sees the first's file unless the first already removed it, so at most one
+        content is ever acknowledged; each one that sees a rival removes its own copy and fails.
+        """
+        rivals = stored_checksums(self.find_wal(self.archive_id(), name)) - {digest}
+        if not rivals:
+            return
+        self.storage.delete(target)
+        raise ArchiveDuplicateError(
+            f"WAL file '{name}' already exists in the archive with a different checksum: archived SHA1 "
+            f"{', '.join(sorted(rivals))}, new SHA1 {digest} (pushed concurrently; this copy was removed)")
+
+    def _duplicate(self, name: str, digest: str, directory: str, existing: list[str]) -> str:
+        stored = existing[0]
         if wal.kind(name) == "history":
             old = self.read_verified(f"{directory}/{stored}", None, f"history file '{name}'")
             old_digest = sha1_hex(old)
         else:
+            checksums = stored_checksums(existing)
+            if len(checksums) > 1:
+                raise conflict_error(name, checksums)
             old_digest = ARCHIVED_RE.fullmatch(stored).group("sha")
         if old_digest != digest:
             raise ArchiveDuplicateError(
@@ -308,11 +368,20 @@ class Repository:
             path = f"{self.wal_dir(archive_id, name)}/{stored}"
             if wal.kind(name) == "history":
                 data = self.read_verified(path, None, f"WAL file '{name}'")
-                wal.parse_history(data.decode("utf-8", "replace"))
+                if problem := history_problem(name, data):
+                    raise FileReadError(f"{problem} (in the repository)")
                 return data
+            self._refuse_conflict(name, found)
             sha = ARCHIVED_RE.fullmatch(stored).group("sha")
             return self.read_verified(path, sha, f"WAL file '{name}'")
         raise WalNotFound(name)
+
+    @staticmethod
+    def _refuse_conflict(name: str, found: list[str]) -> None:
+        """Never pick one of two contents stored under one WAL name (error 45, not a guess)."""
+        checksums = stored_checksums(found)
+        if len(checksums) > 1:
+            raise conflict_error(name, checksums)
 
     def get_wal_into(self, name: str, fh) -> None:
         """Write the content of WAL file ``name`` into ``fh``, streamed, and verify its SHA-1 at the end.
@@ -327,6 +396,7 @@ class Repository:
             if wal.kind(name) == "history":
                 fh.write(self.get_wal(name))
                 return
+            self._refuse_conflict(name, found)
             stored = found[0]
             path = f"{self.wal_dir(archive_id, name)}/{stored}"
             expected = ARCHIVED_RE.fullmatch(stored).group("sha")
