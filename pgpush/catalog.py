@@ -183,6 +183,7 @@ class ArchiveListing:
         self.base = f"{repo.archive_root}/{archive_id}"
         self._dirs: list[str] | None = None
         self._files: dict[str, list[FileInfo]] = {}
+        self.conflicts: set[str] = set()  # segments stored with two different SHA-1s (a split brain)
 
     def dirs(self) -> list[str]:
         if self._dirs is None:
@@ -201,6 +202,9 @@ class ArchiveListing:
             for f in self.files(d):
                 m = ARCHIVED_RE.match(f.name)
                 if m and len(m.group("wal")) == 24:
+                    seen = archived.get(m.group("wal"))
+                    if seen is not None and ARCHIVED_RE.match(seen.name).group("sha") != m.group("sha"):
+                        self.conflicts.add(m.group("wal"))
                     archived[m.group("wal")] = f
                 elif f.name.endswith(DROPPED_SUFFIX) and wal.SEGMENT_RE.match(f.name[: -len(DROPPED_SUFFIX)]):
                     dropped.add(f.name[: -len(DROPPED_SUFFIX)])
@@ -403,6 +407,7 @@ class ArchiveState:
     segment_size: int | None
     archived: dict[str, FileInfo]
     dropped: set[str]
+    conflicts: set[str] = field(default_factory=set)  # stored twice with different content: get refuses them
 
     def index(self, segment_size: int | None = None) -> SegmentIndex:
         return SegmentIndex(self.archived, self.dropped, segment_size or self.segment_size or wal_default_size())
@@ -414,10 +419,11 @@ def wal_default_size() -> int:
 
 def archive_state(repo: Repository, archive_id: str, backups: list[dict]) -> ArchiveState:
     """List the archive id fully and find its segment size (from a backup, else a segment header)."""
-    archived, dropped = ArchiveListing(repo, archive_id).full()
+    listing = ArchiveListing(repo, archive_id)
+    archived, dropped = listing.full()
     sizes = [int(b["segment_size"]) for b in backups if b.get("archive_id") == archive_id]
     size = sizes[-1] if sizes else segment_size_from_archive(repo, archive_id, archived)
-    return ArchiveState(archive_id, size, archived, dropped)
+    return ArchiveState(archive_id, size, archived, dropped, listing.conflicts)
 
 
 def segment_size_from_archive(repo: Repository, archive_id: str, archived: dict[str, FileInfo]) -> int | None:

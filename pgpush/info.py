@@ -76,6 +76,7 @@ def stanza_info(cfg, stanza: str) -> dict:
             "max": names[-1] if names else None,
             "gaps": catalog.gaps(names, state.dropped, state.segment_size) if state.segment_size else [],
             "dropped": sorted(state.dropped),
+            "conflicts": sorted(state.conflicts),
             "archive_id": aid,
         }
         for b in backups:
@@ -116,6 +117,8 @@ def render_text(stanzas: list[dict]) -> str:
             lines.append(f"        gap: {first}" + (f" to {last}" if last != first else "") + " missing")
         if arch["dropped"]:
             lines.append(f"        dropped by archive-push-queue-max: {', '.join(arch['dropped'])}")
+        for name in arch.get("conflicts", []):
+            lines.append(f"        conflict: {name} is stored twice with different content (get refuses it)")
         lines.append(f"        system id: {db.get('system_id')}, version: {db.get('version')}")
         for b in s["backups"]:
             lines.append("")

@@ -9,7 +9,8 @@
   size in its manifest; a file a backup references in another backup must be
   in that backup's manifest with the same checksum.
 
-Any unreadable or corrupt file makes ``verify`` fail with 42 after the whole
+A segment stored twice with different content (two clusters archiving under
+one name) is a problem too: ``get`` refuses it.  Any unreadable or corrupt file makes ``verify`` fail with 42 after the whole
 report is printed.  Gaps alone are reported, not an error (``info`` shows
 them too, and a gap before every backup harms nothing).
 """
@@ -23,7 +24,7 @@ from pgpush.catalog import Catalog
 from pgpush.errors import FileReadError, PgPushError
 from pgpush.log import LOG
 from pgpush.progress import Progress
-from pgpush.repository import ARCHIVED_RE, Repository
+from pgpush.repository import ARCHIVED_RE, Repository, history_problem
 
 DIR_PATTERN = catalog.DIR_RE
 
@@ -43,8 +44,8 @@ def verify_file(repo: Repository, job: tuple) -> str | None:
             n += len(chunk)
             if data is not None:
                 data += chunk
-        if data is not None:
-            wal.parse_history(data.decode("utf-8"))
+        if data is not None and (problem := history_problem(path.rsplit("/", 1)[-1], data)):
+            return f"{what}: {problem}"
     except FileNotFoundError:
         return f"{what}: missing ({path})"
     except (ValueError, PgPushError) as exc:
@@ -114,6 +115,8 @@ def run(cfg) -> tuple[str, int]:
                 lines.append(f"archive {archive_id}: {len(names)} segment(s) {names[0]} to {names[-1]}, "
                              f"{len(found)} gap(s)")
                 lines += [f"  gap: {a} to {b}" for a, b in found]
+            problems += [f"WAL file {archive_id}/{name}: stored twice with different content (get refuses it)"
+                         for name in sorted(state.conflicts)]
         for b in backups:
             if b["status"] != catalog.DONE:
                 lines.append(f"backup {b['label']}: {b['status']} ({b.get('status_detail')})")
@@ -140,4 +143,4 @@ def run(cfg) -> tuple[str, int]:
 
 
 def fail(count: int) -> FileReadError:
-    return FileReadError(f"verify found {count} corrupt, missing or unreadable file(s) in the repository")
+    return FileReadError(f"verify found {count} corrupt, missing, unreadable or conflicting file(s) in the repository")
