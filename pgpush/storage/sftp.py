@@ -43,7 +43,10 @@ from paramiko.sftp import (
     CMD_READ,
     CMD_STATUS,
     SFTP_EOF,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
     SFTP_FLAG_READ,
+    SFTP_FLAG_WRITE,
     SFTP_NO_SUCH_FILE,
     SFTP_PERMISSION_DENIED,
     int64,
@@ -51,7 +54,9 @@ from paramiko.sftp import (
 from paramiko.sftp_attr import SFTPAttributes
 
 from pgpush.log import LOG
+from pgpush.storage import sftp_upload
 from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
+from pgpush.storage.sftp_upload import WriteFailed
 
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.timeout, ConnectionError, TimeoutError)
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -357,15 +362,7 @@ class SftpStorage(Storage):
                     raise FileExistsError(errno.EEXIST, "file exists", name)
                 except FileNotFoundError:
                     pass
-            with sftp.open(tmp, "wb") as fh:
-                fh.MAX_REQUEST_SIZE = self._io_size
-                fh.set_pipelined(True)
-                sftp.chmod(tmp, 0o640)
-                for chunk in chunks:
-                    fh.write(chunk)
-                    written += len(chunk)
-                fh.flush()
-                sftp._request(CMD_EXTENDED, "fsync@openssh.com", fh.handle)
+            written = self._upload(sftp, tmp, chunks)
             if overwrite:
                 sftp.posix_rename(tmp, final)
             else:
@@ -380,6 +377,11 @@ class SftpStorage(Storage):
         except FileExistsError:
             self._remove_quiet(tmp)
             raise
+        except WriteFailed as exc:
+            free = sftp_upload.free_bytes(sftp, posixpath.dirname(tmp))
+            self._remove_quiet(tmp)
+            raise StorageError(f"unable to write '{name}': {sftp_upload.explain(str(exc), free)} "
+                               f"({self.description})") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             err = self._oserror(exc, f"write '{name}'")
             self._remove_quiet(tmp)
@@ -388,6 +390,34 @@ class SftpStorage(Storage):
             self._remove_quiet(tmp)
             raise
         return written
+
+    def _upload(self, sftp: paramiko.SFTPClient, tmp: str, chunks: Iterable[bytes]) -> int:
+        """Write ``tmp`` from ``chunks``, every write acknowledged, fsynced, its size checked
+        (see :mod:`pgpush.storage.sftp_upload`); the handle is closed whatever happens, so a
+        failed upload's space is freed once the temporary file is removed."""
+        attrs = SFTPAttributes()
+        attrs.st_mode = 0o640
+        t, msg = sftp._request(CMD_OPEN, tmp, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
+        if t != CMD_HANDLE:
+            raise WriteFailed(f"unexpected SFTP reply {t} to open")
+        handle = msg.get_binary()
+        try:
+            sftp.chmod(tmp, 0o640)
+            written = sftp_upload.write_all(sftp, handle, chunks, self._io_size)
+            sftp_upload.fsync_and_check(sftp, handle, written)
+        except BaseException:
+            self._close_quiet(handle)
+            raise
+        sftp_upload.close_handle(sftp, handle)
+        return written
+
+    def _close_quiet(self, handle: bytes) -> None:
+        if self._sftp is None:
+            return
+        try:
+            self._sftp._request(CMD_CLOSE, handle)
+        except Exception:  # noqa: BLE001 - best effort: the upload has failed already
+            pass
 
     def _remove_quiet(self, path: str) -> None:
         if self._sftp is None:
