@@ -24,7 +24,7 @@ import os
 import re
 import time
 
-from pgpush import __version__, catalog, parallel, pgconn, pgdata, readahead, wal
+from pgpush import __version__, catalog, parallel, pgconn, pgdata, readahead, repolock, wal
 from pgpush.catalog import DONE, FAILED, WAITING, ArchiveListing, Catalog
 from pgpush.errors import (
     ArchiveDisabledError,
@@ -42,6 +42,7 @@ from pgpush.storage.base import CHUNK
 TYPES = ("full", "diff", "incr")
 POLL = 0.5
 NUDGE_INTERVAL = 5.0
+STARTED = "backup.started"  # marks the label directory of a backup in progress until its manifest is written
 HOLE_GRACE = 5.0  # a hole may be an out-of-order asynchronous push that completes in a moment
 
 
@@ -206,28 +207,18 @@ def run(cfg) -> dict:
 def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str, standby: bool,
           system_id: int, segment_size: int, nudger: PrimaryNudge | None) -> dict:
     cat = Catalog(repo)
-    backups = catalog.evaluate_all(repo, cat.reconciled())
+    catalog.evaluate_all(repo, cat.reconciled())  # settle statuses before choosing (outside the lock)
     archive_id = repo.archive_id()
-    prior = None
-    if btype != "full":
-        prior = choose_prior(backups, btype, archive_id, system_id)
-        if prior is None:
-            LOG.warn(f"no prior backup exists, {btype} backup has been changed to full")
-            btype = "full"
-    prior_index = prior_files(cat.read_manifest(prior["label"])) if prior else {}
-    labels = {b["label"] for b in backups} | set(repo.storage.list_dirs(repo.backup_root))
-    while True:
-        label = make_label(btype, prior["label"][:16] if prior else None, time.time())
-        if label not in labels:
-            break
-        time.sleep(0.2)
+    with repolock.catalog_lock(cfg, repo, "backup"):
+        btype, prior, label = _claim(cat, btype, archive_id, system_id)
+        prior_index = prior_files(cat.read_manifest(prior["label"])) if prior else {}
     label_dir = cat.label_dir(label)
     LOG.info(f"{btype} backup {label} of {'standby' if standby else 'primary'} pg1 started"
              + (f", prior {prior['label']}" if prior else ""))
-    start_time = time.time()
-    start_lsn = _start(db, label)
-    LOG.info(f"backup start LSN {start_lsn}")
     try:
+        start_time = time.time()
+        start_lsn = _start(db, label)
+        LOG.info(f"backup start LSN {start_lsn}")
         files, dirs, links = _copy(cfg, repo, pgdata_path, label_dir, db.version, prior_index)
         stop_lsn, label_file, map_file = _stop(db)
         stop_time = time.time()
@@ -259,6 +250,7 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
         manifest = {"format": 1, "backup": record, "files": sorted(files, key=lambda f: f["name"]),
                     "dirs": dirs, "links": links}
         cat.write_manifest(label, manifest)
+        repo.storage.delete(f"{label_dir}/{STARTED}")
     except BaseException:
         try:
             repo.storage.delete_tree(label_dir)
@@ -268,6 +260,29 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
     cat.add(record)
     LOG.info(f"backup {label} stored: {record['file_count']} files, WAL {wal_start} to {wal_stop}")
     return record
+
+
+def _claim(cat: Catalog, btype: str, archive_id: str, system_id: int) -> tuple[str, dict | None, str]:
+    """Choose the prior and a free label, and make the label directory exist: (type, prior, label).
+
+    Runs under the catalog lock: once the directory exists, ``expire`` sees the backup in
+    progress and keeps its full's whole chain, so the prior chosen here is never removed.
+    """
+    backups = cat.reconciled()
+    prior = None
+    if btype != "full":
+        prior = choose_prior(backups, btype, archive_id, system_id)
+        if prior is None:
+            LOG.warn(f"no prior backup exists, {btype} backup has been changed to full")
+            btype = "full"
+    labels = {b["label"] for b in backups} | set(cat.storage.list_dirs(cat.repo.backup_root))
+    while True:
+        label = make_label(btype, prior["label"][:16] if prior else None, time.time())
+        if label not in labels:
+            break
+        time.sleep(0.2)
+    cat.storage.put(f"{cat.label_dir(label)}/{STARTED}", [b"backup in progress\n"], overwrite=True)
+    return btype, prior, label
 
 
 def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,

@@ -2,16 +2,18 @@
 
 Rules (docs/operations.md, "Retention"):
 
-- the newest N full backups that are not ``FAILED`` are kept, and with them
-  every backup that started after the oldest of them, whatever its type or
-  status, and every backup a kept one depends on (its prior chain and the
-  backups its files reference);
+- only ``DONE`` full backups count: the newest N of them are kept, and with
+  them every backup that started after the oldest of them, whatever its type
+  or status, every backup still ``WAITING_FOR_WALS`` (it may become the only
+  restorable one), and every backup a kept one depends on (its prior chain
+  and the backups its files reference);
 - a backup in progress (a label directory without a manifest, started less
   than a day ago) keeps its full's whole chain: it may reference any of it;
   an older one is an interrupted backup and its directory is removed;
 - every other backup is removed: first from ``backup.info``, then its
-  manifest (so a half-removed directory is never taken for a backup), then
-  its directory;
+  manifest (so a half-removed directory is never taken for a backup), both
+  under the catalog lock (:mod:`pgpush.repolock`) that a diff or incr backup
+  holds while it chooses its prior; then, without the lock, its directory;
 - archived WAL of the current archive id older than the oldest kept
   backup's ``wal_start`` is removed (segments, ``.partial``, ``.backup``
   files and ``.dropped`` markers); ``.history`` files are always kept.
@@ -26,8 +28,8 @@ import re
 import time
 from collections.abc import Iterable
 
-from pgpush import catalog, wal
-from pgpush.catalog import FAILED, Catalog
+from pgpush import catalog, repolock, wal
+from pgpush.catalog import DONE, WAITING, Catalog
 from pgpush.errors import OptionInvalidValueError
 from pgpush.log import LOG
 from pgpush.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
@@ -50,11 +52,12 @@ def plan(backups: list[dict], retention: int, running: Iterable[str] = ()) -> tu
     """
     if retention < 1:
         raise OptionInvalidValueError("option 'repo1-retention-full' must be at least 1")
-    fulls = [b for b in backups if b["type"] == "full" and b["status"] != FAILED]
+    fulls = [b for b in backups if b["type"] == "full" and b["status"] == DONE]
     if len(fulls) <= retention:
         return list(backups), []
     oldest = fulls[-retention]
     keep = {b["label"] for b in backups if (b["start_time"], b["label"]) >= (oldest["start_time"], oldest["label"])}
+    keep |= {b["label"] for b in backups if b["status"] == WAITING}
     chains = {label[:16] for label in running}
     keep |= {b["label"] for b in backups if b["label"][:16] in chains}
     by_label = {b["label"]: b for b in backups}
@@ -130,10 +133,22 @@ def in_progress(cat: Catalog, known: set[str]) -> list[str]:
     return running
 
 
-def remove_backup(cat: Catalog, label: str) -> None:
-    cat.remove({label})
-    cat.storage.delete(cat.manifest_path(label))
-    cat.storage.delete_tree(cat.label_dir(label))
+def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict]]:
+    """Plan under the catalog lock and commit the removals (entries, then manifests) before releasing it.
+
+    Statuses are settled first, without the lock (a full listing of the archive may take a
+    while); the catalog is read again under it, so a backup that started meanwhile is seen.
+    """
+    cat = Catalog(repo)
+    settled = {b["label"]: b for b in catalog.evaluate_all(repo, cat.reconciled())}
+    with repolock.catalog_lock(cfg, repo, "expire"):
+        backups = [settled.get(b["label"], b) for b in cat.reconciled()]
+        kept, removed = plan(backups, retention, in_progress(cat, {b["label"] for b in backups}))
+        if removed:
+            cat.remove({b["label"] for b in removed})
+            for b in removed:
+                cat.storage.delete(cat.manifest_path(b["label"]))
+    return kept, removed
 
 
 def run(cfg) -> str:
@@ -146,11 +161,10 @@ def run(cfg) -> str:
     try:
         repo.load_archive_info()
         cat = Catalog(repo)
-        backups = catalog.evaluate_all(repo, cat.reconciled())
-        kept, removed = plan(backups, int(retention), in_progress(cat, {b["label"] for b in backups}))
+        kept, removed = decide(cfg, repo, int(retention))
         for b in removed:
             LOG.info(f"expire {b['type']} backup {b['label']} ({b['status']})")
-            remove_backup(cat, b["label"])
+            cat.storage.delete_tree(cat.label_dir(b["label"]))
         archive_id = repo.archive_id()
         boundary = wal_boundary(kept, archive_id)
         wal_removed = 0

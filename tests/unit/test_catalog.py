@@ -359,6 +359,6 @@ def test_info_lists_the_stanzas_of_the_config_each_with_its_own_options(tmp_path
     assert info.for_stanza(cfg, "other")["repo1-path"] == str(tmp_path / "b")
     out = json.loads(info.run(cfg))
     assert [(s["name"], s["status"]) for s in out] == [("main", "ok"), ("other", "error")]
-    assert out[0]["archive"] == {"min": None, "max": None, "gaps": [], "dropped": [], "archive_id": "15-1"}
+    assert out[0]["archive"] == {"min": None, "max": None, "gaps": [], "dropped": [], "conflicts": [], "archive_id": "15-1"}
     assert out[0]["backups"] == []
     assert "stanza-create" in out[1]["message"]
