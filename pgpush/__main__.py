@@ -7,6 +7,13 @@ and serves those commands without importing typer, rich, paramiko, psycopg or
 the compression libraries.  ``bootstrap`` is supplied by the zipapp: it makes
 the bundled third-party packages importable (extracting native extensions on
 first use) and is called only when the full CLI is needed.
+
+Every way into pgpush (the foreground push/get, the CLI, the background
+parents, the workers, ``pgpush.cli:main``) goes through :func:`main`, the one
+guarded entry: whatever happens below it, the process ends with 0, 1 for
+"not in the archive" on ``get`` and nothing else, or a code from 2 to 125
+announced by exactly one ``ERROR: [NNN]:`` line, never a traceback (that goes
+to the log at debug level).
 """
 
 from __future__ import annotations
@@ -16,57 +23,102 @@ from collections.abc import Callable
 
 
 def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = None) -> int:
+    """Run one pgpush command and return its exit status (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    from pgpush.errors import PgPushError, exit_code_for
+    from pgpush.log import LOG
 
+    LOG.reset()
+    seen: dict[str, str] = {}
     try:
-        from pgpush import config
+        rc = _dispatch(argv, bootstrap, seen)
+    except BaseException as exc:  # noqa: BLE001 - the one place every failure becomes an exit code
+        return _report(exc, seen.get("command"))
+    return _status(rc, seen.get("command"))
 
-        cfg = config.load(argv)
-        if cfg.command == "version":
-            from pgpush import __version__
 
-            print(f"pgpush {__version__}")
-            return 0
-        if cfg.command in ("push", "get") and cfg["archive-async"]:
-            from pgpush import hotpath
+def _dispatch(argv: list[str], bootstrap: Callable[[], None] | None, seen: dict[str, str]) -> int:
+    """Parse the options and run the command: the fast paths here, the rest in the CLI."""
+    from pgpush import config
 
-            rc = hotpath.run(cfg)
-            if rc is not None:
-                return rc
-        if cfg.command in ("push", "get"):
-            # Synchronous, or a file async get never caches (.history, .partial): the
-            # repository libraries are needed, the CLI (typer, rich) is not.
-            if bootstrap is not None:
-                bootstrap()
-            from pgpush import archive
+    cfg = config.load(argv)
+    seen["command"] = cfg.command
+    if cfg.command == "version":
+        from pgpush import __version__
 
-            return archive.run_command(cfg)
-        if cfg.command in ("push-async", "get-async"):
-            # The background parents only hand out names and write status files: the
-            # stdlib suffices, so they never pay for (or hold in memory) paramiko & co.
-            if cfg.command == "push-async":
-                from pgpush import asyncpush as parent
-            else:
-                from pgpush import asyncget as parent
-            return parent.run(cfg)
-        if cfg.command == "worker":
-            if bootstrap is not None:
-                bootstrap()
-            from pgpush import worker  # repository work, but no CLI (typer, rich)
+        print(f"pgpush {__version__}")
+        return 0
+    if cfg.command in ("push", "get") and cfg["archive-async"]:
+        from pgpush import hotpath
 
-            return worker.run(cfg)
-    except PgPushError as exc:
-        # Errors of option parsing are reported here too; the CLI would say the same.
-        from pgpush import log
+        rc = hotpath.run(cfg)
+        if rc is not None:
+            return rc
+    if cfg.command in ("push", "get"):
+        # Synchronous, or a file async get never caches (.history, .partial): the
+        # repository libraries are needed, the CLI (typer, rich) is not.
+        _bootstrap(bootstrap)
+        from pgpush import archive
 
-        log.console_error(exc)
-        return exit_code_for(exc)
-    if bootstrap is not None:
-        bootstrap()
+        return archive.run_command(cfg)
+    if cfg.command in ("push-async", "get-async"):
+        # The background parents only hand out names and write status files: the
+        # stdlib suffices, so they never pay for (or hold in memory) paramiko & co.
+        if cfg.command == "push-async":
+            from pgpush import asyncpush as parent
+        else:
+            from pgpush import asyncget as parent
+        return parent.run(cfg)
+    if cfg.command == "worker":
+        _bootstrap(bootstrap)
+        from pgpush import worker  # repository work, but no CLI (typer, rich)
+
+        return worker.run(cfg)
+    _bootstrap(bootstrap)
     from pgpush.cli import run
 
-    return run(argv)
+    return run(argv, cfg)
+
+
+def _bootstrap(bootstrap: Callable[[], None] | None) -> None:
+    if bootstrap is not None:
+        bootstrap()
+
+
+def _status(rc: object, command: str | None) -> int:
+    """The exit status for a command that returned ``rc``: 1 is kept only for ``get``."""
+    if rc == 0 or rc is None:
+        return 0
+    if rc == 1 and command == "get":
+        return 1
+    from pgpush.errors import AssertError
+
+    if not isinstance(rc, int):
+        return _report(AssertError(f"command ended with a non-numeric status {rc!r}"), command)
+    if rc == 1:
+        return _report(AssertError("command failed without saying why (exit status 1)"), command)
+    return min(max(rc, 2), 125)
+
+
+def _report(exc: BaseException, command: str | None) -> int:
+    """Report ``exc`` as one ``ERROR: [NNN]:`` line and return its exit code."""
+    from pgpush.errors import PgPushError, TermError, WalNotFound, exit_code_for, unexpected
+    from pgpush.log import LOG
+
+    if isinstance(exc, WalNotFound) and command == "get":
+        return 1
+    if isinstance(exc, SystemExit):
+        if isinstance(exc.code, int) or exc.code is None:
+            return _status(exc.code, command)
+        exc = PgPushError(" ".join(str(exc.code).split()), 25)
+    elif isinstance(exc, KeyboardInterrupt):
+        exc = TermError("terminated on signal [SIGINT]")
+    elif not isinstance(exc, PgPushError):
+        import traceback
+
+        LOG.debug("".join(traceback.format_exception(exc)).rstrip())
+        exc = unexpected(exc)
+    LOG.exception(exc)
+    return exit_code_for(exc)
 
 
 if __name__ == "__main__":

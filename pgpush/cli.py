@@ -13,7 +13,7 @@ import sys
 import typer
 
 from pgpush import __version__, config
-from pgpush.errors import CommandError, PgPushError, WalNotFound, exit_code_for
+from pgpush.errors import OptionInvalidError, WalNotFound
 from pgpush.log import LOG
 from pgpush.options import OPTIONS, SECTION_HELP
 
@@ -91,51 +91,42 @@ def stanza_create_cmd() -> None:
     print(message)
 
 
-def run(argv: list[str]) -> int:
-    """Parse, dispatch, and map any error to its exit code."""
+def run(argv: list[str], cfg: config.Config | None = None) -> int:
+    """Dispatch a parsed command to typer; usage errors become pgBackRest's usage code (31).
+
+    Everything else propagates to the guarded entry, :func:`pgpush.__main__.main`, the one
+    place that turns exceptions into exit codes.
+    """
     global _CFG
+    cfg = config.load(argv) if cfg is None else cfg
+    _CFG = cfg
+    if cfg.command == "help":
+        typer_args = cfg.args + ["--help"]
+    else:
+        typer_args = [cfg.command] + cfg.args
     try:
-        cfg = config.load(argv)
-        _CFG = cfg
-        if cfg.command == "help":
-            typer_args = cfg.args + ["--help"]
-        else:
-            typer_args = [cfg.command] + cfg.args
-        try:
-            app(typer_args, standalone_mode=False, prog_name="pgpush")
-        except typer.Exit as exc:
-            return exc.exit_code
-        except PgPushError:
-            raise
-        except WalNotFound:
-            raise
-        except Exception as exc:  # click usage errors and the like
-            import click
+        app(typer_args, standalone_mode=False, prog_name="pgpush")
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+    except _usage_error() as exc:
+        raise OptionInvalidError(" ".join(exc.format_message().split())) from None
+    return 0
 
-            if isinstance(exc, click.exceptions.NoSuchOption) or isinstance(exc, click.UsageError):
-                raise CommandError(exc.format_message()) from None
-            if isinstance(exc, click.exceptions.Abort):
-                return 130
-            raise
-        return 0
-    except WalNotFound:
-        return 1
-    except PgPushError as exc:
-        LOG.exception(exc)
-        return exit_code_for(exc)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # a bug: report it with its code, and the traceback in the log
-        import traceback
 
-        LOG.debug(traceback.format_exc())
-        err = PgPushError(f"{type(exc).__name__}: {exc}", 25)
-        LOG.exception(err)
-        return exit_code_for(err)
+def _usage_error() -> type[Exception]:
+    """The usage-error class of the click typer runs on: recent typer vendors its own copy
+    (no ``click`` package is bundled), older typer uses ``click``; either way it is a base of
+    the public ``typer.BadParameter``."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    """The ``pgpush`` console script: through the guarded entry like every other way in."""
+    from pgpush.__main__ import main as guarded_main
+
+    sys.exit(guarded_main(sys.argv[1:]))
 
 
 from pgpush import cli_backup  # noqa: E402,F401

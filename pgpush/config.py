@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from pgpush.errors import CommandError, OptionInvalidValueError, OptionRequiredError
+from pgpush.errors import CommandError, OptionInvalidError, OptionInvalidValueError, OptionRequiredError
 from pgpush.options import ALIASES, BY_NAME, COMMANDS, Option
 
 _UNITS = {
@@ -24,6 +24,14 @@ _UNITS = {
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
 _STANZA_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+# Bounds of numeric values: a value past them is a typo or an attack, never a setting (an
+# archive-timeout of 1e309 is infinite, a size of 9e400 bytes is not a number a computer holds).
+MAX_SIZE = 4 * 1024**5  # 4PB, as pgBackRest's archive-push-queue-max
+MAX_DURATION = 366 * 86400.0  # a year: longer than any wait pgpush should ever do
+INT_RANGES = {"process-max": (1, 999), "repo1-host-port": (1, 65535), "pg1-port": (1, 65535),
+              "repo1-storage-port": (1, 65535)}
+MAX_INT = 2**31 - 1
+MAX_STANZA = 64
 # Environment variables of ours that are not options (the zipapp bootstrap's).
 _ENV_NOT_OPTIONS = {"PGPUSH_CACHE", "PGPUSH_PYTHON", "PGPUSH_LOCK_FD"}
 
@@ -34,14 +42,27 @@ def parse_size(text: str) -> int:
     digits = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").rstrip()
     unit = text[len(digits):].strip().lower()
     number, dot, decimals = digits.partition(".")
-    if not number.isdigit() or (dot and not decimals.isdigit()) or unit not in _UNITS:
+    if not _ascii_digits(number) or (dot and not _ascii_digits(decimals)) or unit not in _UNITS:
         raise ValueError("a size such as 16MB, 1GB or a number of bytes is expected")
-    return int(float(digits) * _UNITS[unit])
+    if len(number) > 20:
+        raise ValueError(f"a size of at most {format_size(MAX_SIZE)} is expected")
+    # Exact integer arithmetic: float() would turn a long number into inf (and int(inf) raises).
+    decimals = decimals[:12]
+    size = (int(number) * 10 ** len(decimals) + int(decimals or 0)) * _UNITS[unit] // 10 ** len(decimals)
+    if size > MAX_SIZE:
+        raise ValueError(f"a size of at most {format_size(MAX_SIZE)} is expected")
+    return size
+
+
+def _ascii_digits(text: str) -> bool:
+    """``str.isdigit`` accepts other scripts' digits and superscripts: only 0-9 here."""
+    return bool(text) and text.isascii() and text.isdigit()
 
 
 def valid_stanza(name: str) -> bool:
-    """``[A-Za-z0-9_.-]+`` (checked without ``re``, which is slow to import)."""
-    return bool(name) and _STANZA_CHARS.issuperset(name)
+    """``[A-Za-z0-9_.-]+``, at most 64 characters, not ``.`` or ``..`` (checked without ``re``,
+    which is slow to import): the name is a path component in the repository and the spool."""
+    return 0 < len(name) <= MAX_STANZA and _STANZA_CHARS.issuperset(name) and name.strip(".") != ""
 
 
 class _StanzaMatcher:
@@ -75,12 +96,13 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_duration(text: str) -> float:
+    """Seconds, decimals allowed; nan, inf and absurd values are refused (every wait must end)."""
     try:
         value = float(text)
     except ValueError:
         raise ValueError("a number of seconds is expected") from None
-    if value < 0:
-        raise ValueError("a number of seconds >= 0 is expected")
+    if not 0 <= value <= MAX_DURATION:  # also false for nan
+        raise ValueError(f"a number of seconds from 0 to {MAX_DURATION:.0f} is expected")
     return value
 
 
@@ -91,12 +113,13 @@ def convert(opt: Option, raw: str) -> object:
             raise ValueError("a non-empty value is expected")
         return raw
     if opt.type == "int":
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError("an integer is expected") from None
-        if value < 0 or (opt.name == "process-max" and not 1 <= value <= 999):
-            raise ValueError("a positive integer is expected" if opt.name != "process-max" else "1..999 is expected")
+        low, high = INT_RANGES.get(opt.name, (0, MAX_INT))
+        text = raw.strip()
+        if not _ascii_digits(text.removeprefix("-")) or len(text) > 12:
+            raise ValueError(f"an integer from {low} to {high} is expected")
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high} is expected")
         return value
     if opt.type == "bool":
         return parse_bool(raw)
@@ -119,21 +142,60 @@ def read_ini(path: str) -> dict[str, dict[str, tuple[str, int]]]:
     """
     sections: dict[str, dict[str, tuple[str, int]]] = {}
     current: dict[str, tuple[str, int]] | None = None
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            text = line.strip()
-            if not text or text[0] in "#;":
-                continue
-            if text[0] == "[":
-                if not text.endswith("]"):
-                    raise OptionInvalidValueError(f"config file {path} line {lineno}: malformed section header {text!r}")
-                current = sections.setdefault(text[1:-1].strip(), {})
-                continue
-            key, sep, value = text.partition("=")
-            if not sep or current is None:
-                raise OptionInvalidValueError(f"config file {path} line {lineno}: expected 'key=value' inside a section, got {text!r}")
-            current[key.strip()] = (value.strip(), lineno)
+    name = ""
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        if text[0] == "[":
+            if not text.endswith("]"):
+                raise OptionInvalidValueError(f"config file {path} line {lineno}: malformed section header {text!r}")
+            name = text[1:-1].strip()
+            current = sections.setdefault(name, {})
+            continue
+        key, sep, value = text.partition("=")
+        if not sep or current is None:
+            raise OptionInvalidValueError(f"config file {path} line {lineno}: expected 'key=value' inside a section, got {text!r}")
+        key = key.strip()
+        if key in current:
+            raise OptionInvalidValueError(f"config file {path} line {lineno}: option '{key}' is set twice in section "
+                                          f"[{name}] (first on line {current[key][1]})")
+        current[key] = (value.strip(), lineno)
     return sections
+
+
+def _read_text(path: str) -> str:
+    """The config file's text: a regular file (a FIFO would block the open), UTF-8 throughout.
+
+    Opened non-blocking and checked with fstat, so a FIFO or device put in its place is refused
+    without waiting for a writer.  The whole file is decoded, comments included: a byte that is
+    not UTF-8 is reported with its line rather than silently mangled.
+    """
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OptionInvalidValueError(f"unable to read config file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OptionInvalidValueError(f"config file {path} is not a regular file")
+        if st.st_size > 1024 * 1024:
+            raise OptionInvalidValueError(f"config file {path} is larger than 1MB")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise OptionInvalidValueError(f"unable to read config file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise OptionInvalidValueError(f"config file {path} line {lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
 
 
 class Config:
@@ -229,14 +291,14 @@ def split_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, str], 
             want_help = True
             continue
         if not tok.startswith("--"):
-            raise OptionInvalidValueError(f"invalid option '{tok}' on the command line")
+            raise OptionInvalidError(f"invalid option '{tok}' on the command line")
         key, sep, value = tok[2:].partition("=")
         opt = BY_NAME.get(key)
         if opt is None and key.startswith("no-") and key[3:] in BY_NAME and BY_NAME[key[3:]].type == "bool" and not sep:
             raw[key[3:]] = "n"
             continue
         if opt is None:
-            raise OptionInvalidValueError(f"invalid option '--{key}' on the command line")
+            raise OptionInvalidError(f"invalid option '--{key}' on the command line")
         if sep:
             raw[key] = value
         elif opt.type == "bool":
@@ -274,7 +336,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
     for key, raw in raw_cli.items():
         opt = BY_NAME[key]
         if opt.commands and command not in opt.commands and command != "help":
-            raise OptionInvalidValueError(f"option '{key}' is not valid for command '{command}' (on the command line)")
+            raise OptionInvalidError(f"option '{key}' is not valid for command '{command}' (on the command line)")
         set_value(opt, raw, "on the command line")
 
     env_values: dict[str, tuple[Option, str, str]] = {}
@@ -296,11 +358,8 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
     if config_path is None:
         config_path = BY_NAME["config"].default
         values["config"] = config_path
-    if os.path.exists(str(config_path)):
-        try:
-            ini = read_ini(str(config_path))
-        except OSError as exc:
-            raise OptionInvalidValueError(f"unable to read config file {config_path}: {exc.strerror}") from None
+    if os.path.lexists(str(config_path)):
+        ini = read_ini(str(config_path))
     elif named:
         raise OptionInvalidValueError(f"config file {config_path} does not exist ({sources['config']})")
     else:
@@ -321,7 +380,8 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         set_value(BY_NAME["stanza"], raw, f"in section [global] of {config_path} line {lineno}")
     stanza = values.get("stanza")
     if stanza is not None and not valid_stanza(str(stanza)):
-        raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: [A-Za-z0-9_.-]+ is expected")
+        raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: "
+                                       f"[A-Za-z0-9_.-]+, at most {MAX_STANZA} characters, not '.' or '..' is expected")
 
     order = [f"{stanza}:{command}", str(stanza)] if stanza else []
     order += [f"global:{command}", "global"]
@@ -362,7 +422,7 @@ def _check_compress_level(values: dict, sources: dict) -> None:
 def stanzas_in_config(cfg: Config) -> list[str]:
     """Stanza names that have a section of their own in the config file."""
     path = str(cfg.values.get("config"))
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return []
     names = []
     for section in read_ini(path):

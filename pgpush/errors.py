@@ -47,6 +47,12 @@ class FormatError(PgPushError):
     code = 29
 
 
+class OptionInvalidError(PgPushError):
+    """An option that does not exist, or a command line that cannot be parsed (a usage error)."""
+
+    code = 31
+
+
 class OptionInvalidValueError(PgPushError):
     """An option's value is invalid (or the option is unknown)."""
 
@@ -149,6 +155,12 @@ class RepoInvalidError(PgPushError):
     code = 103
 
 
+class TermError(PgPushError):
+    """Interrupted (SIGINT): pgBackRest's code, not the shell's 130 that PostgreSQL treats as fatal."""
+
+    code = 63
+
+
 class WalNotFound(Exception):
     """Not an error: ``get`` of a file the archive does not hold (exit 1)."""
 
@@ -166,6 +178,13 @@ def exit_code_for(exc: BaseException) -> int:
     else:
         code = 25
     return min(max(code, 2), 125)
+
+
+def unexpected(exc: BaseException) -> PgPushError:
+    """Wrap an exception that is not a pgpush error (a bug, or an OS error nobody expected)
+    as code 25, on one line: the console must show exactly one ``ERROR: [025]:`` line."""
+    text = " ".join(str(exc).split())
+    return AssertError(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def error_from_text(text: str) -> PgPushError:

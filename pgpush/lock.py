@@ -16,7 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from pgpush.errors import PathCreateError
+from pgpush.errors import OptionInvalidValueError, PathCreateError
 
 
 def lock_path(stanza_dir: str, direction: str) -> str:
@@ -53,6 +53,24 @@ def release(fd: int) -> None:
 
 
 def inherited_lock() -> int | None:
-    """The lock fd handed over by the foreground, if this process was started with one."""
+    """The lock fd handed over by the foreground, if this process was started with one.
+
+    Only pgpush sets ``PGPUSH_LOCK_FD``; anything but an open regular file above stderr is
+    refused (32) rather than trusted: flock-ing and later closing stdin or a socket would
+    break this process in ways far from the cause.
+    """
     value = os.environ.pop("PGPUSH_LOCK_FD", None)
-    return int(value) if value else None
+    if not value:
+        return None
+    import stat
+
+    try:
+        fd = int(value)
+        if fd < 3 or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError
+    except (ValueError, OSError):
+        raise OptionInvalidValueError(
+            f"environment variable PGPUSH_LOCK_FD has invalid value '{value[:40]}': "
+            "only pgpush sets it, to the descriptor of a lock file it hands over"
+        ) from None
+    return fd

@@ -25,12 +25,20 @@ def new_exec_id() -> str:
 
 class Logger:
     def __init__(self) -> None:
+        self._fd: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state of a fresh process (console at warn, no file): the guarded entry
+        calls this first, so an in-process call never inherits a previous call's levels."""
+        if self._fd is not None:
+            os.close(self._fd)
         self.console_level = LEVELS["warn"]
         self.file_level = 0
         self.exec_id = new_exec_id()
         self.path: str | None = None
-        self._fd: int | None = None
-        self.console = sys.stderr
+        self._fd = None
+        self.console = None  # None: whatever sys.stderr is when a line is written
 
     def configure(self, cfg, group: str, exec_id: str | None = None, console: bool = True) -> None:
         """Set levels from ``cfg`` and open ``LOG-PATH/STANZA-GROUP.log``.
@@ -50,7 +58,9 @@ class Logger:
         stanza = cfg.get("stanza") or "all"
         path = os.path.join(str(cfg["log-path"]), f"{stanza}-{group}.log")
         try:
-            os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+            from pgpush.spool import makedirs_private
+
+            makedirs_private(os.path.dirname(path))
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self.path = path
         except OSError as exc:
@@ -59,9 +69,14 @@ class Logger:
 
     def _emit(self, level: int, message: str) -> None:
         if level <= self.console_level:
+            console = self.console or sys.stderr
+            line = f"{_NAMES[level]}: {message}\n"
             try:
-                self.console.write(f"{_NAMES[level]}: {message}\n")
-                self.console.flush()
+                try:
+                    console.write(line)
+                except UnicodeEncodeError:  # a non-UTF-8 argument or file name: escape it, never lose the line
+                    console.write(line.encode("ascii", "backslashreplace").decode("ascii"))
+                console.flush()
             except (OSError, ValueError):
                 pass
         if self._fd is not None and level <= self.file_level:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pgpush.errors import PathCreateError, PgPushError
+from pgpush.errors import FormatError, PathCreateError, PgPushError
 
 TMP_SUFFIX = ".pgpush.tmp"
 GLOBAL_ERROR = "global.error"
@@ -20,11 +20,36 @@ def stanza_dir(spool_path: str, stanza: str) -> str:
     return os.path.join(spool_path, "archive", stanza)
 
 
+def makedirs_private(path: str, mode: int = 0o750) -> None:
+    """``os.makedirs`` that gives ``mode`` to every directory it creates, not only the last.
+
+    ``os.makedirs`` creates the parents with the umask's mode (0755): the spool and log
+    directories hold WAL names and errors that others have no business reading.  Existing
+    directories are left as they are.  Raises OSError.
+    """
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.isdir(head):
+        missing.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+
+
 def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
-    """Create (0750) and return ``SPOOL/archive/STANZA/{out,in}``."""
+    """Create (0750, parents too) and return ``SPOOL/archive/STANZA/{out,in}``."""
     path = os.path.join(stanza_dir(spool_path, stanza), direction)
     try:
-        os.makedirs(path, mode=0o750, exist_ok=True)
+        makedirs_private(path)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied (not writable)", path)
     except OSError as exc:
         raise PathCreateError(f"unable to create spool path '{path}': {exc.strerror}") from None
     return path
@@ -33,15 +58,18 @@ def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
 def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = False) -> None:
     """Write ``name`` via ``name.pgpush.tmp`` and a rename, so readers never see half a file."""
     tmp = os.path.join(directory, name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
-        if content:
-            os.write(fd, content)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, os.path.join(directory, name))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            if content:
+                os.write(fd, content)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(directory, name))
+    except OSError as exc:
+        raise PathCreateError(f"unable to write spool file '{os.path.join(directory, name)}': {exc.strerror}") from None
 
 
 def write_ok(directory: str, name: str, warning: str | None = None) -> None:
@@ -61,13 +89,20 @@ def read_status(path: str) -> str | None:
             return fh.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise FormatError(f"status file '{path}' is a directory, not a file") from None
+    except OSError as exc:
+        raise PathCreateError(f"unable to read spool file '{path}': {exc.strerror}") from None
 
 
 def remove(path: str) -> None:
+    """Remove a spool file; gone already is fine, any other failure is a spool error (47)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise PathCreateError(f"unable to remove spool file '{path}': {exc.strerror}") from None
 
 
 def ok_warning(content: str) -> str | None:

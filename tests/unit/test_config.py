@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pgpush import config
-from pgpush.errors import CommandError, OptionInvalidValueError, OptionRequiredError
+from pgpush.errors import CommandError, OptionInvalidError, OptionInvalidValueError, OptionRequiredError
 
 
 def write_conf(tmp_path, text: str) -> str:
@@ -102,14 +102,15 @@ def test_bad_value_names_key_and_source(tmp_path):
 
 
 def test_unknown_cli_option_and_env_are_errors():
-    with pytest.raises(OptionInvalidValueError, match="--bogus"):
+    with pytest.raises(OptionInvalidError, match="--bogus") as err:
         config.load(["--bogus=1", "push", "x"], {})
+    assert err.value.code == 31  # pgBackRest's usage code for an invalid option
     with pytest.raises(OptionInvalidValueError, match="PGPUSH_BOGUS"):
         config.load(["push", "x"], {"PGPUSH_BOGUS": "1"})
 
 
 def test_command_option_on_wrong_command():
-    with pytest.raises(OptionInvalidValueError, match="not valid for command 'push'"):
+    with pytest.raises(OptionInvalidError, match="not valid for command 'push'"):
         config.load(["push", "x", "--delta"], {})
 
 
