@@ -1,0 +1,361 @@
+"""Fault injection for the fault matrix (tests/integration/test_fault_matrix.py).
+
+Two small vocabularies, so that adding a repository type or a fault is one line:
+
+* a :class:`Backend` is one repository type as the matrix sees it: the pgpush options that
+  reach it, an independent reader of what it stores, and the storage faults it can suffer
+  (``fill``/``unfill``, ``freeze``/``thaw``, ``cut``, ``down``/``up``).  A fault a backend cannot
+  suffer raises :class:`NotApplicable` with the reason, which the matrix turns into a skip.
+* a :class:`Fault` says when it strikes (before the work starts, or once a pgpush process is
+  seen holding a file it is transferring: "mid-file"), which process it watches, how it is
+  injected and healed, and which exit codes a user should see while it lasts.
+
+Everything a fault stops (a frozen server, a killed one) is revived by ``heal`` and again by
+``Backend.close``, so a failed cell never leaves a frozen server or a mounted tmpfs behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import procs, tmpfs
+
+__all__ = ["Backend", "Fault", "NotApplicable", "PosixBackend", "S3Backend", "SftpBackend", "check_archive",
+           "kill_process", "no_heal", "pgpush_pids", "wait_mid_file"]
+
+STANZA = "main"
+ARCHIVED_RE = re.compile(r"^([0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)-([0-9a-f]{40})(\.\w+)?$")
+
+
+class NotApplicable(Exception):
+    """This backend cannot suffer this fault; the message says why (the matrix skips the cell)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# backends
+
+
+class Backend:
+    """One repository type: options, an independent reader, and the storage faults it can suffer."""
+
+    name = "?"
+
+    def options(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def reader(self):
+        """A pgpush Storage on the repository root, used only to check what is stored."""
+        raise NotImplementedError
+
+    def fill(self) -> None:
+        raise NotApplicable(f"{self.name}: no small file system to fill")
+
+    def unfill(self) -> None:
+        """Free the space ``fill`` took."""
+
+    def freeze(self) -> None:
+        raise NotApplicable(f"{self.name}: nothing that can stop answering")
+
+    def thaw(self) -> None:
+        """Undo ``freeze``."""
+
+    def cut(self) -> None:
+        raise NotApplicable(f"{self.name}: no connection to cut")
+
+    def down(self) -> None:
+        raise NotApplicable(f"{self.name}: no host to reboot")
+
+    def up(self) -> None:
+        """Undo ``down`` (the host comes back)."""
+
+    def close(self) -> None:
+        """Undo every fault (thaw, start, unmount): called by the fixture, even on failure."""
+
+
+class _SmallFs:
+    """A tmpfs mounted over a repository directory, filled to the last byte by ``fill``."""
+
+    def __init__(self, path: Path, size_mb: float, owner: str) -> None:
+        self.path, self.filler = Path(path), None
+        tmpfs.mount(self.path, size_mb, owner=owner)
+        self.mounted = True
+
+    def fill(self) -> None:
+        self.filler = tmpfs.fill(self.path, leave_bytes=0)
+
+    def unfill(self) -> None:
+        if self.filler is not None:
+            self.filler.unlink(missing_ok=True)
+            self.filler = None
+
+    def close(self) -> None:
+        if self.mounted:
+            tmpfs.unmount(self.path)
+            self.mounted = False
+
+
+class PosixBackend(Backend):
+    """A local directory (an NFS mount in real life): it can fill up; the rest needs FUSE/NFS, absent here."""
+
+    name = "posix"
+
+    def __init__(self, work_dir: Path, small_fs_mb: float | None = None) -> None:
+        self.path = Path(work_dir) / "repo"
+        self.path.mkdir(exist_ok=True)
+        procs.chown_tree(self.path, "postgres")
+        self.small = _SmallFs(self.path, small_fs_mb, "postgres") if small_fs_mb else None
+
+    def options(self) -> dict[str, str]:
+        return {"repo1-type": "posix", "repo1-path": str(self.path)}
+
+    def reader(self):
+        from pgpush.storage.posix import PosixStorage
+
+        return PosixStorage(str(self.path))
+
+    def fill(self) -> None:
+        if self.small is None:
+            raise NotApplicable("posix: built without a small file system")
+        self.small.fill()
+
+    def unfill(self) -> None:
+        if self.small is not None:
+            self.small.unfill()
+
+    def freeze(self) -> None:
+        raise NotApplicable("posix: a local directory cannot stop answering without a FUSE or NFS server, "
+                            "neither of which this machine has (sftp and s3 cover a frozen store)")
+
+    def cut(self) -> None:
+        raise NotApplicable("posix: a local directory has no connection to cut")
+
+    def down(self) -> None:
+        raise NotApplicable("posix: a local directory has no host to reboot")
+
+    def close(self) -> None:
+        if self.small is not None:
+            self.small.close()
+
+
+class SftpBackend(Backend):
+    """The real OpenSSH sshd of the ``sshd`` fixture; its repo dir may be a small tmpfs."""
+
+    name = "sftp"
+
+    def __init__(self, sshd, small_fs_mb: float | None = None) -> None:
+        self.sshd = sshd
+        self.small = _SmallFs(sshd.repo_dir, small_fs_mb, sshd.user) if small_fs_mb else None
+
+    def options(self) -> dict[str, str]:
+        return self.sshd.pgpush_options()
+
+    def reader(self):
+        from pgpush.storage.posix import PosixStorage
+
+        return PosixStorage(str(self.sshd.repo_dir))  # the backup host's disk, read directly
+
+    def fill(self) -> None:
+        if self.small is None:
+            raise NotApplicable("sftp: built without a small file system")
+        self.small.fill()
+
+    def unfill(self) -> None:
+        if self.small is not None:
+            self.small.unfill()
+
+    def freeze(self) -> None:
+        self.sshd.freeze()
+
+    def thaw(self) -> None:
+        self.sshd.thaw()
+
+    def cut(self) -> None:
+        """SIGKILL every SSH session; the listener stays, so a new connection works at once."""
+        sessions = procs.descendants_of(self.sshd.pid) if self.sshd.pid else []
+        procs.signal_pids(sessions, signal.SIGKILL)
+
+    def down(self) -> None:
+        self.sshd.stop()
+
+    def up(self) -> None:
+        self.sshd.start()
+
+    def close(self) -> None:
+        try:
+            self.sshd.thaw()
+            self.sshd.start()
+        finally:
+            if self.small is not None:
+                self.small.close()
+
+
+class S3Backend(Backend):
+    """A fresh bucket on the worker's real SeaweedFS (``seaweed`` fixture)."""
+
+    name = "s3"
+
+    def __init__(self, seaweed, small_fs_mb: float | None = None) -> None:
+        self.bucket, self.server = seaweed, seaweed.server
+
+    def options(self) -> dict[str, str]:
+        return self.bucket.pgpush_options("/repo")
+
+    def reader(self):
+        return self.bucket.storage("/repo", timeout=10)
+
+    def fill(self) -> None:
+        raise NotApplicable("s3: SeaweedFS grows a new volume whenever one reaches -master.volumeSizeLimitMB "
+                            "(no store-wide quota), and the shared test server's data is not on a small file "
+                            "system, so a full S3 store cannot be made here")
+
+    def freeze(self) -> None:
+        self.server.freeze()
+
+    def thaw(self) -> None:
+        self.server.thaw()
+
+    def cut(self) -> None:
+        """Kill weed mid-transfer and start it again at once (same ports, same data)."""
+        self.server.kill()
+        self.server.start()
+
+    def down(self) -> None:
+        self.server.kill()
+
+    def up(self) -> None:
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.ensure_running()
+
+
+# ---------------------------------------------------------------------------------------------
+# faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One way things fail.
+
+    ``mid_file``: injected once the watched process holds a file it is transferring (else
+    before the work starts).  ``victim``: which process to watch, ``"transfer"`` (whichever
+    pgpush process moves the data), ``"worker"`` or ``"parent"``.  ``codes``: the exit codes a
+    user may see while the fault lasts (``-9`` is the killed process itself).
+    """
+
+    name: str
+    mid_file: bool
+    victim: str
+    inject: Callable[[Backend, int], None]
+    heal: Callable[[Backend], None]
+    codes: frozenset[int]
+    modes: tuple[str, ...] = ("sync", "async", "backup")
+
+
+def kill_process(_backend: Backend, pid: int) -> None:
+    """SIGKILL the pgpush process caught mid-file (the OOM killer, an operator's kill -9)."""
+    procs.signal_pids([pid], signal.SIGKILL)
+
+
+def no_heal(_backend: Backend) -> None:
+    """Nothing to undo (a killed process, a cut connection): the next run must recover by itself."""
+
+
+# ---------------------------------------------------------------------------------------------
+# finding pgpush's processes and catching them mid-file
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pgpush_pids(marker: Path, command: str) -> list[int]:
+    """Live pgpush processes of this test (their options name ``marker``) running ``command``.
+
+    Tests run in parallel: never look at, let alone kill, another test's processes."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and procs.pid_alive(int(entry)):
+            cmd = _cmdline(int(entry))
+            if "pgpush" in cmd and f" {command} " in f" {cmd} " and f"{marker}/" in cmd:
+                out.append(int(entry))
+    return out
+
+
+def _holds_file_under(pid: int, directory: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(directory) and not target.endswith("/"):
+            if os.path.isfile(target):
+                return True
+    return False
+
+
+def wait_mid_file(candidates: Callable[[], list[int]], directory: Path, timeout: float) -> int | None:
+    """The first candidate seen holding a file under ``directory`` open, or None after ``timeout`` s."""
+    prefix = str(directory) + "/"
+    deadline = time.monotonic() + timeout
+    pids: list[int] = []
+    next_scan = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_scan:
+            pids = candidates()
+            next_scan = time.monotonic() + 0.02
+        for pid in pids:
+            if _holds_file_under(pid, prefix):
+                return pid
+        time.sleep(0.001)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# what the repository holds
+
+
+def _walk(storage, directory: str) -> list[str]:
+    names = [f"{directory}/{f.name}" for f in storage.list(directory)]
+    for sub in storage.list_dirs(directory):
+        names += _walk(storage, f"{directory}/{sub}")
+    return names
+
+
+def check_archive(storage) -> dict[str, str]:
+    """Every WAL file stored under its final name is whole: it decompresses and its SHA-1 is its name's.
+
+    Returns ``{wal name: sha1}``.  A name stored twice, or a damaged file, fails the assertion."""
+    from pgpush import compress
+
+    found: dict[str, str] = {}
+    damaged = []
+    for name in _walk(storage, f"archive/{STANZA}"):
+        m = ARCHIVED_RE.match(name.rsplit("/", 1)[-1])
+        if not m:
+            continue
+        try:
+            data = b"".join(compress.decompress(storage.read_chunks(name), compress.type_of(name)))
+            digest = hashlib.sha1(data).hexdigest()
+        except ValueError as exc:
+            digest = f"undecodable ({exc})"
+        if digest != m.group(2):
+            damaged.append(f"{name}: content {digest}")
+        assert m.group(1) not in found, f"WAL {m.group(1)} stored twice: {name}"
+        found[m.group(1)] = m.group(2)
+    assert not damaged, f"acknowledged names with damaged content: {damaged}"
+    return found

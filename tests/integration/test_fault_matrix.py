@@ -1,0 +1,212 @@
+"""The fault matrix: every repository type x every fault x WAL (sync and async) and backup.
+
+Each cell runs real PostgreSQL as the client (archive_command = pgpush push, or pgpush backup
+on its data directory), injects one fault from tests/harness/faults.py, and checks the three
+promises of docs/operations.md:
+
+* nothing acknowledged that is not whole: every WAL file stored under its final name
+  decompresses to the SHA-1 its name carries, every segment PostgreSQL was told is archived is
+  in the repository, and every backup ``info`` calls DONE passes ``verify``;
+* the error code a user expects while the fault lasts (103 for a store that is full, frozen,
+  cut or down), as PostgreSQL's own log reports it, in one ``ERROR: [NNN]:`` line, never a
+  traceback;
+* recovery without a human once the fault is gone: archiving catches up, a later backup is DONE.
+
+Adding a repository type is one line in BACKENDS; adding a fault is one line in FAULTS.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from backup_env import backups, pg_opts
+from harness import faults, procs
+from harness.faults import Fault, NotApplicable
+from pgpush_env import Pgpush, sha1_file
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("fault_matrix")]
+
+SEG_MB = 4  # small segments, big enough for a transfer to be caught mid-file
+SMALL_FS_MB = 48  # room for a few segments and a backup of the small cluster
+HOST_TIMEOUT = 3
+ARCHIVE_TIMEOUT = 10
+OPTIONS = {"repo1-host-timeout": HOST_TIMEOUT, "archive-timeout": ARCHIVE_TIMEOUT, "process-max": 2}
+FAILURE_WAIT = ARCHIVE_TIMEOUT + 4 * HOST_TIMEOUT + 15  # how long a persistent fault may take to show
+BACKUP_DEADLINE = 90  # a backup that has not ended by then waits without an end
+STORE_DOWN = frozenset({103})
+ANY_ERROR = frozenset(range(2, 126))
+
+
+FAULTS = [
+    Fault("storage-full", False, "transfer", lambda b, _pid: b.fill(), lambda b: b.unfill(), STORE_DOWN),
+    Fault("storage-frozen", True, "transfer", lambda b, _pid: b.freeze(), lambda b: b.thaw(), STORE_DOWN),
+    Fault("connection-cut", True, "transfer", lambda b, _pid: b.cut(), faults.no_heal, STORE_DOWN),
+    Fault("worker-killed", True, "worker", faults.kill_process, faults.no_heal, ANY_ERROR, ("async", "backup")),
+    Fault("parent-killed", True, "parent", faults.kill_process, faults.no_heal, ANY_ERROR, ("async", "backup")),
+    Fault("host-rebooted", False, "transfer", lambda b, _pid: b.down(), lambda b: b.up(), STORE_DOWN),
+]
+PERSISTENT = {"storage-full", "storage-frozen", "host-rebooted"}  # must make PostgreSQL's calls fail
+BACKENDS = {
+    "posix": lambda req, small: faults.PosixBackend(req.getfixturevalue("work_dir"), small),
+    "sftp": lambda req, small: faults.SftpBackend(req.getfixturevalue("sshd"), small),
+    "s3": lambda req, small: faults.S3Backend(req.getfixturevalue("seaweed"), small),
+}
+CELLS = [pytest.param(b, f, m, id=f"{b}-{f.name}-{m}") for b in BACKENDS for f in FAULTS for m in f.modes]
+
+
+@pytest.fixture
+def backend(request, backend_name: str, fault: Fault):
+    try:
+        made = BACKENDS[backend_name](request, SMALL_FS_MB if fault.name == "storage-full" else None)
+    except NotApplicable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _inject(fault: Fault, backend, pid: int) -> None:
+    try:
+        fault.inject(backend, pid)
+    except NotApplicable as exc:
+        pytest.skip(str(exc))
+
+
+def _setup(pg_factory, pgpush_cmd, work_dir, backend, mode: str):
+    pp = Pgpush(pgpush_cmd, work_dir, repo=backend.options(), archive_async="y" if mode == "async" else "n",
+                **{k.replace("-", "_"): v for k, v in OPTIONS.items()})
+    pg = pg_factory("pg", wal_segsize_mb=SEG_MB, conf={
+        "archive_mode": "on", "archive_command": "", "wal_keep_size": "1GB", "max_wal_size": "1GB"})
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command()})
+    pg.reload()
+    pg.wait_archived(pg.switch_wal(), timeout=60)
+    return pp, pg
+
+
+def _candidates(work_dir: Path, mode: str, victim: str, backup_pid: int | None = None):
+    """The processes a fault watches: which pgpush process moves the data in this mode."""
+    if mode == "backup":
+        if victim == "parent":
+            return lambda: [backup_pid]
+        kids = lambda: procs.children_of(backup_pid)  # noqa: E731 - the pool's workers
+        return kids if victim == "worker" else lambda: [backup_pid, *kids()]
+    command = {("sync", "transfer"): "push", ("async", "transfer"): "worker", ("async", "worker"): "worker",
+               ("async", "parent"): "push-async"}[(mode, victim)]
+    return lambda: faults.pgpush_pids(work_dir, command)
+
+
+def _failures(pg, since: int) -> list[int]:
+    """Exit codes of the archive_command calls PostgreSQL saw fail since log offset ``since``."""
+    text = pg.log_file.read_bytes()[since:].decode(errors="replace")
+    return [int(c) for c in re.findall(r"archive command failed with exit code (\d+)", text)]
+
+
+def _assert_clean_errors(text: str) -> None:
+    """pgpush's stderr (raw lines in PostgreSQL's log): one ``ERROR: [NNN]:`` line per failure, no traceback."""
+    assert "Traceback" not in text, text[-3000:]
+    bad = [line for line in text.splitlines() if line.startswith("ERROR") and not re.match(r"ERROR: \[\d{3}\]: ", line)]
+    assert not bad, bad
+
+
+def _assert_archive_whole(pp, pg, backend, segments: list[str]) -> None:
+    """Every stored WAL file is whole; every segment PostgreSQL was told is archived is there."""
+    with backend.reader() as storage:
+        stored = faults.check_archive(storage)
+    for seg in segments:
+        assert seg in stored, f"{seg} acknowledged to PostgreSQL but not in the repository"
+        if (pg.wal_dir / seg).exists():
+            assert stored[seg] == sha1_file(pg.wal_dir / seg), seg
+
+
+@pytest.mark.parametrize(("backend_name", "fault", "mode"), CELLS)
+def test_fault_cell_acknowledges_only_whole_files_and_recovers(
+        request, pg_factory, pgpush_cmd, work_dir, backend, backend_name, fault, mode):
+    pp, pg = _setup(pg_factory, pgpush_cmd, work_dir, backend, mode)
+    if mode == "backup":
+        _backup_cell(pp, pg, backend, fault, work_dir)
+    else:
+        _wal_cell(pp, pg, backend, fault, mode, work_dir)
+
+
+def _wal_cell(pp, pg, backend, fault: Fault, mode: str, work_dir: Path) -> None:
+    since = pg.log_file.stat().st_size
+    if not fault.mid_file:
+        _inject(fault, backend, 0)
+    try:
+        segments = pg.generate_wal(3, random_payload=True, payload_bytes=(SEG_MB - 1) << 20)
+        if fault.mid_file:
+            pid = faults.wait_mid_file(_candidates(work_dir, mode, fault.victim), pg.wal_dir, timeout=30)
+            assert pid is not None, f"no pgpush {fault.victim} process caught transferring WAL"
+            _inject(fault, backend, pid)
+        if fault.name in PERSISTENT:
+            procs.wait_for(lambda: _failures(pg, since), FAILURE_WAIT, 0.2, "PostgreSQL to see archive_command fail")
+    finally:
+        fault.heal(backend)
+    codes = _failures(pg, since)
+    assert set(codes) <= fault.codes, f"exit codes seen by PostgreSQL: {codes}"
+    last = pg.switch_wal()
+    pg.wait_archived(last, timeout=120)  # recovery without a human
+    _assert_archive_whole(pp, pg, backend, segments + [last])
+    _assert_clean_errors(pg.log_file.read_bytes()[since:].decode(errors="replace"))
+
+
+def _backup_cell(pp, pg, backend, fault: Fault, work_dir: Path) -> None:
+    pg.sql("create table filler as select g, md5(g::text) m from generate_series(1, 100000) g")
+    if not fault.mid_file:
+        _inject(fault, backend, 0)
+    argv = ["runuser", "-u", "postgres", "--", *pp.argv("backup", "--type=full", "--wait",
+                                                          "--wait-timeout=20", *pg_opts(pg))]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if fault.mid_file:
+            runner = _backup_runner(proc.pid)
+            pid = faults.wait_mid_file(_candidates(work_dir, "backup", fault.victim, runner), pg.datadir, 30)
+            assert pid is not None, f"no backup {fault.victim} process caught reading the data directory"
+            _inject(fault, backend, pid)
+        try:
+            out, err = proc.communicate(timeout=BACKUP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"backup under {fault.name} still running after {BACKUP_DEADLINE}s (a wait without an end)")
+    finally:
+        fault.heal(backend)
+        if proc.poll() is None:
+            procs.kill_tree(proc.pid, sig=9)
+        proc.wait(timeout=10)
+    if proc.returncode > 0:  # a fault that struck after the last file may still end DONE (0)
+        expected = fault.codes | ({3} if fault.name not in PERSISTENT else set())
+        assert proc.returncode in expected, f"backup exited {proc.returncode}:\n{err}"
+        assert err.startswith("ERROR: ["), err
+        _assert_clean_errors(err)
+    elif fault.name in PERSISTENT:
+        pytest.fail(f"backup exited {proc.returncode} under {fault.name}:\n{out}\n{err}")
+    _assert_usable_backups_verify(pp)
+    res = pp.run("backup", "--type=full", "--wait", "--wait-timeout=60", *pg_opts(pg), timeout=BACKUP_DEADLINE)
+    assert res.returncode == 0, f"the backup after {fault.name} failed:\n{res.stdout}\n{res.stderr}"
+    assert "DONE" in {b["status"] for b in backups(pp).values()}
+    _assert_usable_backups_verify(pp)
+    with backend.reader() as storage:
+        faults.check_archive(storage)
+
+
+def _backup_runner(runuser_pid: int, timeout: float = 10) -> int:
+    """The pgpush backup process under ``runuser`` (its child)."""
+    found: list[int] = []
+
+    def child() -> bool:
+        found[:] = procs.children_of(runuser_pid)
+        return bool(found)
+
+    procs.wait_for(child, timeout, 0.005, "the backup process to start")
+    return found[0]
+
+
+def _assert_usable_backups_verify(pp) -> None:
+    """A backup ``info`` calls DONE must be whole: ``verify`` re-reads the repository."""
+    if any(b["status"] == "DONE" for b in backups(pp).values()):
+        res = pp.run("verify", timeout=120)
+        assert res.returncode == 0, f"verify failed with a DONE backup in the repository:\n{res.stdout}\n{res.stderr}"
