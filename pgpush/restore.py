@@ -26,24 +26,32 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import grp
 import hashlib
 import os
-import pwd
-import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from pgpush import catalog, parallel, readahead, recovery, spool
+from pgpush import catalog, manifest_check, parallel, readahead, recovery, safepath
 from pgpush.catalog import DONE, WAITING, Catalog
+from pgpush.datadir import (
+    _owner,
+    check_locations,
+    clean,
+    clear_spool,
+    locate,
+    make_dirs,
+    prepare,
+    remap_tablespaces,
+    rewrite_tablespace_map,
+    tablespaces_in_use,
+)
 from pgpush.errors import (
     BackupSetInvalidError,
     FileReadError,
     OptionInvalidValueError,
     OptionRequiredError,
-    PathNotEmptyError,
-    PgRunningError,
+    PathCreateError,
 )
 from pgpush.log import LOG
 from pgpush.progress import Progress
@@ -63,7 +71,8 @@ SLICE = 32 * 1024  # stored bytes handed to the decoder at a time: its output st
 
 class FileJob(NamedTuple):
     name: str  # in the manifest (pg_data/...)
-    dest: str  # where it is written
+    root: str  # pg1-path or a tablespace location ...
+    parts: tuple[str, ...]  # ... and the path below it, opened without following a link (safepath)
     path: str  # in the repository
     sha1: str
     size: int
@@ -75,9 +84,14 @@ class FileJob(NamedTuple):
     repo_size: int | None  # stored size, from the manifest (a hint for the reader)
 
 
-def _sha1_file(path: str) -> str:
+    @property
+    def dest(self) -> str:
+        return os.path.join(self.root, *self.parts)
+
+
+def _sha1_file(job: FileJob) -> str:
     h = hashlib.sha1()
-    with open(path, "rb") as fh:
+    with open(safepath.open_file(job.root, job.parts, os.O_RDONLY), "rb") as fh:
         while chunk := fh.read(1024 * 1024):
             h.update(chunk)
     return h.hexdigest()
@@ -85,11 +99,8 @@ def _sha1_file(path: str) -> str:
 
 def _unchanged(job: FileJob) -> bool:
     """--delta: does the local file already have the manifest's size and SHA-1?"""
-    try:
-        st = os.lstat(job.dest)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == job.size and _sha1_file(job.dest) == job.sha1
+    st = safepath.lstat(job.root, job.parts)
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_size == job.size and _sha1_file(job) == job.sha1
 
 
 def _corrupt(job: FileJob, sha1: str, size: int) -> FileReadError:
@@ -104,7 +115,7 @@ def _write_all(fd: int, data) -> None:
 
 
 def _open_dest(job: FileJob) -> int:
-    return os.open(job.dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    return safepath.open_file(job.root, job.parts, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
 
 def _finish_dest(fd: int, job: FileJob) -> None:
@@ -193,7 +204,15 @@ def _decode_whole(repo: Repository, job: FileJob, data: bytes) -> bytes:
 
 
 def restore_files(repo: Repository, jobs: list[FileJob]) -> list[tuple[int, bool]]:
-    """One job of the pool: a big file alone (streamed), or a batch of small ones; one result per file.
+    """One job of the pool; a symbolic link met on the way to a file is refused (47), never followed."""
+    try:
+        return _restore_files(repo, jobs)
+    except safepath.UnsafePath as exc:
+        raise PathCreateError(f"unable to restore: {exc}") from None
+
+
+def _restore_files(repo: Repository, jobs: list[FileJob]) -> list[tuple[int, bool]]:
+    """Write a unit of files: a big file alone (streamed), or a batch of small ones; one result per file.
 
     A batch is read with ``Storage.read_many`` (sftp keeps many files in
     flight on the connection), each file decoded and checked in memory
@@ -364,185 +383,6 @@ def choose_backup(backups: list[dict], set_label: str | None, rtype: str, target
     raise BackupSetInvalidError("no backup to restore: the stanza has no DONE or WAITING_FOR_WALS backup")
 
 
-# -- the data directory -----------------------------------------------------------------------------
-
-
-def running_pid(pgdata: str) -> int | None:
-    """The pid in postmaster.pid when that process is alive (and not a zombie)."""
-    try:
-        with open(os.path.join(pgdata, "postmaster.pid")) as fh:
-            pid = int(fh.readline().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-        return None if state in ("Z", "X") else pid
-    except (FileNotFoundError, IndexError):
-        return None
-    except OSError:
-        return pid
-
-
-def _owner(entry: dict, fallback: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
-    if os.geteuid() != 0:
-        return None, None
-    try:
-        uid = pwd.getpwnam(entry["user"]).pw_uid if entry.get("user") else fallback[0]
-        gid = grp.getgrnam(entry["group"]).gr_gid if entry.get("group") else fallback[1]
-        return uid, gid
-    except KeyError:
-        return fallback
-
-
-def clean(pgdata: str, keep_files: set[str], keep_dirs: set[str], links: dict[str, str], major: int) -> int:
-    """Remove what the backup does not have (``--delta``/``--force``); returns how many entries were removed.
-
-    Inside a tablespace only this cluster's ``PG_<major>_*`` directory is
-    touched: the same location may hold another version's cluster.
-    """
-    removed = 0
-
-    def walk(path: str, rel: str) -> None:
-        nonlocal removed
-        for entry in os.scandir(path):
-            name = f"{rel}/{entry.name}"
-            if rel in links and not entry.name.startswith(f"PG_{major}_"):
-                continue
-            if entry.is_symlink():
-                if links.get(name) == os.readlink(entry.path):
-                    walked.add(name)
-                    walk(entry.path, name)
-                    continue
-                os.unlink(entry.path)
-            elif entry.is_dir(follow_symlinks=False):
-                if name in keep_dirs:
-                    walk(entry.path, name)
-                    continue
-                shutil.rmtree(entry.path)
-            elif name not in keep_files:
-                os.unlink(entry.path)
-            else:
-                continue
-            removed += 1
-            LOG.detail(f"removed '{entry.path}': not in the backup")
-
-    walked: set[str] = set()
-    walk(pgdata, PREFIX)
-    for name, dest in links.items():  # a tablespace whose link is not (yet) in the data directory
-        if name not in walked and os.path.isdir(dest):
-            walk(dest, name)
-    return removed
-
-
-def prepare(pgdata: str, delta: bool, force: bool) -> bool:
-    """Check the data directory; True when it holds files to compare/replace."""
-    pid = running_pid(pgdata)
-    if pid is not None:
-        raise PgRunningError(f"unable to restore while PostgreSQL is running (postmaster.pid in '{pgdata}' names live "
-                             f"process {pid})\nHINT: stop PostgreSQL first")
-    if not os.path.exists(pgdata):
-        os.makedirs(pgdata, mode=0o700)
-        return False
-    if not os.path.isdir(pgdata):
-        raise PathNotEmptyError(f"pg1-path '{pgdata}' is not a directory")
-    if not os.listdir(pgdata):
-        return False
-    if not (delta or force):
-        raise PathNotEmptyError(f"unable to restore to '{pgdata}': the directory is not empty\n"
-                                "HINT: use --delta to rewrite only what changed, or --force to rewrite everything")
-    return True
-
-
-def tablespaces_in_use(manifest: dict, delta: bool, force: bool) -> bool:
-    """Does a tablespace location already hold this version's directory?  Refused without --delta/--force."""
-    prefix = f"PG_{int(manifest['backup']['pg_version'])}_"
-    for link in manifest.get("links", []):
-        dest = link["destination"]
-        busy = [n for n in (os.listdir(dest) if os.path.isdir(dest) else []) if n.startswith(prefix)]
-        if busy:
-            if not (delta or force):
-                raise PathNotEmptyError(
-                    f"unable to restore tablespace {link['name'].rsplit('/', 1)[-1]} into '{dest}': it already holds "
-                    f"'{busy[0]}' (a running cluster's, or an earlier restore's)\n"
-                    "HINT: use --delta or --force to overwrite it, or move it away")
-            return True
-    return False
-
-
-def remap_tablespaces(cfg, manifest: dict) -> dict[str, str]:
-    """Apply ``--tablespace-map`` / ``--tablespace-map-all`` to the manifest's links; returns {OID: new path}.
-
-    A restore next to the running original (a test restore on the same host) needs its
-    tablespaces elsewhere; the links in ``pg_tblspc`` and the ``tablespace_map`` file
-    (which PostgreSQL reads at start-up to recreate those links) then name the new places.
-    """
-    def usable(path: str) -> bool:  # tablespace_map cannot hold a line break in a path we write
-        return os.path.isabs(path) and "\n" not in path and "\r" not in path
-
-    links = {ln["name"].rsplit("/", 1)[-1]: ln for ln in manifest.get("links", [])}
-    wanted: dict[str, str] = {}
-    every = cfg.get("tablespace-map-all")
-    if every:
-        if not usable(str(every)):
-            raise OptionInvalidValueError(f"option 'tablespace-map-all' must be an absolute path, not '{every}'")
-        wanted = {oid: os.path.join(str(every), oid) for oid in links}
-    for item in [i.strip() for i in str(cfg.get("tablespace-map") or "").split(",") if i.strip()]:
-        oid, sep, path = item.partition("=")
-        oid, path = oid.strip(), path.strip()
-        if not sep or not oid.isdigit() or not usable(path):
-            raise OptionInvalidValueError(f"option 'tablespace-map' has invalid value '{item}': OID=ABSOLUTE_PATH is expected")
-        if oid not in links:
-            known = ", ".join(sorted(links)) or "none"
-            raise OptionInvalidValueError(
-                f"option 'tablespace-map' names tablespace {oid}, which is not in the backup (its tablespaces: {known})")
-        wanted[oid] = os.path.normpath(path)
-    for oid, path in wanted.items():
-        LOG.info(f"tablespace {oid}: '{links[oid]['destination']}' restored to '{path}'")
-        links[oid]["destination"] = path
-    return wanted
-
-
-def rewrite_tablespace_map(pgdata: str, remapped: dict[str, str]) -> None:
-    """Point the restored ``tablespace_map`` at the new locations (PostgreSQL recreates links from it)."""
-    path = os.path.join(pgdata, "tablespace_map")
-    if not remapped or not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8", newline="") as fh:
-        lines = fh.read().split("\n")
-    out = []
-    for line in lines:
-        oid = line.split(" ", 1)[0]
-        if oid in remapped:  # "OID PATH", a backslash before \\, \n and \r in PATH (remap_tablespaces refuses the last two)
-            line = f"{oid} " + remapped[oid].replace("\\", "\\\\")
-        out.append(line)
-    st = os.stat(path)
-    tmp = path + ".pgpush.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write("\n".join(out))
-    os.chmod(tmp, stat.S_IMODE(st.st_mode))
-    if os.geteuid() == 0:
-        os.chown(tmp, st.st_uid, st.st_gid)
-    os.replace(tmp, path)
-
-
-def clear_spool(cfg) -> None:
-    """Empty ``SPOOL/archive/STANZA/in/``: stale prefetched WAL must never reach the restored cluster."""
-    path = os.path.join(spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza), "in")
-    try:
-        names = os.listdir(path)
-    except FileNotFoundError:
-        return
-    for name in names:
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full, ignore_errors=True)
-        else:
-            spool.remove(full)
-    if names:
-        LOG.info(f"removed {len(names)} file(s) from the asynchronous get spool '{path}'")
-
-
 # -- the command ------------------------------------------------------------------------------------
 
 
@@ -560,15 +400,13 @@ def _options(cfg) -> tuple[str, str | None, str]:
     return rtype, target, str(cfg["target-action"])
 
 
-def _path(pgdata: str, name: str) -> str:
-    return pgdata if name == PREFIX else os.path.join(pgdata, name[len(PREFIX) + 1:])
-
-
 def run(cfg) -> str:
     try:
         return _run(cfg)
     except OSError as exc:
         raise parallel.local_error(exc) from None
+    except safepath.UnsafePath as exc:
+        raise PathCreateError(f"unable to restore: {exc}") from None
 
 
 def _run(cfg) -> str:
@@ -583,16 +421,17 @@ def _run(cfg) -> str:
         record, why = choose_backup(backups, cfg.get("set"), rtype, target)
         label = record["label"]
         LOG.info(f"restoring backup {label} ({why}) into '{pgdata}'")
-        manifest = cat.read_manifest(label)
+        manifest = manifest_check.check(cat.read_manifest(label), label)
         remapped = remap_tablespaces(cfg, manifest)
+        check_locations(pgdata, {ln["name"]: ln["destination"] for ln in manifest.get("links", [])})
         existing = prepare(pgdata, delta, force)
         existing = tablespaces_in_use(manifest, delta, force) or existing
         clear_spool(cfg)
-        written, kept = _restore(cfg, repo, cat, manifest, pgdata, existing, compare=existing and not force)
+        written, kept = _restore(cfg, repo, cat, label, manifest, pgdata, existing, compare=existing and not force)
         rewrite_tablespace_map(pgdata, remapped)
         pg_dir = next(d for d in manifest["dirs"] if d["name"] == PREFIX)
         uid, gid = _owner(pg_dir, (None, None))
-        recovery.write(pgdata, int(record["pg_version"]), rtype, recovery.settings(cfg, rtype, target, action), uid, gid)
+        recovery.write(pgdata, manifest["backup"]["pg_version"], rtype, recovery.settings(cfg, rtype, target, action), uid, gid)
         make_durable([pgdata, *(link["destination"] for link in manifest.get("links", []))])
     finally:
         repo.storage.close()
@@ -604,57 +443,34 @@ def _run(cfg) -> str:
     return message + "\nHINT: start PostgreSQL to recover"
 
 
-def _make_dirs(pgdata: str, dirs: list[dict], links: dict[str, str], root_owner) -> None:
-    """Directories, then tablespace links (their target created), then the directories inside them."""
-    def under_link(name: str) -> bool:
-        return any(name.startswith(link + "/") for link in links)
-
-    for d in [d for d in dirs if not under_link(d["name"])]:
-        _make_dir(_path(pgdata, d["name"]), d, root_owner)
-    for name, dest in links.items():
-        path = _path(pgdata, name)
-        os.makedirs(dest, mode=0o700, exist_ok=True)
-        if os.path.islink(path) and os.readlink(path) != dest:
-            os.unlink(path)
-        if not os.path.lexists(path):
-            os.symlink(dest, path)
-        uid, gid = root_owner
-        if uid is not None:
-            os.chown(dest, uid, gid)
-            os.lchown(path, uid, gid)
-    for d in [d for d in dirs if under_link(d["name"])]:
-        _make_dir(_path(pgdata, d["name"]), d, root_owner)
-
-
-def _make_dir(path: str, d: dict, root_owner) -> None:
-    mode = int(d["mode"], 8)
-    os.makedirs(path, mode=mode, exist_ok=True)
-    os.chmod(path, mode)
-    uid, gid = _owner(d, root_owner)
-    if uid is not None:
-        os.chown(path, uid, gid)
-
-
-def _restore(cfg, repo: Repository, cat: Catalog, manifest: dict, pgdata: str, existing: bool,
-             compare: bool) -> tuple[int, int]:
-    """Directories, tablespace links and files; returns (files written, files kept)."""
-    label = manifest["backup"]["label"]
-    files = {f["name"]: f for f in manifest["files"]}
-    dirs = sorted(manifest["dirs"], key=lambda d: d["name"])
-    links = {ln["name"]: ln["destination"] for ln in manifest.get("links", [])}
-    root_owner = _owner(next(d for d in dirs if d["name"] == PREFIX), (None, None))
-    major = int(manifest["backup"]["pg_version"])
-    if existing:
-        removed = clean(pgdata, set(files), {d["name"] for d in dirs}, links, major)
-        LOG.info(f"removed {removed} file(s) or directorie(s) not in the backup")
-    _make_dirs(pgdata, dirs, links, root_owner)
+def _jobs(cat: Catalog, label: str, files: dict[str, dict], pgdata: str, links: dict[str, str], root_owner,
+          compare: bool) -> list[FileJob]:
+    """One job per file; every repository path is found (a reference that is not a label is refused) before
+    anything is written."""
     jobs = []
     for f in files.values():
         ref = f.get("reference") or label
         uid, gid = _owner(f, root_owner)
-        jobs.append(FileJob(f["name"], _path(pgdata, f["name"]), f"{cat.label_dir(ref)}/{f['name']}{f['ext']}",
+        root, parts = locate(pgdata, f["name"], links)
+        jobs.append(FileJob(f["name"], root, tuple(parts), f"{cat.label_dir(ref)}/{f['name']}{f['ext']}",
                             f["sha1"], f["size"], int(f["mode"], 8), float(f["mtime"]), uid, gid, compare,
                             f.get("repo_size")))
+    return jobs
+
+
+def _restore(cfg, repo: Repository, cat: Catalog, label: str, manifest: dict, pgdata: str, existing: bool,
+             compare: bool) -> tuple[int, int]:
+    """Directories, tablespace links and files; returns (files written, files kept)."""
+    files = {f["name"]: f for f in manifest["files"]}
+    dirs = sorted(manifest["dirs"], key=lambda d: d["name"])
+    links = {ln["name"]: ln["destination"] for ln in manifest.get("links", [])}
+    root_owner = _owner(next(d for d in dirs if d["name"] == PREFIX), (None, None))
+    major = manifest["backup"]["pg_version"]
+    jobs = _jobs(cat, label, files, pgdata, links, root_owner, compare)
+    if existing:
+        removed = clean(pgdata, set(files), {d["name"] for d in dirs}, links, major)
+        LOG.info(f"removed {removed} file(s) or directorie(s) not in the backup")
+    make_dirs(pgdata, dirs, links, root_owner)
     progress = Progress(f"restore {label}", len(jobs), sum(f["size"] for f in files.values()),
                         str(cfg["log-level-console"]))
     counts = [0, 0]

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from pgpush import restore
+from pgpush import datadir, restore
 from pgpush.restore import FileJob
 
 
 def _job(name: str, size: int, repo_size: int | None) -> FileJob:
-    return FileJob(name, f"/nowhere/{name}", f"repo/{name}", "0" * 40, size, 0o600, 0.0, None, None, False, repo_size)
+    return FileJob(name, "/nowhere", (name,), f"repo/{name}", "0" * 40, size, 0o600, 0.0, None, None, False, repo_size)
 
 
 def test_plan_big_files_alone_largest_first_then_batches():
@@ -118,11 +118,11 @@ def _manifest_with_links(*oids: str) -> dict:
 
 def test_tablespace_map_all_and_one_override():
     manifest = _manifest_with_links("16390", "16391")
-    remapped = restore.remap_tablespaces(_Cfg({"tablespace-map-all": "/new", "tablespace-map": "16391=/other/x/"}),
+    remapped = datadir.remap_tablespaces(_Cfg({"tablespace-map-all": "/new", "tablespace-map": "16391=/other/x/"}),
                                          manifest)
     assert remapped == {"16390": "/new/16390", "16391": "/other/x"}
     assert [ln["destination"] for ln in manifest["links"]] == ["/new/16390", "/other/x"]
-    assert restore.remap_tablespaces(_Cfg(), _manifest_with_links("1")) == {}
+    assert datadir.remap_tablespaces(_Cfg(), _manifest_with_links("1")) == {}
 
 
 @pytest.mark.parametrize("value", ["16390", "16390=", "16390=rel", "x=/abs", "1=/abs", "16390=/a\nb"])
@@ -130,12 +130,12 @@ def test_tablespace_map_refuses_bad_values(value):
     from pgpush.errors import OptionInvalidValueError
 
     with pytest.raises(OptionInvalidValueError):
-        restore.remap_tablespaces(_Cfg({"tablespace-map": value}), _manifest_with_links("16390"))
+        datadir.remap_tablespaces(_Cfg({"tablespace-map": value}), _manifest_with_links("16390"))
 
 
 def test_tablespace_map_file_rewritten_for_remapped_entries_only(tmp_path):
     (tmp_path / "tablespace_map").write_text("16390 /old/a\n16391 /old/b\n")
     os.chmod(tmp_path / "tablespace_map", 0o600)
-    restore.rewrite_tablespace_map(str(tmp_path), {"16391": "/new/with\\backslash"})
+    datadir.rewrite_tablespace_map(str(tmp_path), {"16391": "/new/with\\backslash"})
     assert (tmp_path / "tablespace_map").read_text() == "16390 /old/a\n16391 /new/with\\\\backslash\n"
     assert os.stat(tmp_path / "tablespace_map").st_mode & 0o777 == 0o600
