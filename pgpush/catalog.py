@@ -303,6 +303,9 @@ class Catalog:
     # -- manifests --
 
     def label_dir(self, label: str) -> str:
+        """A label read from the repository is a path part: anything but a label (``../x``) is refused (42)."""
+        if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
+            raise FileReadError(f"{self.path} names backup {label!r}, which is not a backup label: refused")
         return f"{self.repo.backup_root}/{label}"
 
     def manifest_path(self, label: str) -> str:
