@@ -19,7 +19,9 @@ def _bootstrap() -> None:
     try:
         _pgpush_bootstrap.bootstrap()
     except _pgpush_bootstrap.BootstrapError as exc:
-        sys.exit(f"pgpush: error: {exc}")
+        from pgpush.errors import PathCreateError  # reported by the guarded entry, as 047
+
+        raise PathCreateError(str(exc)) from None
 
 
 def _archive_first() -> None:

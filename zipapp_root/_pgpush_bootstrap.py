@@ -16,13 +16,18 @@ Cache directory: the first of these candidates that is usable and safe wins.
    effective user and is writable: postgres' HOME (/var/lib/postgresql) may
    not be, and root run with someone else's HOME must not create root-owned
    files in it;
-3. ``/tmp/pgpush-<uid>``.
+3. ``/tmp/pgpush-<uid>``;
+4. when none of these is usable (e.g. another local user created ``/tmp/pgpush-<uid>``
+   first), a private directory made for this process alone (``mkdtemp``: a new name, ours,
+   0700), extracted into on every start and removed at exit -- slow, but never stuck; a
+   warning says to set ``PGPUSH_CACHE``.
 
 A directory we create is created 0700.  "Safe" means: a real directory (a
 symlink is accepted only for ``$PGPUSH_CACHE``), owned by the effective uid and
 not writable by group or others.  A candidate that exists but is not safe is
 skipped with a warning on stderr; one that cannot be created or written is
-skipped silently.  If none works, :class:`BootstrapError` says what was tried.
+skipped silently.  If even the private directory fails, :class:`BootstrapError` says what
+was tried.
 
 Layout: ``<cache>/<build id>/site-packages`` where the build id is the first 16
 hex digits of the sha256 of the bundled site-packages (computed by shiv at build
@@ -303,7 +308,35 @@ def bootstrap(archive: str | None = None) -> str:
         activate(site_dir)
         _site_dir = site_dir
         return site_dir
+    try:
+        site_dir = _private_extract(archive, build, layout, tried)
+    except OSError as exc:
+        tried.append(f"a private temporary directory ({exc.strerror or exc})")
+    else:
+        activate(site_dir)
+        _site_dir = site_dir
+        return site_dir
     raise BootstrapError(
         "cannot extract the bundled packages, tried: " + "; ".join(tried)
         + ". Set PGPUSH_CACHE to a directory owned by this user."
     )
+
+
+def _private_extract(archive: str, build: str, layout: str, tried: list[str]) -> str:
+    """Extract into a new directory of our own, removed when this process exits.
+
+    ``mkdtemp`` creates a name nobody else can have made first, owned by us and 0700; it
+    is checked all the same (not a link, ours, not writable by others) before any use.
+    """
+    import atexit
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix=f"pgpush-{os.geteuid()}-private-")
+    atexit.register(_rmtree, root)
+    try:
+        _check(root, "private")
+    except _Unsafe as exc:
+        raise PermissionError(13, f"it {exc}", root) from None
+    sys.stderr.write(f"pgpush: warning: no cache directory is usable ({'; '.join(tried)}): extracting into {root}, "
+                     "removed at exit; set PGPUSH_CACHE to a directory owned by this user to avoid this\n")
+    return _ensure_extracted(archive, root, build, layout)

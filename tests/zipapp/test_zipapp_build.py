@@ -264,3 +264,38 @@ def test_bootstrap_error_is_reported(zipapp: Path, zipapp_dir: Path):
     proc = _run([PYTHON, "-IS", "-c", snippet])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"cannot extract the bundled packages, tried: {blocker / 'cache'} (")
+
+
+# --- the CLI through the zipapp -------------------------------------------------------------------------------
+
+
+def test_usage_error_in_a_cli_command_is_31_in_the_zipapp(zipapp: Path, zipapp_dir: Path):
+    """typer's usage errors (it vendors its own click; no `click` is bundled) read as pgBackRest's 31."""
+    env = {"HOME": "/nonexistent", "PGPUSH_CACHE": str(zipapp_dir / "cli-cache")}
+    proc = _run([str(zipapp), "stanza-create", "extra", "--log-level-file=off"], env=env)
+    assert (proc.returncode, proc.stderr) == (31, "ERROR: [031]: Got unexpected extra argument(s) (extra)\n")
+    proc = _run([str(zipapp), "help"], env=env)
+    assert proc.returncode == 0 and "Usage: pgpush" in proc.stdout, proc.stderr
+
+
+@pytest.mark.skipif(not (_is_root() and shutil.which("runuser")), reason="needs root and runuser")
+def test_cache_taken_by_another_user_falls_back_to_a_private_directory(zipapp: Path):
+    """Another user made /tmp/pgpush-<uid> first: the CLI still runs, from a private 0700 directory
+    of its own that is gone after the run (it was: exit 1 and no error code)."""
+    nobody = pwd.getpwnam("nobody")
+    squatted = Path(f"/tmp/pgpush-{nobody.pw_uid}")
+    if squatted.exists() and squatted.stat().st_uid == nobody.pw_uid:
+        pytest.skip(f"{squatted} belongs to nobody already")
+    created = not squatted.exists()
+    if created:
+        squatted.mkdir(mode=0o755)  # root's: not safe for nobody
+    try:
+        before = set(Path("/tmp").glob(f"pgpush-{nobody.pw_uid}-private-*"))
+        proc = _run([str(zipapp), "help"], env={"HOME": "/nonexistent"}, user="nobody")
+        assert proc.returncode == 0, proc.stderr
+        assert "Usage: pgpush" in proc.stdout
+        assert "no cache directory is usable" in proc.stderr and "PGPUSH_CACHE" in proc.stderr
+        assert set(Path("/tmp").glob(f"pgpush-{nobody.pw_uid}-private-*")) == before  # removed at exit
+    finally:
+        if created:
+            squatted.rmdir()
