@@ -35,7 +35,7 @@ POLL = 0.2
 
 def stale_after(cfg) -> float:
     """How long a holder may keep the lock: a few repository round trips, each bounded by the I/O timeout."""
-    return max(30.0, 4 * float(cfg["repo1-host-timeout"]))
+    return 4 * float(cfg["repo1-host-timeout"])
 
 
 def _age(repo: Repository, path: str) -> float | None:
