@@ -253,17 +253,19 @@ def test_concurrent_first_runs(zipapp: Path, zipapp_dir: Path, build_info: dict,
 
 
 def test_bootstrap_error_is_reported(zipapp: Path, zipapp_dir: Path):
-    """No usable cache directory: BootstrapError names what was tried."""
+    """No usable cache directory, not even a private one: BootstrapError names what was tried."""
     blocker = Path(tempfile.mkdtemp(prefix="blocked-", dir=zipapp_dir)) / "file"
     blocker.write_text("")
     snippet = (
         f"import sys; sys.path.insert(0, {str(zipapp)!r}); import _pgpush_bootstrap as b; "
         f"b.cache_candidates = lambda: [({str(blocker / 'cache')!r}, 'PGPUSH_CACHE')]\n"
+        f"import tempfile; tempfile.tempdir = {str(blocker / 'tmp')!r}\n"
         "try:\n b.bootstrap()\nexcept b.BootstrapError as e:\n print(e)"
     )
     proc = _run([PYTHON, "-IS", "-c", snippet])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"cannot extract the bundled packages, tried: {blocker / 'cache'} (")
+    assert "a private temporary directory (Not a directory)" in proc.stdout
 
 
 # --- the CLI through the zipapp -------------------------------------------------------------------------------
