@@ -1,8 +1,11 @@
 """Repository in a local directory (or an NFS mount).
 
-Durable writes: temporary file, fsync, ``link()`` to the final name (which
-fails instead of overwriting), unlink of the temporary name, fsync of the
-directory.  Files are 0640 and directories 0750: WAL is not world-readable.
+Durable writes: temporary file, fsync, a check that the file holds every
+byte written, ``link()`` to the final name (which fails instead of
+overwriting), unlink of the temporary name, fsync of the directory.  A full
+file system (ENOSPC) fails the write with the OS's words and removes the
+temporary file.  Files are 0640 and directories 0750: WAL is not
+world-readable.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ class PosixStorage(Storage):
                         view = view[n:]
                         written += n
                 os.fsync(fd)
+                stored = os.fstat(fd).st_size
+                if stored != written:  # a file system that lost writes without an error (NFS, FUSE)
+                    raise StorageError(f"unable to write '{name}': {stored} bytes stored of the {written} "
+                                       f"written ({self.description})")
             finally:
                 os.close(fd)
             if overwrite:

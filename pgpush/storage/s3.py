@@ -25,7 +25,9 @@ DeleteObjects and multipart upload.  See docs/s3.md.
   412 → :class:`FileExistsError`); a store that rejects the header is detected
   once per storage object and handled with a HEAD before the PUT (racy, see
   docs/s3.md).  Objects larger than one part (16 MiB) go up as a multipart
-  upload that is aborted on any failure.
+  upload that is aborted on any failure; once completed, a HEAD checks that
+  the object holds every byte sent (a single PUT is checked by the store
+  itself through its Content-MD5).
 - Transient failures (connection refused or reset, 5xx, 429, ``SlowDown``)
   are retried by one wrapper, :meth:`S3Client._retry`, with exponential
   backoff and jitter; a timeout is not retried (it has already waited the
@@ -756,7 +758,21 @@ class S3Storage(Storage):
         except BaseException:
             self._abort(name, key, upload_id)
             raise
+        self._check_stored_size(name, total)
         return total
+
+    def _check_stored_size(self, name: str, sent: int) -> None:
+        """A completed multipart object must hold every byte sent; one HEAD per large file.
+
+        Each part carried its Content-MD5, but which parts make the object is the store's
+        bookkeeping: a wrong size is removed, so nothing short stays under the name."""
+        info = self.info(name)
+        stored = info.size if info is not None else 0
+        if stored != sent:
+            if info is not None:
+                self.delete(name)
+            raise StorageError(f"unable to write '{name}': the store holds {stored} bytes of the {sent} sent "
+                               f"({self.description})")
 
     def _complete(self, name: str, key: str, upload_id: str, parts: list[tuple[int, str]], digests: list[bytes],
                   overwrite: bool) -> None:
