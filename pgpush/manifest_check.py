@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 
+from pgpush.catalog import LABEL_RE
 from pgpush.compress import EXTENSIONS
 from pgpush.errors import FileReadError
 from pgpush.safepath import UnsafePath, clean_absolute, clean_parts, inside
@@ -160,5 +161,5 @@ def _file_fields(f: dict, name: str) -> None:
     if not (isinstance(f.get("ext"), str) and f["ext"] in EXTS):
         raise Bad(f"file '{name}' has extension {f.get('ext')!r}")
     ref = f.get("reference")
-    if ref is not None and not isinstance(ref, str):
-        raise Bad(f"file '{name}' has reference {ref!r}")
+    if ref is not None and not (isinstance(ref, str) and LABEL_RE.fullmatch(ref)):
+        raise Bad(f"file '{name}' has reference {ref!r}, not a backup label")
