@@ -6,7 +6,11 @@ timeline, at most ``archive-get-queue-max`` bytes (the segment size comes
 from pg_control, never assumed), with ``process-max`` workers.  Files
 arrive as ``SEGMENT.pgpush.tmp`` and are renamed when complete and verified.
 It stops at the first segment the repository does not have and marks it
-``SEGMENT.ok``; files recovery no longer needs (older, or of another
+``SEGMENT.ok``, whose content is the request it answers: a "not in the
+repository" answer is only valid for the request that asked (the segment
+may be archived a moment later), so the foreground honours a marker carrying
+its own request only, and every new request clears the older markers and
+looks again.  Files recovery no longer needs (older, or of another
 timeline) are removed.  Get never discards anything recovery may still need.
 """
 
@@ -54,9 +58,13 @@ class GetParent(AsyncParent):
         return names
 
     def clean(self, present: list[str]) -> None:
-        """Remove what recovery no longer needs (older segments, other timelines) since it asked for ``self.first``."""
+        """Remove what recovery no longer needs (older segments, other timelines) since it asked for ``self.first``,
+        and every "missing" marker: each answered an older request, and a new request looks again."""
         for name in present:
             base = name[:24]
+            if name.endswith(".ok"):
+                spool.remove(os.path.join(self.qdir, name))
+                continue
             if not wal.SEGMENT_RE.fullmatch(base) or name.endswith(spool.TMP_SUFFIX):
                 continue
             if not self._wanted_now(base):
@@ -75,7 +83,7 @@ class GetParent(AsyncParent):
             if name in self.inflight or name in have or name + ".ok" in have or name + ".error" in have:
                 continue
             self.inflight.add(name)
-            pool.submit({"op": "get", "name": name, "dir": self.qdir})
+            pool.submit({"op": "get", "name": name, "dir": self.qdir, "request": self.done})
 
     def _wanted_now(self, name: str) -> bool:
         """Is ``name`` still of use to recovery: on the requested timeline, not older than the request?"""
@@ -96,8 +104,9 @@ class GetParent(AsyncParent):
         for other in os.listdir(self.qdir):  # prefetched beyond the hole: unusable for now
             if wal.SEGMENT_RE.fullmatch(other) and other > self.missing_at and other[:8] == self.missing_at[:8]:
                 spool.remove(os.path.join(self.qdir, other))
-        if not os.path.exists(os.path.join(self.qdir, self.missing_at + ".ok")):
-            spool.write_ok(self.qdir, self.missing_at)
+        marker = os.path.join(self.qdir, self.missing_at + ".ok")
+        if spool.read_status(marker) != self.done:
+            spool.write_atomic(self.qdir, self.missing_at + ".ok", (self.done or "").encode())
             LOG.info(f"unable to find {self.missing_at} in the archive")
 
     def _record(self, task: dict, result: dict) -> bool:
@@ -105,7 +114,9 @@ class GetParent(AsyncParent):
         name = task["name"]
         self.inflight.discard(name)
         if result["ok"] and result.get("missing"):
-            self._missing(name)
+            if task.get("request") == self.done:
+                self._missing(name)
+            # else: looked before the current request; _submit asks again for it
             return True
         if result["ok"]:
             spool.remove(os.path.join(self.qdir, name + ".error"))

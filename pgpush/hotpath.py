@@ -15,7 +15,7 @@ import time
 
 from pgpush import lock, spool, wal
 from pgpush.config import Config
-from pgpush.errors import ArchiveTimeoutError, FileMissingError, FormatError, error_from_text
+from pgpush.errors import ArchiveTimeoutError, FileMissingError, FormatError, PathCreateError, error_from_text
 from pgpush.log import LOG
 
 
@@ -166,23 +166,25 @@ def get(cfg: Config) -> int | None:
     started = False
     steps = _sleep_steps()
     last_check = 0.0
-    request_written = False
+    request: str | None = None  # what this call wrote into in/request
     while True:
         if _take(os.path.join(qdir, name), dest):
             LOG.info(f"found {name} in the archive asynchronously")
             _refill_if_low(cfg, sdir, qdir, name, pgdata)
             return 0
         ok = os.path.join(qdir, name + ".ok")
-        if spool.read_status(ok) is not None:
+        if request is not None and spool.read_status(ok) == request:
+            # Only the parent's answer to this very request: a marker written for an
+            # earlier one may be stale (the segment archived since); the parent looks again.
             spool.remove(ok)
             LOG.info(f"unable to find {name} in the archive asynchronously")
             return 1
         text = spool.read_status(os.path.join(qdir, name + ".error"))
-        if text is not None and request_written:
+        if text is not None and request is not None:
             spool.remove(os.path.join(qdir, name + ".error"))
             raise error_from_text(text)
         text = spool.read_status(os.path.join(qdir, spool.GLOBAL_ERROR))
-        if text is not None and request_written:
+        if text is not None and request is not None:
             # The repository is unreachable.  Exit 1 would end recovery as if the
             # archive were exhausted, so ride the outage out until archive-timeout,
             # restarting the parent, and fail with the real error only then.
@@ -192,9 +194,8 @@ def get(cfg: Config) -> int | None:
             if not lock.is_locked(lock.lock_path(sdir, "in")):
                 started = False
                 last_check = time.monotonic() + 0.5  # retry the parent about once a second
-        if not request_written:
-            _write_request(qdir, name)
-            request_written = True
+        if request is None:
+            request = _write_request(qdir, name)
         now = time.monotonic()
         if now >= deadline:
             raise ArchiveTimeoutError(
@@ -206,10 +207,13 @@ def get(cfg: Config) -> int | None:
         time.sleep(next(steps))
 
 
-def _write_request(qdir: str, name: str) -> None:
+def _write_request(qdir: str, name: str) -> str:
     """Name the segment recovery wants, with a tag unique to this call: asking again for a
-    segment the parent already found missing must still look like a new request to it."""
-    spool.write_atomic(qdir, "request", f"{name} {os.getpid()}-{time.monotonic_ns()}".encode())
+    segment the parent already found missing must still look like a new request to it.
+    Returns the request's text, which the parent's "missing" answer to it carries."""
+    text = f"{name} {os.getpid()}-{time.monotonic_ns()}"
+    spool.write_atomic(qdir, "request", text.encode())
+    return text
 
 
 def _take(src: str, dest: str) -> bool:
@@ -222,8 +226,8 @@ def _take(src: str, dest: str) -> bool:
     except OSError as exc:
         import errno
 
-        if exc.errno != errno.EXDEV:
-            raise
+        if exc.errno != errno.EXDEV:  # e.g. %p is a directory: say so with the path's code
+            raise PathCreateError(f"unable to write WAL file '{dest}': {exc.strerror}") from None
     import shutil
 
     tmp = dest + spool.TMP_SUFFIX
