@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from pgpush import config
@@ -192,3 +196,65 @@ def test_compress_level_checked_against_the_type(tmp_path, kind, good, bad):
 def test_compress_level_ignored_without_compression(tmp_path):
     path = write_conf(tmp_path, "[global]\ncompress-level=12\n[main]\ncompress-type=none\n")
     assert config.load(["--config", path, "--stanza=main", "push", "x"], {})["compress-level"] == 12
+
+
+# --- inputs that used to crash or hang ----------------------------------------------------------------------
+
+
+def test_non_utf8_byte_in_a_comment_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "pgpush.conf"
+    path.write_bytes(b"[global]\n# caf\xe9\nrepo1-path=/r\n")
+    with pytest.raises(OptionInvalidValueError) as err:
+        config.load(["--config", str(path), "info"], {})
+    assert str(err.value) == f"config file {path} line 2: not valid UTF-8 (byte 0xe9)"
+
+
+def test_config_that_is_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "pgpush.conf"
+    os.mkfifo(fifo)
+    # In a child: before the fix the open blocked for good (killed by the timeout here).
+    code = f"from pgpush import config\ntry:\n config.load(['--config', {str(fifo)!r}, 'info'], {{}})\nexcept Exception as e:\n print(e)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert out.stdout.strip() == f"config file {fifo} is not a regular file", out.stderr
+
+
+def test_duplicate_key_in_a_section_names_the_file_key_and_both_lines(tmp_path):
+    path = write_conf(tmp_path, "[global]\nrepo1-path=/a\n[main]\nprocess-max=2\n[global]\nrepo1-path=/b\n")
+    with pytest.raises(OptionInvalidValueError) as err:
+        config.load(["--config", path, "info"], {})
+    assert str(err.value) == (f"config file {path} line 6: option 'repo1-path' is set twice in section [global] "
+                              "(first on line 2)")
+
+
+@pytest.mark.parametrize("size", ["9e400", "9" * 30, "4097TB", "1e3MB", "１６MB", "-1", "nan", "inf"])
+def test_absurd_or_malformed_sizes_are_refused(size):
+    with pytest.raises(OptionInvalidValueError, match="archive-push-queue-max") as err:
+        config.load([f"--archive-push-queue-max={size}", "info"], {})
+    assert err.value.code == 32
+
+
+def test_sizes_are_exact_and_bounded():
+    assert config.parse_size("4096TB") == config.MAX_SIZE
+    assert config.parse_size("1.5KB") == 1536
+    assert config.parse_size("1234567890123457") == 1234567890123457  # no float rounding
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e309", "1e400", "-1", "31622401", "NaN"])
+def test_non_finite_or_absurd_durations_are_refused(value):
+    """archive-timeout=nan made the foreground wait forever (no deadline compares true with nan)."""
+    with pytest.raises(OptionInvalidValueError, match="archive-timeout") as err:
+        config.load([f"--archive-timeout={value}", "--stanza=main", "push", "x"], {})
+    assert err.value.code == 32
+
+
+@pytest.mark.parametrize(("key", "value"), [("pg1-port", "0"), ("pg1-port", "65536"), ("repo1-host-port", "99999999999"),
+                                            ("repo1-retention-full", "1" * 5000), ("process-max", "٣")])
+def test_integers_out_of_range_are_refused(key, value):
+    with pytest.raises(OptionInvalidValueError, match=key):
+        config.load([f"--{key}={value}", "info"], {})
+
+
+@pytest.mark.parametrize("stanza", ["..", ".", "...", "a" * 65, "a/b", ""])
+def test_stanza_that_is_not_a_safe_path_component_is_refused(stanza):
+    with pytest.raises(OptionInvalidValueError, match="stanza"):
+        config.load([f"--stanza={stanza}", "info"], {})
