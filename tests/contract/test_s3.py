@@ -407,12 +407,18 @@ def test_412_after_lost_answer_with_other_content_is_exists(stub_factory) -> Non
 
 
 def _multipart_store(fail_part: int | None = None, error_body_on_complete: int = 0,
-                     complete_status: int | None = None) -> tuple[Callable[[Req], Reply], dict]:
-    state = {"completes": 0, "aborted": False, "parts": {}}
+                     complete_status: int | None = None, lose_bytes: int = 0) -> tuple[Callable[[Req], Reply], dict]:
+    """A scripted store; once completed, the object holds the parts' bytes less ``lose_bytes``."""
+    state = {"completes": 0, "aborted": False, "parts": {}, "object": None, "deleted": False}
 
     def store(req: Req) -> Reply:
         if req.method == "HEAD":
-            return 404, {}, b""
+            if state["object"] is None:
+                return 404, {}, b""
+            return 200, {"Content-Length": str(state["object"])}, b""
+        if req.method == "DELETE" and not req.query:
+            state["object"], state["deleted"] = None, True
+            return 204, {}, b""
         if req.method == "POST" and req.query == "uploads=":
             return ok(b"<InitiateMultipartUploadResult><UploadId>U1</UploadId></InitiateMultipartUploadResult>")
         if req.method == "PUT" and "partNumber=" in req.query:
@@ -429,6 +435,7 @@ def _multipart_store(fail_part: int | None = None, error_body_on_complete: int =
                 return xml_error(complete_status, "PreconditionFailed" if complete_status == 412 else "NotImplemented")
             if state["completes"] <= error_body_on_complete:
                 return ok(b"<Error><Code>InternalError</Code><Message>try again</Message></Error>")
+            state["object"] = sum(len(part) for part in state["parts"].values()) - lose_bytes
             return ok(b"<CompleteMultipartUploadResult><ETag>\"x-2\"</ETag></CompleteMultipartUploadResult>")
         if req.method == "DELETE" and req.query == "uploadId=U1":
             state["aborted"] = True
@@ -449,6 +456,15 @@ def test_multipart_upload_parts_and_complete(stub_factory) -> None:
     assert state["completes"] == 2  # a 200 carrying <Error> is retried
     assert state["complete_headers"]["if-none-match"] == "*"
     assert not state["aborted"]
+
+
+def test_multipart_object_shorter_than_sent_is_removed_and_fails(stub_factory) -> None:
+    store, state = _multipart_store(lose_bytes=1)
+    stub = stub_factory(store)
+    with pytest.raises(StorageError, match=r"holds 12582911 bytes of the 12582912 sent") as err:
+        stub.storage(part_size=5 * MiB).put("big", [b"x" * (12 * MiB)])
+    assert err.value.code == 103
+    assert state["deleted"] and state["object"] is None
 
 
 def test_multipart_aborted_on_part_failure(stub_factory) -> None:
