@@ -202,9 +202,12 @@ def test_addressing_styles() -> None:
     assert (path.host, path.host_header, path.path("a/b"), path.path("")) == ("127.0.0.1", "127.0.0.1:8333", "/bkt/a/b", "/bkt")
 
 
+EMPTY_CONFIG = Path(__file__).with_name("empty.conf")  # a config file with no option in it
+
+
 def _cfg(env: dict[str, str]):
     base = {"PGPUSH_REPO1_TYPE": "s3", "PGPUSH_REPO1_S3_BUCKET": "bkt", "PGPUSH_REPO1_S3_ENDPOINT": "s3.example.com"}
-    return load(["info", "--config=/dev/null"], environ={**base, **env})
+    return load(["info", f"--config={EMPTY_CONFIG}"], environ={**base, **env})
 
 
 def test_from_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -583,7 +586,7 @@ def test_store_rejects_damaged_body(seaweed) -> None:
 
 def test_open_storage_from_options(seaweed) -> None:
     env = {f"PGPUSH_{k.upper().replace('-', '_')}": v for k, v in seaweed.pgpush_options("/some/prefix").items()}
-    cfg = load(["info", "--config=/dev/null"], environ=env)
+    cfg = load(["info", f"--config={EMPTY_CONFIG}"], environ=env)
     with open_storage(cfg) as st:
         assert isinstance(st, S3Storage)
         st.put("archive/main/archive.info", [b"{}"])
