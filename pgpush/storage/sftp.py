@@ -6,8 +6,13 @@ an SSH account with SFTP.
   first use (a *changed* key is refused always).
 - ``repo1-host-timeout`` bounds connect, authentication and every I/O, so a
   frozen host gives an error, never a hang.
-- Durable writes: temporary name, ``fsync@openssh.com``, then the plain SFTP
-  rename, which OpenSSH implements with ``link()`` and so never overwrites.
+- Durable writes: temporary name, every WRITE's status read and checked,
+  ``fsync@openssh.com``, the stored size compared with the bytes sent (see
+  :mod:`pgpush.storage.sftp_upload`: paramiko's own pipelined writes lose
+  the statuses of short files), then the plain SFTP rename, which OpenSSH
+  implements with ``link()`` and so never overwrites.  A full backup host
+  fails the put with "No space left on device" (103); the temporary file is
+  removed.
 - A lost connection is reported as transient (103); the next call opens a
   new connection, so a caller's retry works without special code.
 - Throughput: paramiko does its SSH packet work in Python, so the cost is per
