@@ -90,6 +90,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("archive-get-queue-max", "size", 128 * 1024 * 1024, "bytes of WAL prefetched by async get", "archive"),
     Option("archive-timeout", "duration", 60.0, "how long a foreground push/get waits for the async parent", "archive"),
     Option("process-max", "int", 1, "workers in the pool (async push/get, backup, restore)", "perf"),
+    Option("protocol-timeout", "duration", 1830.0, "longest wait for a worker's answer to one task (a WAL file, a backup file); past it the worker is killed and the run fails", "perf"),
     Option("compress-type", "choice", "zst", "compression of WAL and backup files", "perf", choices=("none", "gz", "zst", "lz4")),
     Option("compress-level", "int", None, "compression level: gz 0..9, zst 0..22, lz4 0..16 (checked when the command starts)", "perf", default_doc="type's default (gz 6, zst 3, lz4 1)"),
     Option("log-level-console", "choice", "warn", "console log level", "log", choices=("off", "error", "warn", "info", "detail", "debug")),

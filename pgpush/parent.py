@@ -36,7 +36,7 @@ class AsyncParent:
             argv = self_command() + ["worker", kind, f"--exec-id={LOG.exec_id}"] + self.cfg.to_argv()
             env = dict(os.environ)
             env.update(self.cfg.secret_env())
-            self.pool = WorkerPool(argv, int(self.cfg["process-max"]), env)
+            self.pool = WorkerPool(argv, int(self.cfg["process-max"]), env, timeout=float(self.cfg["protocol-timeout"]))
         return self.pool
 
     def work(self) -> bool:

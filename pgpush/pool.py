@@ -7,6 +7,12 @@ crosses a process boundary.  Tasks and results are JSON lines on the
 worker's stdin/stdout.  A worker that dies (kill -9, crash) yields a
 ``crashed`` result for its task and is replaced on the next submit; nothing
 is acknowledged for that task.
+
+Every wait on a worker has an end: a task not answered within ``timeout``
+seconds (``protocol-timeout``) gets its worker killed (SIGKILL, reaped) and a
+``timeout`` result, so a storage call that hangs for ever (a hung NFS mount,
+a frozen backup host) becomes a verdict the parent writes, never a parent
+that holds its lock and waits with it.
 """
 
 from __future__ import annotations
@@ -17,15 +23,19 @@ import selectors
 import subprocess
 import time
 
+REAP_WAIT = 5.0  # seconds to reap a killed worker (one stuck in the kernel cannot be waited for longer)
+
 
 class _Worker:
     def __init__(self, argv: list[str], env: dict[str, str]):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         self.task: dict | None = None
+        self.sent_at = 0.0
         self.buffer = b""
 
     def send(self, task: dict) -> None:
         self.task = task
+        self.sent_at = time.monotonic()
         self.proc.stdin.write(json.dumps(task).encode() + b"\n")
         self.proc.stdin.flush()
 
@@ -37,14 +47,22 @@ class _Worker:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL and reap, waiting at most ``REAP_WAIT`` (a process in uninterruptible I/O dies later)."""
+        try:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(REAP_WAIT)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
 
 class WorkerPool:
-    def __init__(self, argv: list[str], size: int, env: dict[str, str] | None = None):
+    def __init__(self, argv: list[str], size: int, env: dict[str, str] | None = None, timeout: float | None = None):
         self.argv = argv
         self.size = max(1, size)
+        self.timeout = timeout
         self.env = dict(os.environ if env is None else env)
         self.workers: list[_Worker] = []
         self.selector = selectors.DefaultSelector()
@@ -63,6 +81,27 @@ class WorkerPool:
             pass
         self.workers.remove(worker)
         worker.stop(timeout=1.0)
+
+    def _next_expiry(self) -> float | None:
+        """When the oldest unanswered task runs out of time (None: no limit, or nothing out)."""
+        if self.timeout is None:
+            return None
+        started = [w.sent_at for w in self.workers if w.task is not None]
+        return min(started) + self.timeout if started else None
+
+    def _expire(self) -> list[tuple[dict, dict]]:
+        """Kill every worker whose task has run past ``timeout``; a failed result for each task."""
+        out = []
+        now = time.monotonic()
+        for worker in [w for w in self.workers if w.task is not None and now - w.sent_at >= self.timeout]:
+            task = worker.task
+            worker.kill()
+            self._drop(worker)
+            what = os.path.basename(str(task.get("path") or task.get("name") or task.get("op")))
+            out.append((task, {"ok": False, "code": 103, "global": True, "timeout": True,
+                               "message": f"unable to find a valid repository: no answer within protocol-timeout "
+                                          f"({self.timeout:g}s) while working on '{what}': worker process killed"}))
+        return out
 
     @property
     def busy(self) -> int:
@@ -90,7 +129,8 @@ class WorkerPool:
         out: list[tuple[dict, dict]] = []
         deadline = None if timeout is None else time.monotonic() + timeout
         while not out and self.busy:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ends = [t for t in (deadline, self._next_expiry()) if t is not None]
+            wait = max(0.0, min(ends) - time.monotonic()) if ends else None
             events = self.selector.select(wait)
             if not events and deadline is not None and time.monotonic() >= deadline:
                 break
@@ -113,6 +153,8 @@ class WorkerPool:
                     line, worker.buffer = worker.buffer.split(b"\n", 1)
                     task, worker.task = worker.task, None
                     out.append((task, json.loads(line)))
+            if self.timeout is not None:
+                out.extend(self._expire())
         return out
 
     def close(self) -> None:
