@@ -43,6 +43,7 @@ from paramiko.sftp import (
     CMD_DATA,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
+    CMD_FSETSTAT,
     CMD_HANDLE,
     CMD_OPEN,
     CMD_READ,
@@ -402,12 +403,13 @@ class SftpStorage(Storage):
         failed upload's space is freed once the temporary file is removed."""
         attrs = SFTPAttributes()
         attrs.st_mode = 0o640
-        t, msg = sftp._request(CMD_OPEN, tmp, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+        t, msg = sftp_upload.checked_request(sftp, "open", CMD_OPEN, tmp, flags, attrs)
         if t != CMD_HANDLE:
             raise WriteFailed(f"unexpected SFTP reply {t} to open")
         handle = msg.get_binary()
         try:
-            sftp.chmod(tmp, 0o640)
+            sftp_upload.checked_request(sftp, "chmod", CMD_FSETSTAT, handle, attrs)
             written = sftp_upload.write_all(sftp, handle, chunks, self._io_size)
             sftp_upload.fsync_and_check(sftp, handle, written)
         except BaseException:

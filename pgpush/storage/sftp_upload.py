@@ -92,7 +92,7 @@ def write_all(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes],
     return offset
 
 
-def _checked(sftp: paramiko.SFTPClient, what: str, t: int, *args) -> tuple[int, paramiko.Message]:
+def checked_request(sftp: paramiko.SFTPClient, what: str, t: int, *args) -> tuple[int, paramiko.Message]:
     """One synchronous request; a refusal by the server (an error status, which paramiko raises
     as a plain OSError) becomes :class:`WriteFailed`.  A lost connection (timeout, EOF) passes
     through as it is: that is transient, a refusal is not."""
@@ -106,8 +106,8 @@ def _checked(sftp: paramiko.SFTPClient, what: str, t: int, *args) -> tuple[int, 
 
 def fsync_and_check(sftp: paramiko.SFTPClient, handle: bytes, written: int) -> None:
     """``fsync@openssh.com`` the handle, then make sure the server holds exactly ``written`` bytes."""
-    _checked(sftp, "fsync", CMD_EXTENDED, "fsync@openssh.com", handle)
-    t, msg = _checked(sftp, "fstat", CMD_FSTAT, handle)
+    checked_request(sftp, "fsync", CMD_EXTENDED, "fsync@openssh.com", handle)
+    t, msg = checked_request(sftp, "fstat", CMD_FSTAT, handle)
     if t != CMD_ATTRS:
         raise WriteFailed(f"unexpected SFTP reply {t} to fstat")
     size = SFTPAttributes._from_msg(msg).st_size
@@ -117,7 +117,7 @@ def fsync_and_check(sftp: paramiko.SFTPClient, handle: bytes, written: int) -> N
 
 def close_handle(sftp: paramiko.SFTPClient, handle: bytes) -> None:
     """Close ``handle`` and check the answer (paramiko's ``SFTPFile.close`` ignores a failed close)."""
-    _checked(sftp, "close", CMD_CLOSE, handle)
+    checked_request(sftp, "close", CMD_CLOSE, handle)
 
 
 def free_bytes(sftp: paramiko.SFTPClient, path: str) -> int | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Backend:
     freeze: Callable[[], None] | None = None  # the server accepts connections and never answers
     thaw: Callable[[], None] | None = None
     incomplete_uploads: Callable[[], list] | None = None
+    root: Path | None = None  # where a file system backend's files are, to look at their modes
 
 
 def _posix_backend(tmp_path: Path) -> Backend:
@@ -59,7 +61,7 @@ def _posix_backend(tmp_path: Path) -> Backend:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
 
-    return Backend("posix", lambda timeout=10: PosixStorage(str(root)), raw_names, plant)
+    return Backend("posix", lambda timeout=10: PosixStorage(str(root)), raw_names, plant, root=root)
 
 
 def _sftp_backend(request: pytest.FixtureRequest) -> Backend:
@@ -85,7 +87,7 @@ def _sftp_backend(request: pytest.FixtureRequest) -> Backend:
         os.chmod(path, 0o644)
 
     return Backend("sftp", make, raw_names, plant, down=server.stop, up=server.start,
-                   freeze=server.freeze, thaw=server.thaw)
+                   freeze=server.freeze, thaw=server.thaw, root=root)
 
 
 def _s3_backend(request: pytest.FixtureRequest) -> Backend:
@@ -177,6 +179,17 @@ def test_put_read_roundtrip(backend: Backend, storage: Storage, size: int) -> No
     assert b"".join(got) == data
     assert storage.read("d/file") == data
     no_leftovers(backend, "d")
+
+
+def test_put_files_and_directories_not_world_readable(backend: Backend, storage: Storage) -> None:
+    """WAL and backups hold the database's data: 0640 files, 0750 directories, whatever the umask."""
+    if backend.root is None:
+        pytest.skip("an object store has no file modes")
+    storage.put("d/e/new", [b"x"])
+    storage.put("d/e/new", [b"y"], overwrite=True)
+    storage.put("d/e/big", chunks(payload(3 * MiB)))
+    modes = {name: stat.S_IMODE(os.stat(backend.root / name).st_mode) for name in ("d", "d/e", "d/e/new", "d/e/big")}
+    assert modes == {"d": 0o750, "d/e": 0o750, "d/e/new": 0o640, "d/e/big": 0o640}
 
 
 def test_odd_chunk_sizes(storage: Storage) -> None:
