@@ -11,8 +11,11 @@ a backup whose files point nowhere.  Both take this lock for the short part wher
 
 It is a file written with a put that never overwrites, so it works the same on posix, SFTP
 and S3 (the hosts running backup and expire share nothing else).  Its body names the holder
-and when it took it.  A lock older than :func:`stale_after` was left by a crashed process and
-is broken; a waiter gives up after the same time with error 50 (pgBackRest's lock error).
+and when it took it.  A lock older than :func:`stale_after` was left by a crashed process: a
+waiter breaks it (with a warning) and goes on, so a crash never blocks backups and expire for
+good.  A waiter that still has not got the lock after twice that time (the lock is taken again
+and again, or its time stamp is in the future: clocks differ) fails with error 50, pgBackRest's
+lock error.
 """
 
 from __future__ import annotations
@@ -51,11 +54,11 @@ def _age(repo: Repository, path: str) -> float | None:
 
 @contextmanager
 def catalog_lock(cfg, repo: Repository, command: str) -> Iterator[None]:
-    """Hold the stanza's catalog lock for the body; waits at most :func:`stale_after` for it."""
+    """Hold the stanza's catalog lock for the body; waits at most twice :func:`stale_after` for it."""
     path = f"{repo.backup_root}/{LOCK_NAME}"
     limit = stale_after(cfg)
     body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command, "time": time.time()})
-    deadline = time.monotonic() + limit
+    deadline = time.monotonic() + 2 * limit
     while True:
         try:
             repo.storage.put(path, [body.encode()])
@@ -68,8 +71,8 @@ def catalog_lock(cfg, repo: Repository, command: str) -> Iterator[None]:
                 repo.storage.delete(path)
                 continue
         if time.monotonic() >= deadline:
-            raise PgPushError(f"unable to acquire the catalog lock of stanza '{repo.stanza}' within {limit:g}s: "
-                              "another backup or expire holds it", LOCK_ERROR)
+            raise PgPushError(f"unable to acquire the catalog lock of stanza '{repo.stanza}' within {2 * limit:g}s: "
+                              f"another backup or expire holds it ({path})", LOCK_ERROR)
         time.sleep(POLL)
     try:
         yield
