@@ -68,7 +68,10 @@ def _list(value: object, what: str) -> list:
 
 def _name(entry: dict, kind: str) -> str:
     name = entry.get("name")
-    parts = clean_parts(name)
+    try:
+        parts = clean_parts(name)
+    except UnsafePath as exc:
+        raise Bad(f"{kind} name {exc}") from None
     if parts[0] != PREFIX:
         raise Bad(f"{kind} name '{name}' is not under '{PREFIX}'")
     return name  # type: ignore[return-value]
