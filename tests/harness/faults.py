@@ -28,7 +28,7 @@ from pathlib import Path
 from . import procs, tmpfs
 
 __all__ = ["Backend", "Fault", "NotApplicable", "PosixBackend", "S3Backend", "SftpBackend", "check_archive",
-           "kill_process", "no_heal", "pgpush_pids", "wait_mid_file"]
+           "kill_parent", "kill_process", "no_heal", "parent_of", "pgpush_pids", "wait_mid_file"]
 
 STANZA = "main"
 ARCHIVED_RE = re.compile(r"^([0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)-([0-9a-f]{40})(\.\w+)?$")
@@ -246,8 +246,8 @@ class Fault:
 
     ``mid_file``: injected once the watched process holds a file it is transferring (else
     before the work starts).  ``victim``: which process to watch, ``"transfer"`` (whichever
-    pgpush process moves the data), ``"worker"`` or ``"parent"``.  ``codes``: the exit codes a
-    user may see while the fault lasts (``-9`` is the killed process itself).
+    pgpush process moves the data) or ``"worker"`` (a pool worker: ``inject`` may then strike
+    its parent).  ``codes``: the exit codes a user may see while the fault lasts.
     """
 
     name: str
@@ -262,6 +262,17 @@ class Fault:
 def kill_process(_backend: Backend, pid: int) -> None:
     """SIGKILL the pgpush process caught mid-file (the OOM killer, an operator's kill -9)."""
     procs.signal_pids([pid], signal.SIGKILL)
+
+
+def kill_parent(_backend: Backend, pid: int) -> None:
+    """SIGKILL the parent of the worker caught mid-file (the async parent, the backup command)."""
+    procs.signal_pids([parent_of(pid)], signal.SIGKILL)
+
+
+def parent_of(pid: int) -> int:
+    """The parent process id of ``pid`` (from /proc)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(line.split()[1] for line in fh if line.startswith("PPid:")))
 
 
 def no_heal(_backend: Backend) -> None:
