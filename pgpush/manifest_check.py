@@ -34,12 +34,12 @@ class Bad(ValueError):
     """One reason a manifest is refused (turned into a FileReadError naming the backup)."""
 
 
-def check(manifest: object, label: str) -> dict:
-    """``manifest`` when it is safe and well-formed, else FileReadError (42) saying why."""
+def check(manifest: object, label: str, outcome: str = "nothing was restored") -> dict:
+    """``manifest`` when it is safe and well-formed, else FileReadError (42) saying why (and ``outcome``)."""
     try:
         _check(manifest)
     except (Bad, UnsafePath) as exc:
-        raise FileReadError(f"manifest of backup '{label}' is corrupt: {exc}; nothing was restored") from None
+        raise FileReadError(f"manifest of backup '{label}' is corrupt: {exc}; {outcome}") from None
     return manifest  # type: ignore[return-value]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pgpush import catalog, parallel, wal
+from pgpush import catalog, manifest_check, parallel, wal
 from pgpush.catalog import Catalog
 from pgpush.errors import FileReadError, PgPushError
 from pgpush.log import LOG
@@ -78,7 +78,7 @@ def _backup_jobs(cat: Catalog, backups: list[dict], problems: list[str]) -> list
     manifests: dict[str, dict] = {}
     for b in backups:
         try:
-            manifests[b["label"]] = cat.read_manifest(b["label"])
+            manifests[b["label"]] = manifest_check.check(cat.read_manifest(b["label"]), b["label"], "not verified")
         except PgPushError as exc:
             problems.append(f"backup {b['label']}: {exc}")
     sums = {label: {f["name"]: f["sha1"] for f in m["files"]} for label, m in manifests.items()}

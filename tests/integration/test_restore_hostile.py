@@ -122,6 +122,12 @@ def test_restore_refuses_manifest_names_outside_pg1_path_before_writing(pg_facto
         assert not target.exists(), why  # ... and not even pg1-path is created: refused before anything is written
         _one_error(res, 42)
         assert "corrupt" in res.stderr or "overlaps" in res.stderr, (why, res.stderr)
+    # verify reports such a manifest as a problem and reads nothing it names.
+    manifest_path.write_text(json.dumps(_tampered(original, hostile["file ../../"])))
+    res = pp.run("verify")
+    assert res.returncode == 42 and "Traceback" not in res.stderr, res.stderr + res.stdout
+    assert f"backup {label}: manifest of backup '{label}' is corrupt: file name 'pg_data/../../x'" in res.stdout
+
     manifest_path.write_text(json.dumps(original))
     res = pp.run("restore", f"--pg1-path={target}")
     assert res.returncode == 0, res.stderr
