@@ -16,6 +16,7 @@ Standard library only: restore workers import it.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 
 NAME_MAX = 255  # bytes in one path component (Linux): longer names fail at open, refuse them up front
@@ -83,11 +84,18 @@ def open_dir(root: str, parts: Sequence[str], create_mode: int | None = None) ->
     return fd
 
 
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _open_child_dir(fd: int, part: str, root: str, parts: Sequence[str]) -> int:
     try:
         return os.open(part, DIR_FLAGS, dir_fd=fd)
     except OSError as exc:
-        if os.path.islink(os.path.join(f"/proc/self/fd/{fd}", part)):
+        if _is_link(fd, part):
             raise UnsafePath(f"'{os.path.join(root, *parts)}' goes through a symbolic link ('{part}'): "
                              "not followed") from None
         raise OSError(exc.errno, exc.strerror, os.path.join(root, *parts)) from None
@@ -100,7 +108,7 @@ def open_file(root: str, parts: Sequence[str], flags: int, mode: int = 0o600) ->
     try:
         return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
     except OSError as exc:
-        if os.path.islink(os.path.join(f"/proc/self/fd/{dfd}", parts[-1])):
+        if _is_link(dfd, parts[-1]):
             raise UnsafePath(f"'{os.path.join(root, *parts)}' is a symbolic link: not followed") from None
         raise OSError(exc.errno, exc.strerror, os.path.join(root, *parts)) from None
     finally:
@@ -108,7 +116,8 @@ def open_file(root: str, parts: Sequence[str], flags: int, mode: int = 0o600) ->
 
 
 def lstat(root: str, parts: Sequence[str]) -> os.stat_result | None:
-    """``lstat`` of ``root/parts...`` reached without following links; None when it does not exist."""
+    """``lstat`` of ``root/parts...`` reached without following links (UnsafePath through one); None when
+    it does not exist."""
     try:
         dfd = open_dir(root, parts[:-1])
     except (FileNotFoundError, NotADirectoryError):
