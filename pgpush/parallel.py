@@ -10,16 +10,25 @@ The start method is ``fork``, chosen explicitly: ``spawn`` and
 because the pool is created before the parent starts any thread (the rich
 progress bar starts on the first result) and after the parent has closed its
 own repository connection (paramiko runs a thread per connection).
+
+The pool is this module's own, not ``multiprocessing.Pool``: that one waits
+for ever for the result of a worker killed with SIGKILL (or by the OOM
+killer).  Here every wait has an end: a worker that dies fails the command at
+once, naming the file it was working on, and a job not answered within
+``protocol-timeout`` gets its worker killed and fails the command (103) —
+a hung storage call never leaves a backup or a restore waiting for ever.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pgpush.errors import PathCreateError, PgPushError
+from pgpush.errors import AssertError, PathCreateError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repository import Repository
 
@@ -35,6 +44,34 @@ def _init(cfg) -> None:
     _WORKER_REPO = Repository.from_config(cfg)
     if cfg["repo1-cipher-type"] != "none":
         _WORKER_REPO.load_archive_info()  # derive the key once per worker
+
+
+def _serve(cfg, conn) -> None:
+    """A worker's life: open the repository, then answer ``(fn, job)`` items until ``None`` or EOF.
+
+    A failure to open the repository is the answer to every job (the parent stops at the
+    first), never a worker that dies and is started again and again.
+    """
+    failure: tuple[int, str] | None = None
+    try:
+        _init(cfg)
+    except PgPushError as exc:
+        failure = (exc.code, exc.message)
+    except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback in the log
+        LOG.debug(traceback.format_exc())
+        failure = (25, f"{type(exc).__name__}: {exc}")
+    try:
+        while True:
+            try:
+                item = conn.recv()
+            except EOFError:
+                return
+            if item is None:
+                return
+            conn.send((item[1], "error", failure) if failure else _call(item))
+    finally:
+        if _WORKER_REPO is not None:
+            _WORKER_REPO.storage.close()
 
 
 def local_error(exc: OSError) -> PathCreateError:
@@ -85,17 +122,107 @@ def run(cfg, fn: Worker, jobs: Iterable[Job], on_result: Callable[[Job, Any], No
         return
     if parent_repo is not None:
         parent_repo.storage.close()  # no connection (nor its thread) may cross the fork
-    ctx = multiprocessing.get_context(START_METHOD)
-    pool = ctx.Pool(workers, initializer=_init, initargs=(cfg,))
+    pool = _Pool(cfg, workers, float(cfg["protocol-timeout"]))
     try:
-        for job, state, value in pool.imap_unordered(_call, ((fn, job) for job in jobs), chunksize=1):
+        pool.run(fn, jobs, on_result)
+    except BaseException:
+        pool.kill()
+        raise
+    pool.close()
+
+
+def describe(job: Job) -> str:
+    """A job as an error names it: its file (the first field of a tuple), or the first of a batch."""
+    if isinstance(job, list) and job:
+        more = f" and {len(job) - 1} more" if len(job) > 1 else ""
+        return describe(job[0]) + more
+    if isinstance(job, tuple) and job:
+        return str(job[0])
+    return str(job)
+
+
+class _Proc:
+    """One forked worker and the parent's end of its pipe; ``job`` is what it works on, if anything."""
+
+    def __init__(self, ctx, cfg):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(cfg, child), daemon=True)
+        self.proc.start()
+        child.close()
+        self.job: Job | None = None
+        self.sent_at = 0.0
+
+    def send(self, fn: Worker, job: Job) -> None:
+        self.job, self.sent_at = job, time.monotonic()
+        self.conn.send((fn, job))
+
+    def died(self) -> PgPushError:
+        self.proc.join(1.0)
+        code = self.proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        return AssertError(f"worker process {self.proc.pid} died ({how}) while working on '{describe(self.job)}'")
+
+
+class _Pool:
+    """``process-max`` forked workers; every wait on them ends (a death, or ``timeout`` per job)."""
+
+    def __init__(self, cfg, size: int, timeout: float):
+        ctx = multiprocessing.get_context(START_METHOD)
+        self.timeout = timeout
+        self.procs = [_Proc(ctx, cfg) for _ in range(size)]
+
+    def run(self, fn: Worker, jobs: list[Job], on_result: Callable[[Job, Any], None]) -> None:
+        todo = list(reversed(jobs))  # popped from the end: the callers' order is kept
+        while True:
+            for proc in self.procs:
+                if proc.job is None and todo:
+                    try:
+                        proc.send(fn, todo.pop())
+                    except OSError:  # it died idle: its pipe is closed
+                        raise proc.died() from None
+            busy = [p for p in self.procs if p.job is not None]
+            if not busy:
+                return
+            wait = max(0.0, min(p.sent_at for p in busy) + self.timeout - time.monotonic())
+            multiprocessing.connection.wait([p.conn for p in busy] + [p.proc.sentinel for p in busy], wait)
+            for proc in busy:
+                self._collect(proc, on_result)
+
+    def _collect(self, proc: _Proc, on_result: Callable[[Job, Any], None]) -> None:
+        """Take ``proc``'s answer if there is one; raise when it died or ran out of time."""
+        if proc.conn.poll():
+            try:
+                job, state, value = proc.conn.recv()
+            except (EOFError, OSError):
+                raise proc.died() from None
+            proc.job = None
             if state == "error":
                 code, message = value
                 raise PgPushError(message, code)
             on_result(job, value)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+        elif not proc.proc.is_alive():
+            raise proc.died()
+        elif time.monotonic() - proc.sent_at >= self.timeout:
+            raise RepoInvalidError(
+                f"unable to find a valid repository: no answer within protocol-timeout ({self.timeout:g}s) "
+                f"while working on '{describe(proc.job)}': worker process killed")
+
+    def close(self) -> None:
+        """Let idle workers close their connections and exit; kill any that do not."""
+        for proc in self.procs:
+            try:
+                proc.conn.send(None)
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.proc.join(5.0)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL what still runs and reap it (a worker stuck in the kernel is left after a few seconds)."""
+        for proc in self.procs:
+            if proc.proc.is_alive():
+                proc.proc.kill()
+        for proc in self.procs:
+            proc.proc.join(5.0)
+            proc.conn.close()
