@@ -193,6 +193,8 @@ def error_from_text(text: str) -> PgPushError:
     try:
         code = int(lines[0].strip())
     except ValueError:
+        code = 0
+    if not 2 <= code <= 125:  # a code nothing could have written: not a verdict to pass on
         return FormatError(f"status file is malformed: {text[:200]!r}")
     message = lines[1].rstrip("\n") if len(lines) > 1 else "unknown error"
     return PgPushError(message, code)
