@@ -157,3 +157,18 @@ def test_delta_restore_never_writes_through_a_link_in_the_data_directory(pg_fact
     assert not (data / "PG_VERSION").is_symlink() and not (data / "global").is_symlink()
     assert (data / "PG_VERSION").read_text() == (pg.datadir / "PG_VERSION").read_text()
     assert (data / "global" / "pg_control").stat().st_size == 8192
+
+
+def test_restore_keeps_bytes_of_postgresql_auto_conf_that_are_not_utf8(pg_factory, pgpush_cmd, work_dir):
+    """The restored postgresql.auto.conf gets the recovery settings; its other bytes stay as they were."""
+    pp = Pgpush(pgpush_cmd, work_dir)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
+    setup_archiving(pp, pg)
+    auto_conf = pg.datadir / "postgresql.auto.conf"
+    auto_conf.write_bytes(auto_conf.read_bytes() + b"# caf\xe9 (latin-1)\n")
+    backup(pp, pg, "--wait", "--wait-timeout=60")
+    data = _box(work_dir) / "data"
+    res = pp.run("restore", f"--pg1-path={data}")
+    assert res.returncode == 0, res.stderr
+    restored = (data / "postgresql.auto.conf").read_bytes()
+    assert b"# caf\xe9 (latin-1)\n" in restored and b"restore_command = " in restored

@@ -139,3 +139,16 @@ def test_tablespace_map_file_rewritten_for_remapped_entries_only(tmp_path):
     datadir.rewrite_tablespace_map(str(tmp_path), {"16391": "/new/with\\backslash"})
     assert (tmp_path / "tablespace_map").read_text() == "16390 /old/a\n16391 /new/with\\\\backslash\n"
     assert os.stat(tmp_path / "tablespace_map").st_mode & 0o777 == 0o600
+
+
+def test_recovery_settings_never_write_through_a_link_left_at_the_temporary_name(tmp_path):
+    from pgpush import recovery
+
+    pgdata, outside = tmp_path / "data", tmp_path / "outside"
+    pgdata.mkdir()
+    outside.write_text("keep")
+    os.symlink(outside, pgdata / "postgresql.auto.conf.pgpush.tmp")
+    recovery.write(str(pgdata), 15, "default", [("restore_command", "true")], None, None)
+    assert outside.read_text() == "keep"
+    assert "restore_command = 'true'" in (pgdata / "postgresql.auto.conf").read_text()
+    assert not os.path.lexists(pgdata / "postgresql.auto.conf.pgpush.tmp")
