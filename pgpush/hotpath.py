@@ -221,8 +221,10 @@ def _take(src: str, dest: str) -> bool:
     try:
         os.replace(src, dest)
         return True
-    except FileNotFoundError:
-        return False
+    except FileNotFoundError as exc:
+        if not os.path.lexists(src):
+            return False  # not prefetched (yet)
+        raise PathCreateError(f"unable to write WAL file '{dest}': {exc.strerror}") from None  # %p's directory is gone
     except OSError as exc:
         import errno
 

@@ -56,3 +56,17 @@ def test_guarded_entry_reports_an_os_error_of_the_fast_path_as_one_coded_line(tm
         rc = main(["--stanza=main", "--archive-async", f"--spool-path={tmp_path / 'spool'}", "--log-level-file=off",
                   "get", "000000010000000000000002", str(tmp_path / "dest")])
     assert (rc, err.getvalue()) == (47, f"ERROR: [047]: unable to write WAL file '{tmp_path / 'dest'}': Is a directory\n")
+
+
+def test_destination_in_a_missing_directory_is_047_at_once_not_a_wait_for_the_timeout(tmp_path):
+    """The segment is prefetched but %p cannot be written: say so, do not wait for archive-timeout (082)."""
+    qin = tmp_path / "spool" / "archive" / "main" / "in"
+    qin.mkdir(parents=True)
+    (qin / "000000010000000000000002").write_bytes(b"wal")
+    dest = tmp_path / "gone" / "RECOVERYXLOG"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["--stanza=main", "--archive-async", f"--spool-path={tmp_path / 'spool'}", "--log-level-file=off",
+                   "--archive-timeout=1", "get", "000000010000000000000002", str(dest)])
+    assert (rc, err.getvalue()) == (47, f"ERROR: [047]: unable to write WAL file '{dest}': No such file or directory\n")
+    assert (qin / "000000010000000000000002").read_bytes() == b"wal"  # kept for the next try
