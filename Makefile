@@ -5,7 +5,7 @@ VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 PYTEST_N  ?= 2
 
-.PHONY: setup test unit integration lint zipapp bench demo docs clean
+.PHONY: setup test unit property integration lint zipapp bench demo docs clean
 
 setup: $(STAMP)
 	@bash scripts/setup-system.sh
@@ -21,6 +21,10 @@ test: setup zipapp
 
 unit: setup
 	$(VPY) -m pytest -q tests/unit
+
+# Property-based (hypothesis): the exit contract over any command line, environment, config, WAL and spool input.
+property: setup
+	$(VPY) -m pytest -q tests/property
 
 lint: setup
 	$(VPY) -m ruff check pgpush tests build_zipapp.py zipapp_root bench scripts
