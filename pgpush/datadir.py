@@ -60,7 +60,8 @@ def running_pid(pgdata: str) -> int | None:
         return pid
 
 
-def _owner(entry: dict, fallback: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
+def owner_ids(entry: dict, fallback: Owner) -> Owner:
+    """uid and gid for a manifest entry's user and group names (as root; unknown names fall back)."""
     if os.geteuid() != 0:
         return None, None
     try:
@@ -266,7 +267,7 @@ def _make_dir(root: str, parts: list[str], d: dict, root_owner: Owner) -> None:
     fd = safepath.open_dir(root, parts, create_mode=mode)
     try:
         os.fchmod(fd, mode)
-        uid, gid = _owner(d, root_owner)
+        uid, gid = owner_ids(d, root_owner)
         if uid is not None:
             os.fchown(fd, uid, gid)
     finally:

@@ -16,6 +16,11 @@
   catalog files in a small cluster, was most of the time.
 - The asynchronous get spool (``SPOOL/archive/STANZA/in/``) is emptied: WAL
   prefetched for an earlier restore must never be served to this one.
+- The manifest comes from whoever can write the repository: it is checked
+  whole before anything is written (``manifest_check.py``: clean names under
+  ``pg_data``, tablespace links ``pg_tblspc/OID`` only; 42 otherwise), and
+  every path is opened from ``pg1-path`` or a tablespace location without
+  following a symbolic link (``safepath.py``, ``datadir.py``).
 - Without ``--set`` the latest ``DONE`` backup is restored (for
   ``--type time`` the latest ``DONE`` backup that stopped before the
   target); the choice is logged and printed.
@@ -35,12 +40,12 @@ from typing import NamedTuple
 from pgpush import catalog, manifest_check, parallel, readahead, recovery, safepath
 from pgpush.catalog import DONE, WAITING, Catalog
 from pgpush.datadir import (
-    _owner,
     check_locations,
     clean,
     clear_spool,
     locate,
     make_dirs,
+    owner_ids,
     prepare,
     remap_tablespaces,
     rewrite_tablespace_map,
@@ -82,7 +87,6 @@ class FileJob(NamedTuple):
     gid: int | None
     compare: bool  # keep a local file whose size and SHA-1 match
     repo_size: int | None  # stored size, from the manifest (a hint for the reader)
-
 
     @property
     def dest(self) -> str:
@@ -430,7 +434,7 @@ def _run(cfg) -> str:
         written, kept = _restore(cfg, repo, cat, label, manifest, pgdata, existing, compare=existing and not force)
         rewrite_tablespace_map(pgdata, remapped)
         pg_dir = next(d for d in manifest["dirs"] if d["name"] == PREFIX)
-        uid, gid = _owner(pg_dir, (None, None))
+        uid, gid = owner_ids(pg_dir, (None, None))
         recovery.write(pgdata, manifest["backup"]["pg_version"], rtype, recovery.settings(cfg, rtype, target, action), uid, gid)
         make_durable([pgdata, *(link["destination"] for link in manifest.get("links", []))])
     finally:
@@ -450,7 +454,7 @@ def _jobs(cat: Catalog, label: str, files: dict[str, dict], pgdata: str, links: 
     jobs = []
     for f in files.values():
         ref = f.get("reference") or label
-        uid, gid = _owner(f, root_owner)
+        uid, gid = owner_ids(f, root_owner)
         root, parts = locate(pgdata, f["name"], links)
         jobs.append(FileJob(f["name"], root, tuple(parts), f"{cat.label_dir(ref)}/{f['name']}{f['ext']}",
                             f["sha1"], f["size"], int(f["mode"], 8), float(f["mtime"]), uid, gid, compare,
@@ -464,7 +468,7 @@ def _restore(cfg, repo: Repository, cat: Catalog, label: str, manifest: dict, pg
     files = {f["name"]: f for f in manifest["files"]}
     dirs = sorted(manifest["dirs"], key=lambda d: d["name"])
     links = {ln["name"]: ln["destination"] for ln in manifest.get("links", [])}
-    root_owner = _owner(next(d for d in dirs if d["name"] == PREFIX), (None, None))
+    root_owner = owner_ids(next(d for d in dirs if d["name"] == PREFIX), (None, None))
     major = manifest["backup"]["pg_version"]
     jobs = _jobs(cat, label, files, pgdata, links, root_owner, compare)
     if existing:
