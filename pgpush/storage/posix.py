@@ -57,7 +57,10 @@ class PosixStorage(Storage):
                 for entry in it:
                     if TMP_MARK in entry.name or not entry.is_file(follow_symlinks=False):
                         continue
-                    st = entry.stat(follow_symlinks=False)
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # removed since the scan saw it: skip it, not the whole listing
+                        continue
                     out.append(FileInfo(entry.name, st.st_size, st.st_mtime))
         except FileNotFoundError:
             return []

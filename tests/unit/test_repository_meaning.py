@@ -87,10 +87,11 @@ def stored_contents(root: Path) -> list[bytes]:
 
 
 def test_two_pushes_that_both_see_the_other_both_fail_and_leave_nothing(tmp_path):
-    landed = threading.Barrier(2, timeout=10)  # both files are in before either looks
+    checked = threading.Barrier(2, timeout=10)  # both found the name free before either writes
+    landed = threading.Barrier(2, timeout=10)  # both files are in before either looks again
     looked = threading.Barrier(2, timeout=10)  # both have looked before either removes its own
-    a = make_repo(tmp_path, after_put=landed.wait, before_delete=looked.wait)
-    b = make_repo(tmp_path, after_put=landed.wait, before_delete=looked.wait)
+    hooks = {"before_put": checked.wait, "after_put": landed.wait, "before_delete": looked.wait}
+    a, b = make_repo(tmp_path, **hooks), make_repo(tmp_path, **hooks)
     assert race(a, b) == {"A": "45", "B": "45"}
     assert stored(tmp_path) == []  # PostgreSQL retries both; the first to land then wins
     retry_a, retry_b = make_repo(tmp_path), make_repo(tmp_path)
@@ -100,9 +101,9 @@ def test_two_pushes_that_both_see_the_other_both_fail_and_leave_nothing(tmp_path
 
 
 def test_two_pushes_that_both_land_before_either_looks_acknowledge_at_most_one(tmp_path):
-    landed = threading.Barrier(2, timeout=10)
-    a = make_repo(tmp_path, after_put=landed.wait)
-    b = make_repo(tmp_path, after_put=landed.wait)
+    checked, landed = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
+    hooks = {"before_put": checked.wait, "after_put": landed.wait}
+    a, b = make_repo(tmp_path, **hooks), make_repo(tmp_path, **hooks)
     results = race(a, b)
     winners = [k for k, v in results.items() if v == "ok"]
     assert len(winners) <= 1 and set(results.values()) <= {"ok", "45"}, results
@@ -206,3 +207,28 @@ def test_waiting_backups_are_kept_in_addition_and_failed_ones_are_not():
     kept, removed = expire.plan(backups, 1)
     assert [b["label"] for b in kept] == ["F1", "F1_I", "F3", "F4"]
     assert [b["label"] for b in removed] == ["F2"]
+
+
+def test_a_posix_listing_keeps_its_files_while_others_in_the_directory_are_removed(tmp_path):
+    # A racing push removing its copy, or expire, deletes files beside the ones a get is looking
+    # for: a listing must skip the vanished entry, never come back empty ("not in the archive").
+    storage = PosixStorage(str(tmp_path))
+    storage.put("d/stable", [b"x"])
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            path = tmp_path / "d" / f"f{i % 50}"
+            path.touch()
+            path.unlink()
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        misses = sum("stable" not in [f.name for f in storage.list("d")] for _ in range(20000))
+    finally:
+        stop.set()
+        worker.join(10)
+    assert misses == 0
