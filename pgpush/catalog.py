@@ -252,7 +252,7 @@ class Catalog:
         try:
             data = json.loads(raw)
             backups = data["backups"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise FileReadError(f"{self.path} in the repository is corrupt") from None
         return sorted(backups, key=lambda b: (b["start_time"], b["label"]))
 
@@ -318,7 +318,7 @@ class Catalog:
             raise FileMissingError(f"backup '{label}' has no manifest in the repository") from None
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep ("[[[[...")
             raise FileReadError(f"manifest of backup '{label}' is corrupt") from None
 
     def write_manifest(self, label: str, manifest: dict) -> None:
