@@ -122,6 +122,11 @@ def test_restore_refuses_manifest_names_outside_pg1_path_before_writing(pg_facto
         assert not target.exists(), why  # ... and not even pg1-path is created: refused before anything is written
         _one_error(res, 42)
         assert "corrupt" in res.stderr or "overlaps" in res.stderr, (why, res.stderr)
+    manifest_path.write_text("[" * 100_000)  # JSON nested deeper than Python's recursion limit
+    res = pp.run("restore", f"--pg1-path={target}")
+    _one_error(res, 42)
+    assert not target.exists()
+
     # verify reports such a manifest as a problem and reads nothing it names.
     manifest_path.write_text(json.dumps(_tampered(original, hostile["file ../../"])))
     res = pp.run("verify")
