@@ -49,13 +49,16 @@ def _restored_recovers(pp: Pgpush, pg_factory, label: str) -> None:
     restored.stop()
 
 
-def test_split_brain_clusters_racing_one_wal_name_never_both_archive_it(pg_factory, pgpush_cmd, work_dir):
+@pytest.mark.parametrize("repo_type", ["posix", "sftp"])
+def test_split_brain_clusters_racing_one_wal_name_never_both_archive_it(pg_factory, pgpush_cmd, work_dir, request,
+                                                                         repo_type):
     # Two clusters copied from one data directory: same system identifier, same timeline, so
     # the same WAL names with different content, as after a failover where the old primary lives on.
     a = pg_factory("a", conf=CONF)
     b = pg_factory("b", conf=CONF)
     assert a.system_identifier() == b.system_identifier()
-    pp = Pgpush(pgpush_cmd, work_dir)
+    repo = request.getfixturevalue("sshd").pgpush_options() if repo_type == "sftp" else None
+    pp = Pgpush(pgpush_cmd, work_dir, repo=repo)
     pp.stanza_create(a)
     from_a, from_b = a.generate_wal(4, random_payload=True), b.generate_wal(4, random_payload=True)
     names = [n for n in from_a if n in from_b]
