@@ -210,8 +210,7 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
     catalog.evaluate_all(repo, cat.reconciled())  # settle statuses before choosing (outside the lock)
     archive_id = repo.archive_id()
     with repolock.catalog_lock(cfg, repo, "backup"):
-        btype, prior, label = _claim(cat, btype, archive_id, system_id)
-        prior_index = prior_files(cat.read_manifest(prior["label"])) if prior else {}
+        btype, prior, prior_index, label = _claim(cat, btype, archive_id, system_id)
     label_dir = cat.label_dir(label)
     LOG.info(f"{btype} backup {label} of {'standby' if standby else 'primary'} pg1 started"
              + (f", prior {prior['label']}" if prior else ""))
@@ -262,8 +261,11 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
     return record
 
 
-def _claim(cat: Catalog, btype: str, archive_id: str, system_id: int) -> tuple[str, dict | None, str]:
-    """Choose the prior and a free label, and make the label directory exist: (type, prior, label).
+def _claim(cat: Catalog, btype: str, archive_id: str,
+           system_id: int) -> tuple[str, dict | None, dict[str, dict], str]:
+    """Choose the prior, read its files, take a free label and make its directory exist.
+
+    Returns (type, prior, prior's files, label).
 
     Runs under the catalog lock: once the directory exists, ``expire`` sees the backup in
     progress and keeps its full's whole chain, so the prior chosen here is never removed.
@@ -275,6 +277,7 @@ def _claim(cat: Catalog, btype: str, archive_id: str, system_id: int) -> tuple[s
         if prior is None:
             LOG.warn(f"no prior backup exists, {btype} backup has been changed to full")
             btype = "full"
+    prior_index = prior_files(cat.read_manifest(prior["label"])) if prior else {}
     labels = {b["label"] for b in backups} | set(cat.storage.list_dirs(cat.repo.backup_root))
     while True:
         label = make_label(btype, prior["label"][:16] if prior else None, time.time())
@@ -282,7 +285,7 @@ def _claim(cat: Catalog, btype: str, archive_id: str, system_id: int) -> tuple[s
             break
         time.sleep(0.2)
     cat.storage.put(f"{cat.label_dir(label)}/{STARTED}", [b"backup in progress\n"], overwrite=True)
-    return btype, prior, label
+    return btype, prior, prior_index, label
 
 
 def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
@@ -354,6 +357,6 @@ def settle(cfg, repo: Repository, record: dict, nudger: PrimaryNudge | None) -> 
                     f"backup {record['label']} is still WAITING_FOR_WALS after {float(timeout):g} second(s): "
                     f"{ev.detail()}")
         if nudger is not None and now - last_nudge >= NUDGE_INTERVAL:
-            nudger.nudge()
+            nudger.nudge(None if timeout is None or not wait else started + float(timeout))
             last_nudge = now
         time.sleep(POLL)

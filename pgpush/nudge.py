@@ -9,13 +9,29 @@ segment start) a standby may still hold the finished segment unarchived
 until WAL of the next one arrives, so a small WAL record is written first
 (a logical message, or a ``CHECKPOINT`` where that function is not allowed)
 and the switch repeated.
+
+Every query here has a client-side end (:mod:`pgpush.pgconn`): at most
+``NUDGE_TIMEOUT`` seconds, or ``wait-timeout`` when that is shorter, and never
+past the end of the backup's wait — a frozen primary must not keep a backup
+past its ``--wait-timeout``.  A nudge that runs out of time is given up with a
+warning, as any other failed nudge.
 """
 
 from __future__ import annotations
 
+import time
+
 from pgpush import pgconn, wal
 from pgpush.errors import ArchiveMismatchError, DbConnectError, DbQueryError, OptionInvalidValueError
 from pgpush.log import LOG
+
+NUDGE_TIMEOUT = float(pgconn.CONNECT_TIMEOUT)  # seconds a nudge (connect, or all its queries) may take
+
+
+def budget(cfg) -> float:
+    """Time allowed to one nudge: ``NUDGE_TIMEOUT``, or ``wait-timeout`` when that is shorter."""
+    wait_timeout = cfg.get("wait-timeout")
+    return NUDGE_TIMEOUT if wait_timeout is None else max(0.1, min(NUDGE_TIMEOUT, float(wait_timeout)))
 
 
 class PrimaryNudge:
@@ -23,7 +39,8 @@ class PrimaryNudge:
 
     def __init__(self, cfg, system_id: int, segment_size: int):
         self.segment_size = segment_size
-        self.db = pgconn.connect_primary(cfg)
+        self.budget = budget(cfg)
+        self.db = pgconn.connect_primary(cfg, self.budget)
         try:
             if self.db.in_recovery():
                 raise OptionInvalidValueError("primary-conninfo names a server that is in recovery: it must be the primary")
@@ -36,26 +53,46 @@ class PrimaryNudge:
             raise
         self.disabled = False
 
-    def nudge(self) -> None:
-        """Switch WAL on the primary; when the switch would be a no-op, write a record and switch again."""
+    def nudge(self, until: float | None = None) -> None:
+        """Switch WAL on the primary; when the switch would be a no-op, write a record and switch again.
+
+        All of it within ``budget`` seconds and before ``until`` (a ``time.monotonic()`` value:
+        the end of the backup's wait), whichever comes first.
+        """
         if self.disabled:
             return
+        end = time.monotonic() + self.budget
+        if until is not None:
+            end = min(end, until)
         try:
-            insert = wal.lsn_to_int(str(self.db.scalar("SELECT pg_current_wal_insert_lsn()::text")))
-            switched = self.db.scalar("SELECT pg_switch_wal()::text")
+            insert = wal.lsn_to_int(str(self._scalar("SELECT pg_current_wal_insert_lsn()::text", end)))
+            switched = self._scalar("SELECT pg_switch_wal()::text", end)
             LOG.detail(f"switched WAL on the primary at {switched}")
             if insert % self.segment_size <= wal.LONG_HEADER.size:  # nothing but the page header in this segment
-                self._emit_record()
-                switched = self.db.scalar("SELECT pg_switch_wal()::text")
+                self._emit_record(end)
+                switched = self._scalar("SELECT pg_switch_wal()::text", end)
                 LOG.detail(f"wrote a WAL record and switched WAL on the primary at {switched}")
         except (DbConnectError, DbQueryError) as exc:
             LOG.warn(f"unable to switch WAL on the primary, no further attempt: {exc}")
             self.disabled = True
 
-    def _emit_record(self) -> None:
+    def _limit(self, end: float) -> None:
+        """Give the next statement what is left of this nudge's time (none left: give up now)."""
+        left = end - time.monotonic()
+        if left <= 0:
+            raise DbConnectError("no time left before the end of the backup's wait")
+        self.db.timeout = left
+
+    def _scalar(self, query: str, end: float):
+        self._limit(end)
+        return self.db.scalar(query)
+
+    def _emit_record(self, end: float) -> None:
         try:
+            self._limit(end)
             self.db.execute("SELECT pg_logical_emit_message(false, 'pgpush', 'nudge')")
         except DbQueryError:
+            self._limit(end)
             self.db.execute("CHECKPOINT")
 
     def close(self) -> None:

@@ -11,28 +11,40 @@ never a psycopg traceback.
 
 from __future__ import annotations
 
+import math
+import os
+import socket
+import threading
 from typing import Any
 
 from pgpush.errors import DbConnectError, DbQueryError
 
 CONNECT_TIMEOUT = 30
+MIN_CONNECT_TIMEOUT = 2  # libpq's own floor for connect_timeout
 
 
 class PgConn:
     """One autocommit session; ``what`` names the server in every error."""
 
-    def __init__(self, conn: Any, what: str):
+    def __init__(self, conn: Any, what: str, timeout: float | None = None):
         self.conn = conn
         self.what = what
+        self.timeout = timeout  # client-side limit per statement (None: none, as a backup session needs)
         self.version_num = int(conn.info.server_version)
         self.version = self.version_num // 10000
 
     # -- queries -------------------------------------------------------------
 
     def execute(self, query: str, params: tuple | dict | None = None) -> list[tuple]:
-        """Run one statement and return its rows (empty for statements without rows)."""
+        """Run one statement and return its rows (empty for statements without rows).
+
+        With ``timeout`` set, a server that does not answer in time (a frozen host: the
+        kernel still acknowledges, so no TCP timeout ever fires) has its socket shut down
+        under the waiting query, which then fails: a client-side limit libpq lacks.
+        """
         import psycopg
 
+        watchdog = _Watchdog(self.conn, self.timeout)
         try:
             with self.conn.cursor() as cur:
                 cur.execute(query, params)
@@ -40,9 +52,13 @@ class PgConn:
                     return []
                 return list(cur.fetchall())
         except psycopg.Error as exc:
+            if watchdog.fired:
+                raise DbConnectError(f"no answer from {self.what} within {self.timeout:g}s: connection closed") from None
             if self.conn.closed:
                 raise DbConnectError(f"lost the connection to {self.what}: {_pg_message(exc)}") from None
             raise DbQueryError(f"query on {self.what} failed: {_pg_message(exc)}") from None
+        finally:
+            watchdog.cancel()
 
     def scalar(self, query: str, params: tuple | dict | None = None) -> Any:
         rows = self.execute(query, params)
@@ -83,30 +99,63 @@ class PgConn:
         self.close()
 
 
+class _Watchdog:
+    """Shut the connection's socket down if the statement has not ended after ``timeout`` seconds."""
+
+    def __init__(self, conn: Any, timeout: float | None):
+        self.fired = False
+        self.timer: threading.Timer | None = None
+        if timeout is not None:
+            self.timer = threading.Timer(timeout, self._fire, (conn,))
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _fire(self, conn: Any) -> None:
+        self.fired = True
+        try:
+            sock = socket.socket(fileno=os.dup(conn.pgconn.socket))  # a duplicate: closing it leaves libpq's fd
+        except Exception:  # noqa: BLE001 - the connection ended meanwhile
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the waiting query with an error
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 def _pg_message(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def connect(conninfo: str | None = None, *, what: str = "PostgreSQL", **params: Any) -> PgConn:
+def connect(conninfo: str | None = None, *, what: str = "PostgreSQL", timeout: float | None = None,
+            **params: Any) -> PgConn:
     """Open an autocommit session with ``statement_timeout`` and ``idle_session_timeout`` off.
 
     A backup holds its session open between ``pg_backup_start`` and
     ``pg_backup_stop`` while files are copied; a server-side timeout there
     would abort the backup (and on 15+ a closed session aborts it too).
+    ``timeout`` (short sessions such as the primary nudge) bounds the connect and,
+    client-side, every statement.
     """
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - the zipapp always bundles psycopg
         raise DbConnectError(f"unable to load psycopg: {exc}") from None
     params = {k: v for k, v in params.items() if v is not None}
-    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    limit = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
+    params.setdefault("connect_timeout", max(MIN_CONNECT_TIMEOUT, math.ceil(limit)))
     params.setdefault("application_name", "pgpush")
     try:
         conn = psycopg.connect(conninfo or "", autocommit=True, **params)
     except psycopg.Error as exc:
         raise DbConnectError(f"unable to connect to {what}: {_pg_message(exc)}") from None
-    pg = PgConn(conn, what)
+    pg = PgConn(conn, what, timeout)
     pg.execute("SET statement_timeout = 0")
     if pg.version >= 14:
         pg.execute("SET idle_session_timeout = 0")
@@ -122,6 +171,7 @@ def connect_pg1(cfg) -> PgConn:
     return connect(None, what=what, host=host, port=port, user=str(cfg["pg1-user"]), dbname=str(cfg["pg1-database"]))
 
 
-def connect_primary(cfg) -> PgConn:
-    """Connect to the primary named by ``primary-conninfo`` (never logged: it may hold a password)."""
-    return connect(str(cfg.require("primary-conninfo")), what="the primary (primary-conninfo)")
+def connect_primary(cfg, timeout: float) -> PgConn:
+    """Connect to the primary named by ``primary-conninfo`` (never logged: it may hold a password),
+    with ``timeout`` on the connect and on every statement."""
+    return connect(str(cfg.require("primary-conninfo")), what="the primary (primary-conninfo)", timeout=timeout)

@@ -11,10 +11,13 @@ makes it DONE without any further pgpush command but a push; and with
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 
 import pytest
 from backup_env import backup, backups, info_json, pg_opts, setup_archiving, wait_status
+from harness import procs
 from harness.pg import PG_MAJORS, bin_dir_for
 from pgpush_env import Pgpush
 
@@ -177,3 +180,35 @@ def test_primary_conninfo_must_be_the_primary(pg_factory, pgpush_cmd, work_dir):
     assert res.returncode == 32, res.stderr
     assert "in recovery" in res.stderr
     assert backups(pp) == {}
+
+
+def test_frozen_primary_cannot_keep_a_standby_backup_past_its_wait_timeout(pg_factory, pgpush_cmd, work_dir):
+    """The primary freezes (every process SIGSTOPped: the kernel still acknowledges, nothing answers)
+    once the backup has its session there: the nudge gives up within the wait's time and the backup
+    ends with an error instead of waiting for ever."""
+    pp = Pgpush(pgpush_cmd, work_dir)
+    primary = pg_factory("primary", conf={"archive_mode": "on", "archive_command": ""})
+    setup_archiving(pp, primary)
+    standby = primary.make_standby("standby", conf={"archive_command": pp.archive_command()})
+    _idle_with_open_segment(primary, standby)
+    argv = ["runuser", "-u", "postgres", "--", *pp.argv("backup", "--wait", "--wait-timeout=6",
+                                                          f"--primary-conninfo={primary.conninfo}", *pg_opts(standby))]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frozen: list[int] = []
+    try:
+        session = "select count(*) from pg_stat_activity where application_name = 'pgpush'"
+        procs.wait_for(lambda: primary.sql(session) != "0", 60, 0.01, "the backup's session on the primary")
+        frozen = [primary.pid, *procs.descendants_of(primary.pid)]
+        procs.signal_pids(frozen, signal.SIGSTOP)
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the backup outlived its --wait-timeout by a minute with the primary frozen")
+    finally:
+        procs.signal_pids(frozen, signal.SIGCONT)
+        if proc.poll() is None:
+            procs.kill_tree(proc.pid, sig=signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode in (3, 56), err  # still WAITING_FOR_WALS, or the primary lost while checking it
+    assert err.strip().splitlines()[-1].startswith(f"ERROR: [{proc.returncode:03d}]: "), err
+    assert "Traceback" not in err
