@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from pgpush import wal
+from pgpush import spool, wal
 from pgpush.errors import FileMissingError, PgPushError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repository import Repository
@@ -81,17 +81,21 @@ def fetch_to(repo: Repository, name: str, dest: str) -> None:
     """Fetch WAL file ``name`` to ``dest`` through ``dest.pgpush.tmp``: verified, then renamed.
 
     PostgreSQL (or the spool reader) never sees half a file or a corrupt one; on any
-    failure the temporary file is removed.
+    failure the temporary file is removed.  The file is private (0600: WAL holds the
+    database's data) and durable before it is renamed, the rename durable after.
     """
     tmp = dest + TMP_SUFFIX
 
     def attempt() -> None:
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             repo.get_wal_into(name, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     try:
         with_retry(repo, attempt)
         os.replace(tmp, dest)
+        spool.fsync_dir(os.path.dirname(os.path.abspath(dest)))
     except BaseException as exc:
         try:
             os.unlink(tmp)

@@ -34,6 +34,7 @@ class GetParent(AsyncParent):
 
     def __init__(self, cfg, pgdata: str):
         super().__init__(cfg)
+        self.pgdata = pgdata
         self.segment_size = segment_size(pgdata)
         self.window = max(1, int(cfg["archive-get-queue-max"]) // self.segment_size)
         self.done: str | None = None  # the request (with its tag) last taken into account
@@ -83,7 +84,7 @@ class GetParent(AsyncParent):
             if name in self.inflight or name in have or name + ".ok" in have or name + ".error" in have:
                 continue
             self.inflight.add(name)
-            pool.submit({"op": "get", "name": name, "dir": self.qdir, "request": self.done})
+            pool.submit({"op": "get", "name": name, "dir": self.qdir, "request": self.done, "pgdata": self.pgdata})
 
     def _wanted_now(self, name: str) -> bool:
         """Is ``name`` still of use to recovery: on the requested timeline, not older than the request?"""

@@ -76,17 +76,17 @@ class PushParent(AsyncParent):
         if total <= self.queue_max:
             return pending
         limit = format_size(int(self.queue_max))
-        dropped = []
-        for name in pending:
-            if name.endswith(".history"):
-                continue  # never drop a timeline history file: recovery cannot cross it
+        # never drop a timeline history file: recovery cannot cross it
+        dropped = [n for n in pending if not n.endswith(".history")]
+        # The hole's record is durable before any of its files is acknowledged: once PostgreSQL
+        # has recycled a dropped file, this list is all that says the archive lacks it.
+        path = os.path.join(self.qdir, DROPPED_LIST)
+        rows = "".join(f"{name} {limit}\n" for name in dropped)
+        spool.write_atomic(self.qdir, DROPPED_LIST, ((spool.read_status(path) or "") + rows).encode("ascii"), fsync=True)
+        for name in dropped:
             message = f"dropped WAL file '{name}' because archive queue exceeded {limit}"
             spool.write_ok(self.qdir, name, message)
             LOG.warn(message)
-            dropped.append(name)
-        with open(os.path.join(self.qdir, DROPPED_LIST), "a", encoding="ascii") as fh:
-            for name in dropped:
-                fh.write(f"{name} {limit}\n")
         return [n for n in pending if n not in dropped]
 
     def record_drops(self) -> None:

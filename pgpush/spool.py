@@ -55,8 +55,18 @@ def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
     return path
 
 
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so that a rename done in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = False) -> None:
-    """Write ``name`` via ``name.pgpush.tmp`` and a rename, so readers never see half a file."""
+    """Write ``name`` via ``name.pgpush.tmp`` and a rename, so readers never see half a file
+    (``fsync``: and durably, the file synced before the rename and the directory after)."""
     tmp = os.path.join(directory, name + TMP_SUFFIX)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
@@ -68,6 +78,8 @@ def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = 
         finally:
             os.close(fd)
         os.replace(tmp, os.path.join(directory, name))
+        if fsync:
+            fsync_dir(directory)
     except OSError as exc:
         raise PathCreateError(f"unable to write spool file '{os.path.join(directory, name)}': {exc.strerror}") from None
 

@@ -23,6 +23,7 @@ class Worker:
     def __init__(self, cfg):
         self.cfg = cfg
         self.repo: Repository | None = None
+        self.checked: str | None = None  # the data directory found to be the stanza's cluster
 
     def repository(self) -> Repository:
         if self.repo is None:
@@ -36,8 +37,15 @@ class Worker:
         return {"ok": True, "warning": warning}
 
     def get(self, task: dict) -> dict:
-        """Fetch a segment into the spool: temp name, verified, then renamed."""
+        """Fetch a segment into the spool: temp name, verified, then renamed.
+
+        The cluster recovering must be the stanza's (44 otherwise, as a sync get says): checked
+        on the first file, so WAL of one cluster is never served to another.
+        """
         name, directory = task["name"], task["dir"]
+        if task.get("pgdata") and self.checked != task["pgdata"]:
+            archive.check_local_cluster(self.repository(), task["pgdata"])
+            self.checked = task["pgdata"]
         try:
             archive.fetch_to(self.repository(), name, os.path.join(directory, name))
         except WalNotFound:

@@ -69,3 +69,39 @@ def test_segment_archived_after_a_missing_answer_is_found_by_the_next_recovery(p
     restored.start(timeout=120)
     _wait_for(lambda: restored.sql("select pg_is_in_recovery()") == "f", 120, "the end of recovery")
     assert restored.sql("select array_agg(id order by id) from marks") == "{1,2}", restored.log_tail()
+
+
+def _archived(pg_factory, pp, n_segments: int):
+    """A primary with 1 MB segments, archiving synchronously; returns it and n archived segment names."""
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
+    pg.reload()
+    names = pg.generate_wal(n_segments, payload_bytes=1024)
+    pg.wait_archived(names[-1], timeout=60)
+    return pg, names
+
+
+def test_async_get_refuses_wal_to_a_cluster_of_another_system(pg_factory, pgpush_cmd, work_dir):
+    """As a sync get does (44): WAL of the stanza is never served to another cluster's recovery."""
+    pp = Pgpush(pgpush_cmd, work_dir, archive_timeout=20)
+    _pg, names = _archived(pg_factory, pp, 2)
+    other = pg_factory("other", fresh=True, start=False)  # its own initdb: another system identifier
+    for mode in ("n", "y"):
+        dest = work_dir / f"dest-{mode}"
+        res = pp.run("get", names[0], str(dest), archive_async=mode, pg1_path=str(other.datadir))
+        assert res.returncode == 44, (mode, res.stderr)
+        assert res.stderr.startswith("ERROR: [044]:"), res.stderr
+        assert not dest.exists()
+    assert not [n for n in os.listdir(pp.in_dir) if n.startswith(names[0][:16]) and len(n) == 24]
+
+
+def test_prefetched_wal_is_not_readable_by_others(pg_factory, pgpush_cmd, work_dir):
+    pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="4MB")
+    pg, names = _archived(pg_factory, pp, 4)
+    dest = work_dir / "dest"
+    res = pp.run("get", names[0], str(dest), archive_async="y", pg1_path=str(pg.datadir))
+    assert res.returncode == 0, res.stderr
+    _wait_for(lambda: (pp.in_dir / names[1]).exists(), 30, "the prefetch of the next segment")
+    for path in [dest, *(p for p in pp.in_dir.iterdir() if len(p.name) == 24)]:
+        assert os.stat(path).st_mode & 0o077 == 0, (path, oct(os.stat(path).st_mode))
