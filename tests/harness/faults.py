@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 from . import procs, tmpfs
 
 __all__ = ["Backend", "Fault", "NotApplicable", "PosixBackend", "S3Backend", "SftpBackend", "check_archive",
-           "kill_parent", "kill_process", "no_heal", "parent_of", "pgpush_pids", "wait_mid_file"]
+           "MidFile", "kill_leftovers", "kill_parent", "kill_process", "no_heal", "parent_of", "pgpush_pids", "wait_mid_file"]
 
 STANZA = "main"
 ARCHIVED_RE = re.compile(r"^([0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)-([0-9a-f]{40})(\.\w+)?$")
@@ -46,6 +47,7 @@ class Backend:
     """One repository type: options, an independent reader, and the storage faults it can suffer."""
 
     name = "?"
+    cannot: dict[str, str] = {}  # a fault's ``needs`` -> why this backend cannot suffer it
 
     def options(self) -> dict[str, str]:
         raise NotImplementedError
@@ -54,23 +56,30 @@ class Backend:
         """A pgpush Storage on the repository root, used only to check what is stored."""
         raise NotImplementedError
 
+    def why_not(self, needs: str) -> str | None:
+        """None when this backend can suffer a fault that ``needs`` this method, else the reason."""
+        return self.cannot.get(needs)
+
+    def _cannot(self, needs: str) -> NotApplicable:
+        return NotApplicable(self.cannot.get(needs, f"{self.name}: cannot {needs}"))
+
     def fill(self) -> None:
-        raise NotApplicable(f"{self.name}: no small file system to fill")
+        raise self._cannot("fill")
 
     def unfill(self) -> None:
         """Free the space ``fill`` took."""
 
     def freeze(self) -> None:
-        raise NotApplicable(f"{self.name}: nothing that can stop answering")
+        raise self._cannot("freeze")
 
     def thaw(self) -> None:
         """Undo ``freeze``."""
 
     def cut(self) -> None:
-        raise NotApplicable(f"{self.name}: no connection to cut")
+        raise self._cannot("cut")
 
     def down(self) -> None:
-        raise NotApplicable(f"{self.name}: no host to reboot")
+        raise self._cannot("down")
 
     def up(self) -> None:
         """Undo ``down`` (the host comes back)."""
@@ -105,6 +114,12 @@ class PosixBackend(Backend):
     """A local directory (an NFS mount in real life): it can fill up; the rest needs FUSE/NFS, absent here."""
 
     name = "posix"
+    cannot = {
+        "freeze": "posix: a local directory cannot stop answering without a FUSE or NFS server, neither of "
+                  "which this machine has (sftp and s3 cover a frozen store)",
+        "cut": "posix: a local directory has no connection to cut",
+        "down": "posix: a local directory has no host to reboot",
+    }
 
     def __init__(self, work_dir: Path, small_fs_mb: float | None = None) -> None:
         self.path = Path(work_dir) / "repo"
@@ -122,22 +137,12 @@ class PosixBackend(Backend):
 
     def fill(self) -> None:
         if self.small is None:
-            raise NotApplicable("posix: built without a small file system")
+            raise NotApplicable("posix: made without a small file system")
         self.small.fill()
 
     def unfill(self) -> None:
         if self.small is not None:
             self.small.unfill()
-
-    def freeze(self) -> None:
-        raise NotApplicable("posix: a local directory cannot stop answering without a FUSE or NFS server, "
-                            "neither of which this machine has (sftp and s3 cover a frozen store)")
-
-    def cut(self) -> None:
-        raise NotApplicable("posix: a local directory has no connection to cut")
-
-    def down(self) -> None:
-        raise NotApplicable("posix: a local directory has no host to reboot")
 
     def close(self) -> None:
         if self.small is not None:
@@ -200,6 +205,11 @@ class S3Backend(Backend):
     """A fresh bucket on the worker's real SeaweedFS (``seaweed`` fixture)."""
 
     name = "s3"
+    cannot = {
+        "fill": "s3: SeaweedFS grows a new volume whenever one reaches -master.volumeSizeLimitMB (no "
+                "store-wide quota), and the shared test server's data is not on a small file system, so a "
+                "full S3 store cannot be made here",
+    }
 
     def __init__(self, seaweed, small_fs_mb: float | None = None) -> None:
         self.bucket, self.server = seaweed, seaweed.server
@@ -209,11 +219,6 @@ class S3Backend(Backend):
 
     def reader(self):
         return self.bucket.storage("/repo", timeout=10)
-
-    def fill(self) -> None:
-        raise NotApplicable("s3: SeaweedFS grows a new volume whenever one reaches -master.volumeSizeLimitMB "
-                            "(no store-wide quota), and the shared test server's data is not on a small file "
-                            "system, so a full S3 store cannot be made here")
 
     def freeze(self) -> None:
         self.server.freeze()
@@ -244,13 +249,15 @@ class S3Backend(Backend):
 class Fault:
     """One way things fail.
 
-    ``mid_file``: injected once the watched process holds a file it is transferring (else
+    ``needs``: the Backend method the fault uses (empty for process kills), so a backend that
+    cannot suffer it is skipped before any work.  ``mid_file``: injected once the watched process holds a file it is transferring (else
     before the work starts).  ``victim``: which process to watch, ``"transfer"`` (whichever
     pgpush process moves the data) or ``"worker"`` (a pool worker: ``inject`` may then strike
     its parent).  ``codes``: the exit codes a user may see while the fault lasts.
     """
 
     name: str
+    needs: str
     mid_file: bool
     victim: str
     inject: Callable[[Backend, int], None]
@@ -319,13 +326,14 @@ def _holds_file_under(pid: int, directory: str) -> bool:
     return False
 
 
-def wait_mid_file(candidates: Callable[[], list[int]], directory: Path, timeout: float) -> int | None:
+def wait_mid_file(candidates: Callable[[], list[int]], directory: Path, timeout: float,
+                  stop: threading.Event | None = None) -> int | None:
     """The first candidate seen holding a file under ``directory`` open, or None after ``timeout`` s."""
     prefix = str(directory) + "/"
     deadline = time.monotonic() + timeout
     pids: list[int] = []
     next_scan = 0.0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
         if time.monotonic() >= next_scan:
             pids = candidates()
             next_scan = time.monotonic() + 0.02
@@ -334,6 +342,58 @@ def wait_mid_file(candidates: Callable[[], list[int]], directory: Path, timeout:
                 return pid
         time.sleep(0.001)
     return None
+
+
+class MidFile:
+    """Strike ``action(pid)`` the moment a candidate is seen holding a file under ``directory``.
+
+    Started before the work, in a thread, so that the first transfer can be caught: looking
+    only once the work has been started misses the short ones."""
+
+    def __init__(self, candidates: Callable[[], list[int]], directory: Path, action: Callable[[int], None],
+                 timeout: float) -> None:
+        self.pid: int | None = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+
+        def run() -> None:
+            try:
+                self.pid = wait_mid_file(candidates, directory, timeout, self._stop)
+                if self.pid is not None:
+                    action(self.pid)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test by result()
+                self.error = exc
+
+        self._thread = threading.Thread(target=run, name="fault-mid-file", daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float) -> int | None:
+        """The pid struck (None if none was caught in time); re-raises what the action raised."""
+        self._thread.join(timeout)
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.pid
+
+
+def kill_leftovers(marker: Path) -> list[int]:
+    """SIGKILL every pgpush process of this test (its options name ``marker``); returns their pids."""
+    pids = [pid for pid in _pgpush_pids(marker) if pid != os.getpid()]
+    procs.signal_pids(pids, signal.SIGKILL)
+    for pid in pids:
+        procs.stop_pid(pid, timeout=2, sig=signal.SIGKILL)
+    return pids
+
+
+def _pgpush_pids(marker: Path) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and procs.pid_alive(int(entry)):
+            cmd = _cmdline(int(entry))
+            if "pgpush" in cmd and f"{marker}/" in cmd and not cmd.startswith("runuser"):
+                out.append(int(entry))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
