@@ -42,7 +42,8 @@ from pgpush.storage.base import CHUNK
 TYPES = ("full", "diff", "incr")
 POLL = 0.5
 NUDGE_INTERVAL = 5.0
-STARTED = "backup.started"  # marks the label directory of a backup in progress until its manifest is written
+STARTED = catalog.STARTED
+HEARTBEAT = 300.0  # seconds between refreshes of the in-progress marker (expire reads it, see expire.in_progress)
 HOLE_GRACE = 5.0  # a hole may be an out-of-order asynchronous push that completes in a moment
 
 
@@ -248,8 +249,7 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
         record["status"], record["status_detail"] = ev.status, ev.detail()
         manifest = {"format": 1, "backup": record, "files": sorted(files, key=lambda f: f["name"]),
                     "dirs": dirs, "links": links}
-        cat.write_manifest(label, manifest)
-        repo.storage.delete(f"{label_dir}/{STARTED}")
+        _commit(cfg, cat, label, manifest)
     except BaseException:
         try:
             repo.storage.delete_tree(label_dir)
@@ -284,8 +284,23 @@ def _claim(cat: Catalog, btype: str, archive_id: str,
         if label not in labels:
             break
         time.sleep(0.2)
-    cat.storage.put(f"{cat.label_dir(label)}/{STARTED}", [b"backup in progress\n"], overwrite=True)
+    cat.mark_started(label)
     return btype, prior, prior_index, label
+
+
+def _commit(cfg, cat: Catalog, label: str, manifest: dict) -> None:
+    """Write the manifest (the commit point), only if the label directory is still ours.
+
+    Under the catalog lock, so ``expire`` either removed the directory before (the marker is
+    gone: the backup fails instead of recording files that no longer exist) or sees the manifest.
+    """
+    marker = f"{cat.label_dir(label)}/{STARTED}"
+    with repolock.catalog_lock(cfg, cat.repo, "backup"):
+        if cat.storage.info(marker) is None:
+            raise FileMissingError(f"backup {label}: its directory was removed from the repository while the backup "
+                                   "ran (by expire, or by hand): nothing is recorded")
+        cat.write_manifest(label, manifest)
+        cat.storage.delete(marker)
 
 
 def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
@@ -301,10 +316,15 @@ def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
     progress = Progress(f"backup {label_dir.rsplit('/', 1)[-1]}", len(regular) + 1,
                         sum(e.size for e in regular) + control.size, str(cfg["log-level-console"]))
     files: list[dict] = []
+    label = label_dir.rsplit("/", 1)[-1]
+    beat = [time.monotonic()]
 
     def collect(job: tuple, result: dict | None) -> None:
         entry = by_name[job[0]]
         progress.advance(entry.size)
+        if time.monotonic() - beat[0] >= HEARTBEAT:  # still alive: expire must not take it for a crashed one
+            Catalog(repo).mark_started(label)
+            beat[0] = time.monotonic()
         if result is None:
             LOG.detail(f"file '{entry.path}' was removed during the backup")
             return

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -41,6 +44,7 @@ WAITING = "WAITING_FOR_WALS"
 FAILED = "FAILED"
 BACKUP_INFO = "backup.info"
 MANIFEST = "backup.manifest"
+STARTED = "backup.started"  # in a label directory until its manifest is written: a backup in progress
 LABEL_RE = re.compile(r"^\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?$")
 DIR_RE = re.compile(r"^[0-9A-F]{16}$")
 
@@ -320,6 +324,27 @@ class Catalog:
             return json.loads(raw)
         except (ValueError, RecursionError):  # RecursionError: nested too deep ("[[[[...")
             raise FileReadError(f"manifest of backup '{label}' is corrupt") from None
+
+    def mark_started(self, label: str) -> None:
+        """Write (or refresh) the in-progress marker of ``label`` with the time now.
+
+        A backup refreshes it while it copies: ``expire`` judges a label directory without a
+        manifest by this time, not by the label's start (a backup of a big cluster may run for
+        more than a day, and its label is in the backup host's local time).
+        """
+        body = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        self.storage.put(f"{self.label_dir(label)}/{STARTED}", [json.dumps(body).encode()], overwrite=True)
+
+    def started_at(self, label: str) -> float | None:
+        """When the backup of ``label`` last refreshed its marker; None when there is none or it has no time."""
+        try:
+            body = json.loads(self.storage.read(f"{self.label_dir(label)}/{STARTED}"))
+            when = float(body["time"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, RecursionError):  # a marker of an older version, or garbage
+            return None
+        return when if when == when else None  # NaN is no time
 
     def write_manifest(self, label: str, manifest: dict) -> None:
         self.storage.put(self.manifest_path(label), [json.dumps(manifest, indent=1).encode()], overwrite=True)

@@ -7,9 +7,10 @@ Rules (docs/operations.md, "Retention"):
   or status, every backup still ``WAITING_FOR_WALS`` (it may become the only
   restorable one), and every backup a kept one depends on (its prior chain
   and the backups its files reference);
-- a backup in progress (a label directory without a manifest, started less
-  than a day ago) keeps its full's whole chain: it may reference any of it;
-  an older one is an interrupted backup and its directory is removed;
+- a backup in progress (a label directory without a manifest whose marker
+  the backup refreshed less than a day ago) keeps its full's whole chain: it
+  may reference any of it; an older one is an interrupted backup and its
+  directory is removed;
 - every other backup is removed: first from ``backup.info``, then its
   manifest (so a half-removed directory is never taken for a backup), both
   under the catalog lock (:mod:`pgpush.repolock`) that a diff or incr backup
@@ -117,14 +118,17 @@ def expire_wal(repo: Repository, archive_id: str, boundary: int, segment_size: i
 def in_progress(cat: Catalog, known: set[str]) -> list[str]:
     """Label directories without a manifest: backups running now, or left by a crash.
 
-    Those started less than ``STALE_AFTER`` ago are reported as running; older
-    ones are incomplete backups and are removed.
+    A running backup refreshes its marker (:meth:`Catalog.mark_started`) while it copies; a
+    directory whose marker was refreshed less than ``STALE_AFTER`` ago (or, without a readable
+    marker, whose label is that recent) is reported as running.  Older ones are incomplete
+    backups and are removed.
     """
     running = []
     for label in sorted(cat.storage.list_dirs(cat.repo.backup_root)):
         if label in known or not catalog.LABEL_RE.match(label) or cat.storage.info(cat.manifest_path(label)):
             continue
-        if time.time() - label_time(label) < STALE_AFTER:
+        since = cat.started_at(label)
+        if time.time() - (label_time(label) if since is None else since) < STALE_AFTER:
             LOG.info(f"backup {label} is in progress: its chain is kept")
             running.append(label)
         else:

@@ -1,0 +1,92 @@
+"""Attacks on retention from outside its own tests: what `expire` (the CLI) may remove.
+
+The repository is built through the catalog's own API (no PostgreSQL needed: expire reads
+only names and JSON), then the real command runs on it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgpush import wal
+from pgpush.catalog import DONE, Catalog
+from pgpush.repository import Repository
+from pgpush.storage.posix import PosixStorage
+
+pytestmark = pytest.mark.integration
+
+MB16 = 16 * 1024 * 1024
+SYSTEM_ID = 7000000000000000001
+F1, F2 = "20200101-000000F", "20200102-000000F"
+RUNNING_INCR = F1 + "_20200103-000000I"  # started years ago by its label: a backup of a big cluster, still running
+
+
+def _seg(n: int) -> str:
+    return wal.segment_name(1, n, MB16)
+
+
+def _record(label: str, n: int, day: int) -> dict:
+    return {"label": label, "type": "full", "status": DONE, "wal_start": _seg(n), "wal_stop": _seg(n),
+            "segment_size": MB16, "archive_id": "15-1", "start_time": f"2020-01-0{day}T00:00:00+00:00",
+            "stop_time": f"2020-01-0{day}T00:10:00+00:00", "prior": None, "reference": [], "system_id": SYSTEM_ID}
+
+
+def _build(root: Path) -> Repository:
+    """Two DONE fulls (F1 then F2), their WAL archived, each with a manifest and one stored file."""
+    repo = Repository(PosixStorage(str(root)), "main", compress_type="none")
+    repo.stanza_create(SYSTEM_ID, 15)
+    cat = Catalog(repo)
+    for label, n, day in ((F1, 1, 1), (F2, 3, 2)):
+        record = _record(label, n, day)
+        repo.storage.put(f"backup/main/{label}/pg_data/PG_VERSION", [b"15\n"])
+        cat.write_manifest(label, {"format": 1, "backup": record, "files": [], "dirs": [], "links": []})
+        cat.add(record)
+    for n in range(1, 5):
+        repo.storage.put(f"archive/main/15-1/{_seg(n)[:16]}/{_seg(n)}-{'0' * 40}", [b"x"])
+    return repo
+
+
+def _expire(root: Path) -> subprocess.CompletedProcess:
+    conf = root.parent / "empty.conf"
+    conf.write_text("")
+    argv = [sys.executable, "-m", "pgpush", f"--config={conf}", "--stanza=main", f"--repo1-path={root}",
+            f"--log-path={root.parent / 'log'}", "--repo1-retention-full=1", "--log-level-console=info", "expire"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_expire_keeps_a_backup_running_for_more_than_a_day_and_its_prior_chain(tmp_path):
+    root = tmp_path / "repo"
+    repo = _build(root)
+    cat = Catalog(repo)
+    # An incr of F1, started long ago by its label, copying still: it refreshed its marker just now.
+    repo.storage.put(f"backup/main/{RUNNING_INCR}/pg_data/base/1/1259", [b"copied already"])
+    cat.mark_started(RUNNING_INCR)
+
+    res = _expire(root)
+
+    assert res.returncode == 0, res.stderr
+    assert (root / "backup/main" / RUNNING_INCR / "pg_data/base/1/1259").exists(), res.stderr
+    # The incr may reference any file of F1's chain: F1 is kept with its manifest and its WAL.
+    assert (root / "backup/main" / F1 / "backup.manifest").exists(), res.stderr
+    assert F1 in {b["label"] for b in cat.read()}
+    assert (root / f"archive/main/15-1/{_seg(1)[:16]}/{_seg(1)}-{'0' * 40}").exists()
+
+
+def test_expire_removes_a_label_directory_whose_marker_is_more_than_a_day_old(tmp_path):
+    root = tmp_path / "repo"
+    repo = _build(root)
+    repo.storage.put(f"backup/main/{RUNNING_INCR}/pg_data/base/1/1259", [b"copied already"])
+    stale = json.dumps({"time": 1577836800.0, "host": "db1", "pid": 1}).encode()  # 2020-01-01: a crashed backup
+    repo.storage.put(f"backup/main/{RUNNING_INCR}/backup.started", [stale], overwrite=True)
+
+    res = _expire(root)
+
+    assert res.returncode == 0, res.stderr
+    assert not (root / "backup/main" / RUNNING_INCR).exists()
+    assert not (root / "backup/main" / F1).exists()  # nothing needs F1 any more: retention applies
+    assert (root / "backup/main" / F2 / "backup.manifest").exists()
