@@ -37,7 +37,7 @@ from pgpush.log import LOG
 from pgpush.nudge import PrimaryNudge
 from pgpush.progress import Progress
 from pgpush.repository import Repository
-from pgpush.storage.base import CHUNK
+from pgpush.storage.base import CHUNK, StorageError
 
 TYPES = ("full", "diff", "incr")
 POLL = 0.5
@@ -64,7 +64,9 @@ def backup_file(repo: Repository, job: tuple) -> dict | None:
     """Store one file (or reference the prior backup's copy); None when it vanished meanwhile.
 
     ``job`` = (manifest name, absolute path, label dir, prior entry or None).
-    The SHA-1 recorded is of the bytes actually stored.
+    The SHA-1 recorded is of the bytes actually stored.  Only the source file vanishing
+    means None: a "no such file" from the repository's side (a directory of the backup
+    removed, a file where a directory should be) fails the backup, never drops the file.
     """
     name, path, label_dir, prior = job
     try:
@@ -74,23 +76,37 @@ def backup_file(repo: Repository, job: tuple) -> dict | None:
             if digest == prior["sha1"] and read == size:
                 return {"name": name, "size": read, "sha1": digest, "ext": prior["ext"],
                         "repo_size": prior["repo_size"], "reference": prior["reference"]}
-        h = hashlib.sha1()
-        counted = [0]
-
-        def chunks():
-            with open(path, "rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    h.update(chunk)
-                    counted[0] += len(chunk)
-                    yield chunk
-
-        ext = repo.extension()
-        payload = repo.encode(chunks())
-        if size > CHUNK:  # big file: compress in a thread while the storage sends
-            payload = readahead.ahead(payload)
-        written = repo.storage.put(f"{label_dir}/{name}{ext}", payload, overwrite=True)
     except FileNotFoundError:
         return None  # removed while backed up (a dropped relation): WAL replay recreates what matters
+    h = hashlib.sha1()
+    counted = [0]
+    vanished = [False]
+
+    def chunks():
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            vanished[0] = True
+            raise
+        with fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+                counted[0] += len(chunk)
+                yield chunk
+
+    ext = repo.extension()
+    payload = repo.encode(chunks())
+    if size > CHUNK:  # big file: compress in a thread while the storage sends
+        payload = readahead.ahead(payload)
+    target = f"{label_dir}/{name}{ext}"
+    try:
+        written = repo.storage.put(target, payload, overwrite=True)
+    except Exception as exc:
+        if vanished[0]:
+            return None  # removed between the stat and the open (the storage may have wrapped the error)
+        if isinstance(exc, FileNotFoundError):
+            raise StorageError(f"unable to write '{target}': {exc} ({repo.storage.description})") from None
+        raise
     return {"name": name, "size": counted[0], "sha1": h.hexdigest(), "ext": ext, "repo_size": written, "reference": None}
 
 
