@@ -238,6 +238,52 @@ class ArchiveListing:
 
 # -- backup.info and manifests -------------------------------------------------------------------
 
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "label": (str,), "type": (str,), "status": (str,), "start_time": (str,), "stop_time": (str,),
+    "wal_start": (str,), "wal_stop": (str,), "archive_id": (str,), "segment_size": (int,), "system_id": (int,),
+}
+
+
+def record_problem(entry: object) -> str | None:
+    """What makes ``entry`` not a backup record every command can read; None when sound.
+
+    ``backup.info`` and manifests are read from the repository: a wrong type anywhere must be
+    "corrupt" (42) naming the entry, not an internal error deep in info, expire or restore.
+    """
+    if not isinstance(entry, dict):
+        return f"a backup entry is {type(entry).__name__}, not an object"
+    label = entry.get("label")
+    if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
+        return f"backup entry {str(label)[:64]!r} has no valid label"
+    for key, types in _RECORD_FIELDS.items():
+        value = entry.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            return f"backup '{label}' has {key}={str(value)[:64]!r}"
+    problem = None
+    if entry["type"] not in ("full", "diff", "incr") or entry["status"] not in (DONE, WAITING, FAILED):
+        problem = f"type={entry['type'][:16]!r} status={entry['status'][:32]!r}"
+    elif not all(wal.SEGMENT_RE.fullmatch(entry[k]) for k in ("wal_start", "wal_stop")):
+        problem = f"wal_start={entry['wal_start'][:32]!r} wal_stop={entry['wal_stop'][:32]!r}"
+    elif not _valid_segment_size(entry["segment_size"]):
+        problem = f"segment_size={entry['segment_size']}"
+    elif not isinstance(entry.get("prior"), (str, type(None))) or not _str_list(entry.get("reference", [])):
+        problem = "prior or reference is not a label"
+    else:
+        try:
+            parse_iso(entry["start_time"]), parse_iso(entry["stop_time"])
+        except (ValueError, OverflowError):
+            problem = f"start_time={entry['start_time'][:40]!r} stop_time={entry['stop_time'][:40]!r}"
+    return f"backup '{label}' has {problem}" if problem else None
+
+
+def _valid_segment_size(size: int) -> bool:
+    """PostgreSQL's WAL segment sizes: a power of two from 1 MB to 1 GB."""
+    return (1 << 20) <= size <= (1 << 30) and not size & (size - 1)
+
+
+def _str_list(value: object) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
 
 class Catalog:
     """Read and write ``backup.info`` and the manifests of one stanza."""
@@ -258,6 +304,11 @@ class Catalog:
             backups = data["backups"]
         except (ValueError, KeyError, TypeError, RecursionError):
             raise FileReadError(f"{self.path} in the repository is corrupt") from None
+        if not isinstance(backups, list):
+            raise FileReadError(f"{self.path} in the repository is corrupt: 'backups' is not a list")
+        for entry in backups:
+            if problem := record_problem(entry):
+                raise FileReadError(f"{self.path} in the repository is corrupt: {problem}")
         return sorted(backups, key=lambda b: (b["start_time"], b["label"]))
 
     def write(self, backups: list[dict]) -> None:
@@ -358,9 +409,14 @@ class Catalog:
         found = []
         for label in sorted(labels - known):
             try:
-                found.append(self.read_manifest(label)["backup"])
+                manifest = self.read_manifest(label)
             except FileMissingError:
                 continue  # a backup in progress, or one whose removal was interrupted
+            record = manifest.get("backup") if isinstance(manifest, dict) else None
+            if (problem := record_problem(record)) or record["label"] != label:
+                problem = problem or f"it names backup {record['label']!r}"
+                raise FileReadError(f"manifest of backup '{label}' is corrupt: {problem}")
+            found.append(record)
         if not gone and not found:
             return backups
 

@@ -39,9 +39,13 @@ DIR_RE = re.compile(r"^[0-9A-F]{16}$")
 STALE_AFTER = 24 * 3600.0
 
 
-def label_time(label: str) -> float:
-    """When a backup with this label started (labels are local time: ``...YYYYMMDD-HHMMSS[FDI]``)."""
-    return time.mktime(time.strptime(label.rsplit("_", 1)[-1][:15], "%Y%m%d-%H%M%S"))
+def label_time(label: str) -> float | None:
+    """When a backup with this label started (labels are local time: ``...YYYYMMDD-HHMMSS[FDI]``); None when
+    the digits are no date (``20201399-...``: a name in the repository that no backup made)."""
+    try:
+        return time.mktime(time.strptime(label.rsplit("_", 1)[-1][:15], "%Y%m%d-%H%M%S"))
+    except (ValueError, OverflowError):
+        return None
 
 
 def plan(backups: list[dict], retention: int, running: Iterable[str] = ()) -> tuple[list[dict], list[dict]]:
@@ -128,7 +132,11 @@ def in_progress(cat: Catalog, known: set[str]) -> list[str]:
         if label in known or not catalog.LABEL_RE.match(label) or cat.storage.info(cat.manifest_path(label)):
             continue
         since = cat.started_at(label)
-        if time.time() - (label_time(label) if since is None else since) < STALE_AFTER:
+        since = label_time(label) if since is None else since
+        if since is None:
+            LOG.warn(f"directory '{cat.label_dir(label)}' is named like a backup but its date is not one: left alone")
+            continue
+        if time.time() - since < STALE_AFTER:
             LOG.info(f"backup {label} is in progress: its chain is kept")
             running.append(label)
         else:

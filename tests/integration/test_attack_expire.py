@@ -90,3 +90,17 @@ def test_expire_removes_a_label_directory_whose_marker_is_more_than_a_day_old(tm
     assert not (root / "backup/main" / RUNNING_INCR).exists()
     assert not (root / "backup/main" / F1).exists()  # nothing needs F1 any more: retention applies
     assert (root / "backup/main" / F2 / "backup.manifest").exists()
+
+
+def test_expire_leaves_alone_a_label_directory_whose_date_is_not_one(tmp_path):
+    root = tmp_path / "repo"
+    _build(root)
+    odd = root / "backup/main/20201399-000000F"  # named like a label, month 13: no backup made it
+    (odd / "pg_data").mkdir(parents=True)
+
+    res = _expire(root)
+
+    assert res.returncode == 0, res.stderr
+    assert "its date is not one: left alone" in res.stderr
+    assert (odd / "pg_data").is_dir()
+    assert (root / "backup/main" / F2 / "backup.manifest").exists()
