@@ -10,7 +10,7 @@ Rules (docs/operations.md, "Retention"):
 - a backup in progress (a label directory without a manifest whose marker
   the backup refreshed less than a day ago) keeps its full's whole chain: it
   may reference any of it; an older one is an interrupted backup and its
-  directory is removed;
+  directory is removed (after the lock is released);
 - every other backup is removed: first from ``backup.info``, then its
   manifest (so a half-removed directory is never taken for a backup), both
   under the catalog lock (:mod:`pgpush.repolock`) that a diff or incr backup
@@ -119,15 +119,16 @@ def expire_wal(repo: Repository, archive_id: str, boundary: int, segment_size: i
     return removed
 
 
-def in_progress(cat: Catalog, known: set[str]) -> list[str]:
-    """Label directories without a manifest: backups running now, or left by a crash.
+def in_progress(cat: Catalog, known: set[str]) -> tuple[list[str], list[str]]:
+    """Label directories without a manifest: (backups running now, directories left by a crash).
 
     A running backup refreshes its marker (:meth:`Catalog.mark_started`) while it copies; a
     directory whose marker was refreshed less than ``STALE_AFTER`` ago (or, without a readable
     marker, whose label is that recent) is reported as running.  Older ones are incomplete
-    backups and are removed.
+    backups, returned to be removed once the catalog lock is released (removing a big one takes
+    long, and a lock held that long would be broken as stale by a waiting backup).
     """
-    running = []
+    running, stale = [], []
     for label in sorted(cat.storage.list_dirs(cat.repo.backup_root)):
         if label in known or not catalog.LABEL_RE.match(label) or cat.storage.info(cat.manifest_path(label)):
             continue
@@ -135,32 +136,33 @@ def in_progress(cat: Catalog, known: set[str]) -> list[str]:
         since = label_time(label) if since is None else since
         if since is None:
             LOG.warn(f"directory '{cat.label_dir(label)}' is named like a backup but its date is not one: left alone")
-            continue
-        if time.time() - since < STALE_AFTER:
+        elif time.time() - since < STALE_AFTER:
             LOG.info(f"backup {label} is in progress: its chain is kept")
             running.append(label)
         else:
-            LOG.warn(f"removing incomplete backup {label} (no manifest, started over a day ago)")
-            cat.storage.delete_tree(cat.label_dir(label))
-    return running
+            stale.append(label)
+    return running, stale
 
 
-def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict]]:
+def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict], list[str]]:
     """Plan under the catalog lock and commit the removals (entries, then manifests) before releasing it.
 
-    Statuses are settled first, without the lock (a full listing of the archive may take a
-    while); the catalog is read again under it, so a backup that started meanwhile is seen.
+    Returns (kept, removed, incomplete label directories).  Statuses are settled first, without
+    the lock (a full listing of the archive may take a while); the catalog is read again under
+    it, so a backup that started meanwhile is seen.  Directories are removed by the caller,
+    after the lock: nothing can choose them any more.
     """
     cat = Catalog(repo)
     settled = {b["label"]: b for b in catalog.evaluate_all(repo, cat.reconciled())}
     with repolock.catalog_lock(cfg, repo, "expire"):
         backups = [settled.get(b["label"], b) for b in cat.reconciled()]
-        kept, removed = plan(backups, retention, in_progress(cat, {b["label"] for b in backups}))
+        running, stale = in_progress(cat, {b["label"] for b in backups})
+        kept, removed = plan(backups, retention, running)
         if removed:
             cat.remove({b["label"] for b in removed})
             for b in removed:
                 cat.storage.delete(cat.manifest_path(b["label"]))
-    return kept, removed
+    return kept, removed, stale
 
 
 def run(cfg) -> str:
@@ -173,7 +175,10 @@ def run(cfg) -> str:
     try:
         repo.load_archive_info()
         cat = Catalog(repo)
-        kept, removed = decide(cfg, repo, int(retention))
+        kept, removed, stale = decide(cfg, repo, int(retention))
+        for label in stale:
+            LOG.warn(f"removing incomplete backup {label} (no manifest, no sign of life for over a day)")
+            cat.storage.delete_tree(cat.label_dir(label))
         for b in removed:
             LOG.info(f"expire {b['type']} backup {b['label']} ({b['status']})")
             cat.storage.delete_tree(cat.label_dir(b["label"]))

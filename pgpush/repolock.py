@@ -41,15 +41,52 @@ def stale_after(cfg) -> float:
     return 4 * float(cfg["repo1-host-timeout"])
 
 
-def _age(repo: Repository, path: str) -> float | None:
-    """Seconds since the holder took the lock; None when it is gone."""
+def _read(repo: Repository, path: str) -> bytes | None:
+    """The lock's body as stored; None when it is gone."""
     try:
-        body = json.loads(repo.storage.read(path))
-        return time.time() - float(body["time"])
+        return repo.storage.read(path)
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
+
+
+def _age(raw: bytes) -> float:
+    """Seconds since the holder of a lock with this body took it."""
+    try:
+        return time.time() - float(json.loads(raw)["time"])
+    except (ValueError, KeyError, TypeError, RecursionError):
         return float("inf")  # unreadable: treat as left by a crash
+
+
+def _owner(raw: bytes | None) -> str | None:
+    try:
+        return str(json.loads(raw)["token"]) if raw is not None else None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def _break_if_stale(repo: Repository, path: str, limit: float) -> None:
+    """Remove a lock older than ``limit``, only if it is still the very lock found stale.
+
+    Two waiters may find one stale lock: the second must not remove the lock the first has
+    just taken in its place, so the body is read again right before the delete.
+    """
+    raw = _read(repo, path)
+    if raw is None or (age := _age(raw)) <= limit:
+        return
+    LOG.warn(f"breaking the catalog lock of stanza '{repo.stanza}': taken {age:.0f}s ago by a process "
+             "that did not release it")
+    if _read(repo, path) == raw:
+        repo.storage.delete(path)
+
+
+def _release(repo: Repository, path: str, token: str) -> None:
+    """Remove the lock if it is still ours: one broken as stale while we held it belongs to its new holder."""
+    raw = _read(repo, path)
+    if _owner(raw) != token:
+        LOG.warn(f"the catalog lock of stanza '{repo.stanza}' was broken while this {path.rsplit('/', 1)[-1]} holder "
+                 "ran (it took longer than the lock's stale limit): left to its new holder")
+        return
+    repo.storage.delete(path)
 
 
 @contextmanager
@@ -57,19 +94,16 @@ def catalog_lock(cfg, repo: Repository, command: str) -> Iterator[None]:
     """Hold the stanza's catalog lock for the body; waits at most twice :func:`stale_after` for it."""
     path = f"{repo.backup_root}/{LOCK_NAME}"
     limit = stale_after(cfg)
-    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command, "time": time.time()})
+    token = os.urandom(8).hex()
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command, "time": time.time(),
+                       "token": token})
     deadline = time.monotonic() + 2 * limit
     while True:
         try:
             repo.storage.put(path, [body.encode()])
             break
         except FileExistsError:
-            age = _age(repo, path)
-            if age is not None and age > limit:
-                LOG.warn(f"breaking the catalog lock of stanza '{repo.stanza}': taken {age:.0f}s ago by a process "
-                         "that did not release it")
-                repo.storage.delete(path)
-                continue
+            _break_if_stale(repo, path, limit)
         if time.monotonic() >= deadline:
             raise PgPushError(f"unable to acquire the catalog lock of stanza '{repo.stanza}' within {2 * limit:g}s: "
                               f"another backup or expire holds it ({path})", LOCK_ERROR)
@@ -78,6 +112,6 @@ def catalog_lock(cfg, repo: Repository, command: str) -> Iterator[None]:
         yield
     finally:
         try:
-            repo.storage.delete(path)
+            _release(repo, path, token)
         except Exception as exc:  # noqa: BLE001 - the body's own outcome matters more; it goes stale
             LOG.warn(f"unable to release the catalog lock of stanza '{repo.stanza}': {exc}")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness import procs
 
 from pgpush import wal
 from pgpush.catalog import DONE, Catalog
@@ -51,10 +52,11 @@ def _build(root: Path) -> Repository:
     return repo
 
 
-def _expire(root: Path) -> subprocess.CompletedProcess:
+def _expire(root: Path, user: str | None = None) -> subprocess.CompletedProcess:
     conf = root.parent / "empty.conf"
     conf.write_text("")
-    argv = [sys.executable, "-m", "pgpush", f"--config={conf}", "--stanza=main", f"--repo1-path={root}",
+    run_as = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
+    argv = [*run_as, sys.executable, "-m", "pgpush", f"--config={conf}", "--stanza=main", f"--repo1-path={root}",
             f"--log-path={root.parent / 'log'}", "--repo1-retention-full=1", "--log-level-console=info", "expire"]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
@@ -103,4 +105,25 @@ def test_expire_leaves_alone_a_label_directory_whose_date_is_not_one(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "its date is not one: left alone" in res.stderr
     assert (odd / "pg_data").is_dir()
+    assert (root / "backup/main" / F2 / "backup.manifest").exists()
+
+
+def test_an_interrupted_backup_that_cannot_be_removed_does_not_block_retention(work_dir):
+    root = work_dir / "repo"
+    _build(root)
+    stale = root / "backup/main" / RUNNING_INCR
+    (stale / "backup.started").parent.mkdir(parents=True)
+    (stale / "backup.started").write_text(json.dumps({"time": 1577836800.0}))  # crashed in 2020
+    procs.chown_tree(root, "postgres")
+    stuck = stale / "pg_data"  # root's: the postgres user running expire cannot empty it
+    stuck.mkdir()
+    (stuck / "PG_VERSION").write_text("15\n")
+
+    res = _expire(root, user="postgres")
+
+    # The interrupted directory is reported, but only after retention was committed: F1 is gone
+    # from the catalog, its manifest removed, nothing needs it; F2 is intact.
+    assert RUNNING_INCR in res.stderr, res.stderr
+    assert [b["label"] for b in Catalog(Repository(PosixStorage(str(root)), "main")).read()] == [F2]
+    assert not (root / "backup/main" / F1 / "backup.manifest").exists()
     assert (root / "backup/main" / F2 / "backup.manifest").exists()
