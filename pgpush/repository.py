@@ -67,6 +67,37 @@ def history_problem(name: str, data: bytes) -> str | None:
     return None
 
 
+def _db_problem(db: object) -> str | None:
+    """What makes ``db`` (archive.info's ``db`` or a ``history`` entry) unusable; None when sound."""
+    if not isinstance(db, dict):
+        return "a database entry is not an object"
+    ident, system_id, version = db.get("id"), db.get("system-id"), db.get("version")
+    if not isinstance(ident, int) or isinstance(ident, bool) or ident < 1:
+        return f"database id {str(ident)[:32]!r} is not a positive number"
+    if not isinstance(system_id, int) or isinstance(system_id, bool) or not 0 <= system_id < 1 << 64:
+        return f"system-id {str(system_id)[:32]!r} is not a system identifier"
+    if not isinstance(version, str) or not version.isdigit() or len(version) > 3:
+        return f"version {str(version)[:32]!r} is not a PostgreSQL major version"
+    return None
+
+
+def archive_info_problem(info: object) -> str | None:
+    """What makes a parsed ``archive.info`` unusable (it comes from the repository: anything may be
+    there); None when sound.  Its ids name directories, so they are checked before any is used."""
+    if not isinstance(info, dict):
+        return "not an object"
+    history = info.get("history")
+    if not isinstance(history, list) or not history:
+        return "'history' is not a list of databases"
+    for db in [info.get("db"), *history]:
+        if problem := _db_problem(db):
+            return problem
+    cipher = info.get("cipher")
+    if cipher is not None and not (isinstance(cipher, dict) and isinstance(cipher.get("type"), str)):
+        return "'cipher' is not an object with a type"
+    return None
+
+
 def stored_checksums(stored: Iterable[str]) -> set[str]:
     """The distinct SHA-1s among stored names of one WAL file (a compression change keeps the SHA-1)."""
     return {m.group("sha") for f in stored if (m := ARCHIVED_RE.fullmatch(f))}
@@ -133,8 +164,10 @@ class Repository:
                 "run stanza-create first") from None
         try:
             info = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FileReadError(f"archive.info of stanza '{self.stanza}' is corrupt") from None
+        if problem := archive_info_problem(info):
+            raise FileReadError(f"archive.info of stanza '{self.stanza}' is corrupt: {problem}")
         self._archive_info = info
         self._check_cipher(info)
         return info
@@ -147,9 +180,14 @@ class Repository:
                 f"with '{cipher['type']}'")
         if self.cipher_type == "none":
             return
-        self._key = crypto.derive_key(self.cipher_pass or "", bytes.fromhex(cipher["salt"]))
         try:
-            token = b"".join(crypto.decrypt([bytes.fromhex(cipher["check"])], self._key))
+            salt, check = bytes.fromhex(cipher["salt"]), bytes.fromhex(cipher["check"])
+        except (KeyError, TypeError, ValueError):
+            raise FileReadError(f"archive.info of stanza '{self.stanza}' is corrupt: its cipher has no valid salt "
+                                "and check") from None
+        self._key = crypto.derive_key(self.cipher_pass or "", salt)
+        try:
+            token = b"".join(crypto.decrypt([check], self._key))
         except ValueError:
             token = b""
         if token != b"pgpush":

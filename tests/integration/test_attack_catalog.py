@@ -72,3 +72,28 @@ def test_a_manifest_whose_record_has_wrong_types_is_corrupt_and_never_enters_bac
     (root / "backup/main" / LABEL / "backup.manifest").write_text(json.dumps(manifest))
     _assert_corrupt(_pgpush(root, "expire"), f"manifest of backup '{LABEL}' is corrupt")
     assert json.loads((root / "backup/main/backup.info").read_text())["backups"] == []
+
+
+HOSTILE_ARCHIVE_INFO = {
+    "a_list": [],
+    "empty_object": {},
+    "db_a_number": {"db": 1, "history": [1]},
+    "system_id_a_string": {"db": {"id": 1, "system-id": "x", "version": "15"},
+                           "history": [{"id": 1, "system-id": "x", "version": "15"}]},
+    "history_a_string": {"db": {"id": 1, "system-id": 7, "version": "15"}, "history": "x"},
+    "id_a_path": {"db": {"id": "../..", "system-id": 7, "version": "15"},
+                  "history": [{"id": "../..", "system-id": 7, "version": "15"}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ARCHIVE_INFO))
+def test_get_and_expire_call_an_archive_info_with_wrong_types_corrupt(tmp_path, case):
+    root = tmp_path / "repo"
+    _stanza(root)
+    (root / "archive/main/archive.info").write_text(json.dumps(HOSTILE_ARCHIVE_INFO[case]))
+    wal = tmp_path / "000000010000000000000001"
+    wal.write_bytes(b"\0" * 8192)
+    # get must never answer 1 ("not in the archive": recovery would end) for a repository it cannot read
+    _assert_corrupt(_pgpush(root, "get", wal.name, str(tmp_path / "dest")), "archive.info of stanza 'main' is corrupt")
+    _assert_corrupt(_pgpush(root, "expire"), "archive.info of stanza 'main' is corrupt")
+    assert not (tmp_path / "dest").exists()
