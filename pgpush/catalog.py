@@ -405,7 +405,9 @@ class Catalog:
         labels = {d for d in self.storage.list_dirs(self.repo.backup_root) if LABEL_RE.match(d)}
         backups = self.read()
         known = {b["label"] for b in backups}
-        gone = known - labels
+        # An entry is dropped only when its manifest is gone too: a listing that misses a directory
+        # (a symlink in a posix repository, a store whose listing lags) must not erase a backup.
+        gone = {label for label in known - labels if self.storage.info(self.manifest_path(label)) is None}
         found = []
         for label in sorted(labels - known):
             try:

@@ -127,3 +127,22 @@ def test_an_interrupted_backup_that_cannot_be_removed_does_not_block_retention(w
     assert [b["label"] for b in Catalog(Repository(PosixStorage(str(root)), "main")).read()] == [F2]
     assert not (root / "backup/main" / F1 / "backup.manifest").exists()
     assert (root / "backup/main" / F2 / "backup.manifest").exists()
+
+
+def test_info_keeps_a_backup_whose_label_directory_is_a_symlink(tmp_path):
+    root = tmp_path / "repo"
+    _build(root)
+    elsewhere = tmp_path / "bigger-disk" / F2
+    elsewhere.parent.mkdir()
+    (root / "backup/main" / F2).rename(elsewhere)  # an operator moved the newest backup and left a link
+    (root / "backup/main" / F2).symlink_to(elsewhere)
+
+    conf = tmp_path / "empty.conf"
+    conf.write_text("")
+    res = subprocess.run([sys.executable, "-m", "pgpush", f"--config={conf}", "--stanza=main", f"--repo1-path={root}",
+                          f"--log-path={tmp_path / 'log'}", "info", "--output=json"],
+                         capture_output=True, text=True, timeout=60)
+
+    assert res.returncode == 0, res.stderr
+    assert [b["label"] for b in json.loads(res.stdout)[0]["backups"]] == [F1, F2]
+    assert [b["label"] for b in Catalog(Repository(PosixStorage(str(root)), "main")).read()] == [F1, F2]
