@@ -25,15 +25,99 @@ from collections.abc import Callable
 def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = None) -> int:
     """Run one pgpush command and return its exit status (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    _open_standard_streams()
     from pgpush.log import LOG
 
     LOG.reset()
     seen: dict[str, str] = {}
     try:
         rc = _dispatch(argv, bootstrap, seen)
+        _flush_stdout()
     except BaseException as exc:  # noqa: BLE001 - the one place every failure becomes an exit code
-        return _report(exc, seen.get("command"))
-    return _status(rc, seen.get("command"))
+        if not _flush_stdout(report=False) and isinstance(exc, OSError):
+            exc = _stdout_error(exc)  # the command's own write to a full or closed stdout
+        status = _report(exc, seen.get("command"))
+    else:
+        status = _status(rc, seen.get("command"))
+    try:
+        _flush_or_silence(sys.stderr, 2)
+    except OSError:
+        pass  # the console is gone; the exit status still carries the verdict
+    return status
+
+
+def _open_standard_streams() -> None:
+    """Give descriptors 0, 1 and 2 a target (``/dev/null``) when pgpush was started without them.
+
+    A closed descriptor is handed to the next file opened: a lock file, a WAL file or a
+    repository file would become "stdout" or "stderr" and receive what is meant for the
+    console.  ``sys.stdout``/``sys.stderr`` are None in that case; they get ``/dev/null`` too, so
+    output is dropped instead of failing the command.
+    """
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+
+
+def _flush_stdout(report: bool = True) -> bool:
+    """Flush what the command printed while its failure can still be reported: True when
+    flushed; else 064 is raised (``report``), or False (the command failed already and its
+    own error is the one to report)."""
+    try:
+        _flush_or_silence(sys.stdout, 1)
+    except OSError as exc:
+        if report:
+            raise _stdout_error(exc) from None
+        return False
+    return True
+
+
+def _flush_or_silence(stream: object, fd: int) -> None:
+    """Flush ``stream``; when that fails, point descriptor ``fd`` at ``/dev/null`` and re-raise.
+
+    Left to the interpreter's exit, a failed flush (``> /dev/full``, a closed pipe) ends the
+    process with status 120 and no ``ERROR:`` line; on ``/dev/null`` its last flush succeeds.
+    """
+    import os
+
+    try:
+        stream.flush()
+    except (OSError, ValueError, AttributeError) as exc:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        if isinstance(exc, OSError):
+            raise
+
+
+def _stdout_error(exc: OSError) -> BaseException:
+    from pgpush.errors import FileWriteError
+
+    return FileWriteError(f"unable to write to standard output: {exc.strerror or exc}")
+
+
+# Positional arguments of the commands pgpush answers before the CLI: (fewest, most, what).
+_ARGUMENTS = {
+    "version": (0, 0, ""),
+    "push": (1, 1, "the WAL file path (%p)"),
+    "get": (2, 2, "the WAL file name (%f) and the destination path (%p)"),
+    "push-async": (1, 2, "the WAL directory"),
+    "get-async": (1, 2, "the data directory"),
+    "worker": (1, 1, "the kind of work"),
+}
 
 
 def _dispatch(argv: list[str], bootstrap: Callable[[], None] | None, seen: dict[str, str]) -> int:
@@ -42,6 +126,7 @@ def _dispatch(argv: list[str], bootstrap: Callable[[], None] | None, seen: dict[
 
     cfg = config.load(argv)
     seen["command"] = cfg.command
+    _check_arguments(cfg.command, cfg.args)
     if cfg.command == "version":
         from pgpush import __version__
 
@@ -77,6 +162,21 @@ def _dispatch(argv: list[str], bootstrap: Callable[[], None] | None, seen: dict[
     from pgpush.cli import run
 
     return run(argv, cfg)
+
+
+def _check_arguments(command: str, args: list[str]) -> None:
+    """A missing argument is 043 (pgBackRest's ParamRequiredError, as for ``push`` without
+    ``%p``), one too many a usage error (031): checked once, before any command runs."""
+    if command not in _ARGUMENTS:
+        return  # the CLI's commands: typer checks their arguments
+    from pgpush.errors import OptionInvalidError, ParamRequiredError
+
+    fewest, most, what = _ARGUMENTS[command]
+    if len(args) < fewest:
+        raise ParamRequiredError(f"{command} command requires {what}")
+    if len(args) > most:
+        extra = " ".join(repr(a) for a in args[most:])[:200]
+        raise OptionInvalidError(f"{command} command takes {'no arguments' if not most else what}; extra argument(s): {extra}")
 
 
 def _bootstrap(bootstrap: Callable[[], None] | None) -> None:
@@ -117,7 +217,10 @@ def _report(exc: BaseException, command: str | None) -> int:
 
         LOG.debug("".join(traceback.format_exception(exc)).rstrip())
         exc = unexpected(exc)
-    LOG.exception(exc)
+    try:
+        LOG.exception(exc)
+    except Exception:  # noqa: BLE001 - no console and no log: the exit code still says it
+        pass
     return exit_code_for(exc)
 
 

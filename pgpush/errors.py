@@ -71,6 +71,12 @@ class FileReadError(PgPushError):
     code = 42
 
 
+class ParamRequiredError(PgPushError):
+    """A required argument is missing (``push`` without ``%p``, ``get`` without ``%f``/``%p``)."""
+
+    code = 43
+
+
 class ArchiveMismatchError(PgPushError):
     """The cluster's system identifier or version differ from the stanza."""
 
@@ -93,6 +99,12 @@ class PathCreateError(PgPushError):
     """A local path (spool, log) cannot be created or written."""
 
     code = 47
+
+
+class FileWriteError(PgPushError):
+    """A local file or stream could not be written (e.g. standard output is full or closed)."""
+
+    code = 64
 
 
 class FileMissingError(PgPushError):

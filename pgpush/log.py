@@ -69,16 +69,7 @@ class Logger:
 
     def _emit(self, level: int, message: str) -> None:
         if level <= self.console_level:
-            console = self.console or sys.stderr
-            line = f"{_NAMES[level]}: {message}\n"
-            try:
-                try:
-                    console.write(line)
-                except UnicodeEncodeError:  # a non-UTF-8 argument or file name: escape it, never lose the line
-                    console.write(line.encode("ascii", "backslashreplace").decode("ascii"))
-                console.flush()
-            except (OSError, ValueError):
-                pass
+            self._emit_console(f"{_NAMES[level]}: {message}\n")
         if self._fd is not None and level <= self.file_level:
             now = time.time()
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
@@ -87,6 +78,25 @@ class Logger:
                 os.write(self._fd, line.encode("utf-8", "replace"))
             except OSError:
                 pass
+
+    def _emit_console(self, line: str) -> None:
+        """Write one console line; a console that is gone loses the line, never the exit code.
+
+        ``sys.stderr`` is None when pgpush was started with descriptor 2 closed (``2>&-``), and
+        a full or closed pipe raises: either way the verdict must still reach PostgreSQL as the
+        exit status, so a console failure is never an exception of its own.
+        """
+        console = self.console or sys.stderr
+        if console is None:
+            return
+        try:
+            try:
+                console.write(line)
+            except UnicodeEncodeError:  # a non-UTF-8 argument or file name: escape it, never lose the line
+                console.write(line.encode("ascii", "backslashreplace").decode("ascii"))
+            console.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def error(self, message: str) -> None:
         self._emit(1, message)
