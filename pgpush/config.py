@@ -192,7 +192,7 @@ def _read_text(path: str) -> str:
     finally:
         os.close(fd)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # the byte order mark some editors write
     except UnicodeDecodeError as exc:
         lineno = data.count(b"\n", 0, exc.start) + 1
         raise OptionInvalidValueError(f"config file {path} line {lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
@@ -295,10 +295,14 @@ def split_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, str], 
         key, sep, value = tok[2:].partition("=")
         opt = BY_NAME.get(key)
         if opt is None and key.startswith("no-") and key[3:] in BY_NAME and BY_NAME[key[3:]].type == "bool" and not sep:
+            if key[3:] in raw:
+                raise OptionInvalidError(f"option '--{key[3:]}' cannot be set multiple times on the command line")
             raw[key[3:]] = "n"
             continue
         if opt is None:
             raise OptionInvalidError(f"invalid option '--{key}' on the command line")
+        if key in raw:
+            raise OptionInvalidError(f"option '--{key}' cannot be set multiple times on the command line")
         if sep:
             raw[key] = value
         elif opt.type == "bool":
@@ -368,12 +372,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
     def section_values(section: str) -> dict[str, tuple[str, int]]:
         return ini.get(section, {})
 
-    # Validate every key of every section once, whatever the command.
-    for section, entries in ini.items():
-        for key, (_raw, lineno) in entries.items():
-            opt = BY_NAME.get(key)
-            if opt is None or not opt.config:
-                raise OptionInvalidValueError(f"invalid option '{key}' in section [{section}] of {config_path} line {lineno}")
+    ini = _checked_sections(ini, str(config_path))
 
     if "stanza" not in values and "stanza" in section_values("global"):
         raw, lineno = section_values("global")["stanza"]
@@ -383,8 +382,9 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: "
                                        f"[A-Za-z0-9_.-]+, at most {MAX_STANZA} characters, not '.' or '..' is expected")
 
-    order = [f"{stanza}:{command}", str(stanza)] if stanza else []
-    order += [f"global:{command}", "global"]
+    group = section_command(command, args)
+    order = [f"{stanza}:{group}", str(stanza)] if stanza else []
+    order += [f"global:{group}", "global"]
     for section in order:
         for key, (raw, lineno) in section_values(section).items():
             opt = BY_NAME[key]
@@ -397,6 +397,54 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
             values[opt.name] = opt.default
     _check_compress_level(values, sources)
     return Config(command, args, values, sources)
+
+
+def section_command(command: str, args: list[str]) -> str:
+    """The command whose ``[...:COMMAND]`` sections apply: the background parents and their
+    workers do the work of ``push`` or ``get``, so an option set for ``push`` (``process-max``,
+    ``compress-type``...) reaches them too, as ``[global:archive-push]`` does in pgBackRest."""
+    if command in ("push-async", "get-async"):
+        return command.removesuffix("-async")
+    if command == "worker" and args[:1] in (["push"], ["get"]):
+        return args[0]
+    return command
+
+
+def _checked_sections(ini: dict[str, dict[str, tuple[str, int]]], path: str) -> dict[str, dict[str, tuple[str, int]]]:
+    """Validate every section name and key once, whatever the command; returns the sections
+    with command aliases resolved (``[global:archive-push]`` is ``[global:push]``).
+
+    A section that no command reads (``[main:bogus]``, ``[]``) or ``stanza`` set where it cannot
+    apply would be ignored without a word: a trap in a backup tool's config, so an error (32).
+    """
+    out: dict[str, dict[str, tuple[str, int]]] = {}
+    for section, entries in ini.items():
+        name = _section_name(section, path, entries)
+        merged = out.setdefault(name, {})
+        for key, (raw, lineno) in entries.items():
+            opt = BY_NAME.get(key)
+            if opt is None or not opt.config:
+                raise OptionInvalidValueError(f"invalid option '{key}' in section [{section}] of {path} line {lineno}")
+            if key == "stanza" and name != "global":
+                raise OptionInvalidValueError(f"option 'stanza' may only be set in section [global], not in "
+                                              f"[{section}] of {path} line {lineno}")
+            if key in merged:
+                raise OptionInvalidValueError(f"option '{key}' is set twice for section [{name}] of {path} "
+                                              f"(lines {merged[key][1]} and {lineno})")
+            merged[key] = (raw, lineno)
+    return out
+
+
+def _section_name(section: str, path: str, entries: dict[str, tuple[str, int]]) -> str:
+    """``global``, ``STANZA``, ``global:COMMAND`` or ``STANZA:COMMAND``, the alias resolved."""
+    head, colon, cmd = section.partition(":")
+    cmd = ALIASES.get(cmd, cmd)
+    if (head == "global" or valid_stanza(head)) and (not colon or cmd in COMMANDS and cmd != "help"):
+        return f"{head}:{cmd}" if colon else head
+    line = min((lineno for _raw, lineno in entries.values()), default=0)
+    where = f" (its first option on line {line})" if line else ""
+    raise OptionInvalidValueError(f"invalid section [{section}] in {path}{where}: [global], [global:COMMAND], "
+                                  "[STANZA] or [STANZA:COMMAND] with a known command is expected")
 
 
 # Levels each library accepts (zstd 0 and lz4 0 mean the library's default); ``none`` has no
