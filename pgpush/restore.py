@@ -72,6 +72,9 @@ SMALL_SIZE = 2 * 1024 * 1024  # ... and at most this big once decoded is read in
 BATCH_FILES = 64  # at most this many files ...
 BATCH_BYTES = 16 * 1024 * 1024  # ... and about this many decoded bytes per batch (a unit of work for the pool)
 SLICE = 32 * 1024  # stored bytes handed to the decoder at a time: its output stays well under a few MB
+# A small file is decoded in memory: 1 KB at a time, so a decompression bomb (zstd turns 4 stored bytes into a
+# 128 KB block) yields at most ~32 MB before it is found longer than the manifest says.
+BOMB_SLICE = 1024
 
 
 class FileJob(NamedTuple):
@@ -110,6 +113,13 @@ def _unchanged(job: FileJob) -> bool:
 def _corrupt(job: FileJob, sha1: str, size: int) -> FileReadError:
     return FileReadError(f"backup file '{job.path}' in the repository is corrupt: SHA1 {sha1} ({size} bytes) "
                          f"does not match the manifest's {job.sha1} ({job.size} bytes)")
+
+
+def _too_long(job: FileJob, size: int) -> FileReadError:
+    """A stored file that decodes past the manifest's size (a decompression bomb, or a lying manifest)
+    is refused as soon as it does: decoding it whole could fill the memory or pg1-path's file system."""
+    return FileReadError(f"backup file '{job.path}' in the repository is corrupt: it decodes to more than the "
+                         f"manifest's {job.size} bytes (at least {size})")
 
 
 def _write_all(fd: int, data) -> None:
@@ -152,15 +162,15 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
 
 
-def _sliced(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The same bytes in pieces of at most ``SLICE``: zstd at ~40x turns a 1 MB read into a 40 MB buffer,
+def _sliced(chunks: Iterable[bytes], size: int = SLICE) -> Iterator[bytes]:
+    """The same bytes in pieces of at most ``size``: zstd at ~40x turns a 1 MB read into a 40 MB buffer,
     and fresh buffers that big cost page faults on every one (measured: twice the time of the whole file)."""
     for chunk in chunks:
-        if len(chunk) <= SLICE:
+        if len(chunk) <= size:
             yield chunk
         else:
-            for i in range(0, len(chunk), SLICE):
-                yield chunk[i:i + SLICE]
+            for i in range(0, len(chunk), size):
+                yield chunk[i:i + size]
 
 
 def restore_file(repo: Repository, job: FileJob) -> tuple[int, bool]:
@@ -179,9 +189,11 @@ def restore_file(repo: Repository, job: FileJob) -> tuple[int, bool]:
         try:
             flushed = 0
             for chunk in readahead.ahead(repo.decode(_sliced(repo.storage.read_chunks(job.path)), job.path), depth=8):
+                written += len(chunk)
+                if written > job.size:
+                    raise _too_long(job, written)
                 h.update(chunk)
                 _write_all(fd, chunk)
-                written += len(chunk)
                 if written - flushed >= WRITEBACK_EVERY:
                     _start_writeback(fd, flushed, written - flushed)
                     flushed = written
@@ -198,8 +210,15 @@ def restore_file(repo: Repository, job: FileJob) -> tuple[int, bool]:
 
 
 def _decode_whole(repo: Repository, job: FileJob, data: bytes) -> bytes:
+    parts: list[bytes] = []
+    size = 0
     try:
-        content = b"".join(repo.decode([data], job.path))
+        for chunk in repo.decode(_sliced([data], BOMB_SLICE), job.path):
+            size += len(chunk)
+            if size > job.size:
+                raise _too_long(job, size)
+            parts.append(chunk)
+        content = b"".join(parts)
     except ValueError as exc:
         raise FileReadError(f"backup file '{job.path}' in the repository is corrupt: {exc}") from None
     if len(content) != job.size or hashlib.sha1(content).hexdigest() != job.sha1:
