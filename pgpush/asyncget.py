@@ -60,10 +60,11 @@ class GetParent(AsyncParent):
 
     def clean(self, present: list[str]) -> None:
         """Remove what recovery no longer needs (older segments, other timelines) since it asked for ``self.first``,
-        and every "missing" marker: each answered an older request, and a new request looks again."""
+        and every per-segment verdict ("missing" markers, errors): each answered an older request, and a
+        new request looks again."""
         for name in present:
             base = name[:24]
-            if name.endswith(".ok"):
+            if name.endswith((".ok", ".error")) and name != spool.GLOBAL_ERROR:
                 spool.remove(os.path.join(self.qdir, name))
                 continue
             if not wal.SEGMENT_RE.fullmatch(base) or name.endswith(spool.TMP_SUFFIX):
@@ -127,10 +128,21 @@ class GetParent(AsyncParent):
                 spool.remove(os.path.join(self.qdir, name))  # recovery moved on while it came, or past a hole
             self._missing()  # this may have been the last answer before the hole
             return True
+        if not result.get("global") and not self._current(task):
+            return True  # an error met for an older request: _submit asks again for this one
         err = PgPushError(result["message"], result["code"])
         LOG.error(f"[{err.code:03d}]: {err.message}")
         spool.write_error(self.qdir, None if result.get("global") else name, err)
         return False
+
+    def _current(self, task: dict) -> bool:
+        """Was ``task`` handed out for the request that is in ``in/request`` now?
+
+        Read again here, not only once per loop: a verdict on one segment is only the answer
+        to the request it was looked up for (see the module docstring).
+        """
+        self.request()
+        return task.get("request") == self.done == self.request_text
 
     def work(self) -> bool:
         """Keep the window full as recovery moves on; linger a little before giving up.

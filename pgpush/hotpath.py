@@ -196,6 +196,10 @@ def get(cfg: Config) -> int | None:
                 last_check = time.monotonic() + 0.5  # retry the parent about once a second
         if request is None:
             request = _write_request(qdir, name)
+            # A NAME.error there now answered an earlier request (a prefetch): the repository
+            # may serve the file since, and PostgreSQL takes any failure as the end of the
+            # archive.  Only an error the parent writes for this request is the answer.
+            spool.remove(os.path.join(qdir, name + ".error"))
         now = time.monotonic()
         if now >= deadline:
             raise ArchiveTimeoutError(

@@ -1,0 +1,80 @@
+"""Asynchronous get attacked from outside (SPEC §6): verdicts the parent wrote for one request are
+never the answer to a later one."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from pgpush_env import Pgpush
+
+from pgpush import lock
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_error_met_while_prefetching_is_not_the_answer_to_a_later_recovery(pg_factory, pgpush_cmd, work_dir):
+    """A segment that read back corrupt while the parent prefetched it for one recovery leaves
+    ``SEGMENT.error``; once the repository serves it whole again, the next recovery that asks for it
+    must get it (a sync get would), not that old error, which PostgreSQL takes as the end of the archive."""
+    pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="8MB", archive_timeout=30, compress_type="none")
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "1GB"},
+                    wal_segsize_mb=1)
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
+    pg.reload()
+    base = work_dir / "base"
+    pg.run([pg.bin("pg_basebackup"), "-D", str(base), "-X", "none", "-c", "fast", "-h", str(pg.socket_dir),
+            "-p", str(pg.port), "-U", "postgres"], check=True)
+    pg.sql("create table marks(id int)")
+    pg.generate_wal(2, payload_bytes=1024)
+    pg.sql("insert into marks values (1)")
+    first_target = pg.sql("select pg_current_wal_insert_lsn()")
+    switched = pg.generate_wal(4, payload_bytes=600 * 1024)
+    # beyond what recovery reads ahead of its replay, inside the prefetch window
+    flaky = switched[2]
+    pg.sql("insert into marks values (2)")
+    pg.wait_archived(pg.switch_wal(), timeout=60)
+    pg.stop()
+    stored = next((work_dir / "repo").rglob(f"{flaky}-*"))
+    good = stored.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    stored.write_bytes(bytes(bad))  # reads back corrupt (checksum mismatch) for now
+
+    restored = pg_factory("restored", init=False)
+    restored._prepare_common()
+    os.rename(base, restored.datadir)
+    restored.set_conf({
+        "port": restored.port, "unix_socket_directories": str(restored.socket_dir), "archive_mode": "off",
+        "restore_command": pp.restore_command(archive_async="y"), "recovery_target_lsn": first_target,
+        "recovery_target_action": "shutdown", "recovery_prefetch": "off",
+    })
+    (restored.datadir / "recovery.signal").touch()
+    restored.run([restored.bin("pg_ctl"), "-D", str(restored.datadir), "-l", str(restored.log_file), "-W", "start"],
+                 check=True)
+    _wait_for(lambda: "database system is shut down" in restored.log_tail(200) and not restored.is_running(), 120,
+              "recovery to stop at the first target")
+    _wait_for((pp.in_dir / f"{flaky}.error").exists, 60, f"the prefetch to fail on {flaky}")
+
+    stored.write_bytes(good)  # the repository serves it whole again
+    restored.set_conf({"recovery_target_lsn": "", "recovery_target_action": "promote"})
+    restored.start(timeout=120)
+    _wait_for(lambda: restored.sql("select pg_is_in_recovery()") == "f", 120, "the end of recovery")
+    assert restored.sql("select array_agg(id order by id) from marks") == "{1,2}", restored.log_tail()
+    assert "ERROR: [042]" not in pp.log_text("archive-get"), pp.log_text("archive-get")
+    _wait_parent_gone(pp)
+
+
+def _wait_parent_gone(pp: Pgpush) -> None:
+    """The lingering get parent ends by itself: wait for its lock to be free (no process left behind)."""
+    path = str(pp.spool_path / "archive" / pp.stanza / "archive-get.lock")
+    _wait_for(lambda: not os.path.exists(path) or not lock.is_locked(path), 60, "the get parent to exit")
