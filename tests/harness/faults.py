@@ -202,16 +202,26 @@ class SftpBackend(Backend):
 
 
 class S3Backend(Backend):
-    """A fresh bucket on the worker's real SeaweedFS (``seaweed`` fixture)."""
+    """A fresh bucket on the worker's real SeaweedFS (``seaweed`` fixture).
+
+    For a full store (``small_fs_mb``) a private SeaweedFS runs on a small tmpfs instead: the
+    shared server grows a new volume whenever one is full and has no store-wide quota, while
+    one whose disk is full answers every PUT with 500 InternalError, as a full store does."""
 
     name = "s3"
-    cannot = {
-        "fill": "s3: SeaweedFS grows a new volume whenever one reaches -master.volumeSizeLimitMB (no "
-                "store-wide quota), and the shared test server's data is not on a small file system, so a "
-                "full S3 store cannot be made here",
-    }
 
-    def __init__(self, seaweed, small_fs_mb: float | None = None) -> None:
+    def __init__(self, seaweed=None, small_fs_mb: float | None = None, work_dir: Path | None = None) -> None:
+        self.small = self.own = self.server = None
+        if small_fs_mb:
+            from .seaweed import SeaweedBucket, SeaweedServer
+
+            self.small = _SmallFs(Path(work_dir) / "s3-small", small_fs_mb, "root")
+            self.own = SeaweedServer(self.small.path)
+            try:
+                seaweed = SeaweedBucket(self.own.start())
+            except BaseException:
+                self.close()
+                raise
         self.bucket, self.server = seaweed, seaweed.server
 
     def options(self) -> dict[str, str]:
@@ -219,6 +229,15 @@ class S3Backend(Backend):
 
     def reader(self):
         return self.bucket.storage("/repo", timeout=10)
+
+    def fill(self) -> None:
+        if self.small is None:
+            raise NotApplicable("s3: made without a small file system")
+        self.small.fill()
+
+    def unfill(self) -> None:
+        if self.small is not None:
+            self.small.unfill()
 
     def freeze(self) -> None:
         self.server.freeze()
@@ -238,7 +257,12 @@ class S3Backend(Backend):
         self.server.start()
 
     def close(self) -> None:
-        self.server.ensure_running()
+        if self.own is not None:
+            self.own.cleanup()
+        elif self.server is not None:
+            self.server.ensure_running()
+        if self.small is not None:
+            self.small.close()
 
 
 # ---------------------------------------------------------------------------------------------

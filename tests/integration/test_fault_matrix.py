@@ -53,7 +53,8 @@ PERSISTENT = {"storage-full", "storage-frozen", "host-rebooted"}  # must make Po
 BACKENDS = {
     "posix": lambda req, small: faults.PosixBackend(req.getfixturevalue("work_dir"), small),
     "sftp": lambda req, small: faults.SftpBackend(req.getfixturevalue("sshd"), small),
-    "s3": lambda req, small: faults.S3Backend(req.getfixturevalue("seaweed"), small),
+    "s3": lambda req, small: faults.S3Backend(None if small else req.getfixturevalue("seaweed"), small,
+                                              req.getfixturevalue("work_dir")),
 }
 CELLS = [pytest.param(b, f, m, id=f"{b}-{f.name}-{m}") for b in BACKENDS for f in FAULTS for m in f.modes]
 
@@ -97,18 +98,38 @@ def _failures(pg, since: int) -> list[int]:
     return [int(c) for c in re.findall(r"archive command failed with exit code (\d+)", text)]
 
 
-def _wait_for_code(pg, since: int, wanted: frozenset[int]) -> None:
-    """Wait until PostgreSQL's archive_command has failed with one of ``wanted``.
+def _wait_for_code(pg, since: int, wanted: frozenset[int], spool_out: Path | None) -> None:
+    """Wait until PostgreSQL's archive_command has failed and the verdict carries one of ``wanted``.
 
-    After three failures in a row PostgreSQL's archiver sleeps up to a minute unless a new
-    segment wakes it: a WAL switch every few seconds keeps it trying."""
+    The verdict is the exit code PostgreSQL saw or, in async mode, the code heading a spool
+    ``.error`` file (what the next foreground call reports).  After three failures in a row
+    PostgreSQL's archiver sleeps up to a minute unless a new segment wakes it: a WAL switch
+    now and then keeps it trying."""
     deadline = time.monotonic() + FAILURE_WAIT
-    while not set(_failures(pg, since)) & wanted:
+    next_switch = time.monotonic() + 3
+    while True:
+        failures = _failures(pg, since)
+        verdicts = set(failures) | _spool_codes(spool_out)
+        if failures and verdicts & wanted:
+            return
         if time.monotonic() > deadline:
-            raise AssertionError(f"PostgreSQL saw no exit code in {sorted(wanted)} in {FAILURE_WAIT}s, "
-                                 f"only {_failures(pg, since)}")
-        time.sleep(3)
-        pg.switch_wal()
+            raise AssertionError(f"no failure with a code in {sorted(wanted)} after {FAILURE_WAIT}s: "
+                                 f"PostgreSQL saw {failures}, the spool says {sorted(_spool_codes(spool_out))}")
+        if time.monotonic() > next_switch:
+            pg.switch_wal()
+            next_switch = time.monotonic() + 3
+        time.sleep(0.2)
+
+
+def _spool_codes(spool_out: Path | None) -> set[int]:
+    """Codes heading the async parent's ``.error`` and ``global.error`` files."""
+    codes = set()
+    for path in spool_out.glob("*.error") if spool_out is not None else []:
+        try:
+            codes.add(int(path.read_text().split("\n", 1)[0]))
+        except (OSError, ValueError):
+            continue  # being replaced, or not written yet
+    return codes
 
 
 def _assert_clean_errors(text: str) -> None:
@@ -159,7 +180,7 @@ def _wal_cell(pp, pg, backend, fault: Fault, mode: str, work_dir: Path) -> None:
         if fault.mid_file:
             assert strike.result(35) is not None, f"no pgpush {fault.victim} process caught transferring WAL"
         if fault.name in PERSISTENT:
-            _wait_for_code(pg, since, fault.codes)
+            _wait_for_code(pg, since, fault.codes, pp.out_dir if mode == "async" else None)
     finally:
         fault.heal(backend)
     codes = _failures(pg, since)
