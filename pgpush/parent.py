@@ -88,5 +88,23 @@ class AsyncParent:
         spool.remove(os.path.join(parent.qdir, spool.GLOBAL_ERROR))
         try:
             return parent.run(fd)
+        except BaseException as exc:
+            parent.leave_verdict(exc)
+            raise
         finally:
             LOG.info(f"{cls.group} command end: {time.monotonic() - started:.3f}s")
+
+    def leave_verdict(self, exc: BaseException) -> None:
+        """Write why this run ended early into ``global.error``, if that can still be written.
+
+        Without it the foreground waits out ``archive-timeout`` and reports a timeout (082) that
+        says nothing, on every retry, while the real reason (a spool file that cannot be
+        written, a bug) is only in this process's log.
+        """
+        from pgpush.errors import PgPushError, unexpected
+
+        err = exc if isinstance(exc, PgPushError) else unexpected(exc)
+        try:
+            spool.write_error(self.qdir, None, err)
+        except PgPushError:
+            pass  # the spool itself is what fails: the main entry still logs the reason
