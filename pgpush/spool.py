@@ -8,6 +8,7 @@ Stdlib only: the hot path reads these.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from pgpush.errors import FormatError, PathCreateError, PgPushError
@@ -81,6 +82,10 @@ def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = 
         if fsync:
             fsync_dir(directory)
     except OSError as exc:
+        # A spool that is full (or a target that cannot be replaced) must not keep the half
+        # file: every retry would leave another one behind in the space that ran out.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise PathCreateError(f"unable to write spool file '{os.path.join(directory, name)}': {exc.strerror}") from None
 
 

@@ -70,3 +70,15 @@ def test_destination_in_a_missing_directory_is_047_at_once_not_a_wait_for_the_ti
                    "--archive-timeout=1", "get", "000000010000000000000002", str(dest)])
     assert (rc, err.getvalue()) == (47, f"ERROR: [047]: unable to write WAL file '{dest}': No such file or directory\n")
     assert (qin / "000000010000000000000002").read_bytes() == b"wal"  # kept for the next try
+
+
+def test_a_status_file_that_cannot_be_written_on_a_full_spool_leaves_no_temporary_file(tmp_path):
+    """ENOSPC on a real (tmpfs) spool: 047, and no ``.pgpush.tmp`` left to fill it further."""
+    from harness.tmpfs import fill, tmpfs
+
+    with tmpfs(tmp_path / "spool", 0.0625) as root:
+        qdir = spool.queue_dir(str(root), "main", "out")
+        fill(root)
+        with pytest.raises(PathCreateError, match="No space left"):
+            spool.write_atomic(qdir, "global.error", b"103\n" + b"x" * 65536)
+        assert [p.name for p in root.joinpath("archive", "main", "out").iterdir()] == []
