@@ -23,6 +23,25 @@ def new_exec_id() -> str:
     return f"{os.getpid()}-{os.urandom(4).hex()}"
 
 
+def open_log_file(path: str) -> int:
+    """Open ``path`` for appending; only a regular file will do (raises OSError otherwise).
+
+    Non-blocking open: a FIFO put where the log goes would otherwise block every command, the
+    archive_command included, until some reader appears.
+    """
+    import stat
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file", path)
+        os.set_blocking(fd, True)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Logger:
     def __init__(self) -> None:
         self._fd: int | None = None
@@ -61,7 +80,7 @@ class Logger:
             from pgpush.spool import makedirs_private
 
             makedirs_private(os.path.dirname(path))
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._fd = open_log_file(path)
             self.path = path
         except OSError as exc:
             self.file_level = 0

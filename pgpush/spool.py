@@ -99,17 +99,35 @@ def write_error(directory: str, name: str, exc: PgPushError) -> None:
     write_atomic(directory, target, f"{exc.code}\n{exc.message}".encode())
 
 
+# pgpush writes status files of a code and one message; anything larger was not written by it.
+STATUS_MAX = 64 * 1024
+
+
 def read_status(path: str) -> str | None:
-    """Content of a status file, or None when it does not exist."""
+    """Content of a status file, or None when it does not exist.
+
+    Opened non-blocking and checked with fstat, and read up to :data:`STATUS_MAX`: a FIFO or a
+    link to a device in the spool must be refused (029), not waited on or read for ever.
+    """
+    import stat
+
     try:
-        with open(path, "rb") as fh:
-            return fh.read().decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise FormatError(f"status file '{path}' is a directory, not a file") from None
     except OSError as exc:
         raise PathCreateError(f"unable to read spool file '{path}': {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FormatError(f"status file '{path}' is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode) or st.st_size > STATUS_MAX:
+            raise FormatError(f"status file '{path}' is not a regular file of at most {STATUS_MAX} bytes")
+        return os.read(fd, STATUS_MAX + 1)[:STATUS_MAX].decode("utf-8", "replace")
+    except OSError as exc:
+        raise PathCreateError(f"unable to read spool file '{path}': {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def remove(path: str) -> None:

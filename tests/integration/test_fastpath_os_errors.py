@@ -74,3 +74,28 @@ def pg_uid() -> int:
     import pwd
 
     return pwd.getpwnam("postgres").pw_uid
+
+
+def test_fifos_in_the_spool_and_the_log_path_fail_029_instead_of_hanging_the_archiver(pg_factory, pgpush_cmd, work_dir):
+    """A FIFO where the next segment's ``.ok`` goes, and one where the push log goes: archive_command
+    used to block for ever on them (no reader), so PostgreSQL archived nothing and said nothing."""
+    pp = Pgpush(pgpush_cmd, work_dir, archive_timeout=3)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
+    pp.stanza_create(pg)
+    queue = pp.spool_path / "archive" / pp.stanza / "out"
+    queue.mkdir(parents=True, exist_ok=True)
+    segment = pg.current_wal_segment()
+    os.mkfifo(queue / f"{segment}.ok")
+    os.mkfifo(pp.log_path / f"{pp.stanza}-archive-push.log")
+    procs.chown_tree(pp.spool_path, "postgres")
+    procs.chown_tree(pp.log_path, "postgres")
+    pg.set_conf({"archive_command": pp.archive_command(archive_async="y")})
+    pg.reload()
+    assert pg.switch_wal() == segment
+    _wait_for(lambda: "ERROR: [029]" in pg.log_file.read_text(), 30, pg.log_tail())
+    log = pg.log_file.read_text()
+    assert "is not a regular file" in log and "Traceback" not in log, pg.log_tail()
+    (queue / f"{segment}.ok").unlink()  # the operator removes it: archiving resumes on its own
+    pg.wait_archived(segment, timeout=60)
+    lock_file = str(pp.spool_path / "archive" / pp.stanza / "archive-push.lock")
+    _wait_for(lambda: not lock.is_locked(lock_file), 30, "the push parent did not end")
