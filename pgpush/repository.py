@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import time
 from collections.abc import Iterable, Iterator
 
@@ -32,12 +33,33 @@ from pgpush.errors import (
     FileReadError,
     FormatError,
     OptionInvalidValueError,
+    PgPushError,
     WalNotFound,
 )
 from pgpush.storage.base import Storage
 
 ARCHIVED_RE = re.compile(r"^(?P<wal>[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?)-(?P<sha>[0-9a-f]{40})(?P<ext>\.gz|\.zst|\.lz4)?$")
 DROPPED_SUFFIX = ".dropped"
+MAX_WAL_BYTES = 1 << 30  # PostgreSQL's largest WAL segment: no archived file decodes to more
+DECODE_SLICE = 4096  # stored bytes handed to the decoder at a time (see Repository.decode_bounded)
+
+
+HEADER_SIZE = struct.calcsize(wal.LONG_HEADER_FORMAT)
+
+
+def _segment_size(name: str, head: bytes) -> int:
+    """The segment size in a stored segment's long page header (push checked it; a bad one is corruption)."""
+    try:
+        return wal.parse_header(head, name).segment_size
+    except PgPushError as exc:
+        raise FileReadError(f"WAL file '{name}' in the repository is corrupt: {exc}") from None
+
+
+def _slices(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The same bytes in pieces of at most ``size``."""
+    for chunk in chunks:
+        for i in range(0, len(chunk), size):
+            yield chunk[i:i + size]
 
 
 def sha1_hex(data: bytes) -> str:
@@ -263,10 +285,25 @@ class Repository:
             chunks = crypto.decrypt(chunks, self._key)
         return compress.decompress(chunks, compress.type_of(filename))
 
+    def decode_bounded(self, path: str, what: str, limit: int = MAX_WAL_BYTES) -> Iterator[bytes]:
+        """The decoded content of repository file ``path``, refused (42) once it passes ``limit`` bytes.
+
+        The stored bytes reach the decoder :data:`DECODE_SLICE` at a time, so a decompression
+        bomb (zstd turns 4 stored bytes into 128 KB) is found after at most a few hundred MB
+        of output, never decoded whole into memory or into PostgreSQL's ``pg_wal``.
+        """
+        total = 0
+        for chunk in self.decode(_slices(self.storage.read_chunks(path), DECODE_SLICE), path):
+            total += len(chunk)
+            if total > limit:
+                raise FileReadError(f"{what} in the repository is corrupt: it decodes to more than {limit} bytes, "
+                                    "more than any WAL file")
+            yield chunk
+
     def read_verified(self, path: str, sha1: str | None, what: str) -> bytes:
         """Read, decrypt, decompress and check the SHA-1 of a repository file."""
         try:
-            data = b"".join(self.decode(self.storage.read_chunks(path), path))
+            data = b"".join(self.decode_bounded(path, what))
         except ValueError as exc:
             raise FileReadError(f"{what} in the repository is corrupt: {exc}") from None
         if sha1 is not None:
@@ -437,19 +474,34 @@ class Repository:
             self._refuse_conflict(name, found)
             stored = found[0]
             path = f"{self.wal_dir(archive_id, name)}/{stored}"
-            expected = ARCHIVED_RE.fullmatch(stored).group("sha")
-            digest = hashlib.sha1()
-            try:
-                for chunk in self.decode(self.storage.read_chunks(path), path):
-                    digest.update(chunk)
-                    fh.write(chunk)
-            except ValueError as exc:
-                raise FileReadError(f"WAL file '{name}' in the repository is corrupt: {exc}") from None
-            if digest.hexdigest() != expected:
-                raise FileReadError(f"WAL file '{name}' in the repository is corrupt: SHA1 {digest.hexdigest()} "
-                                    f"does not match the expected {expected}")
+            self._stream_verified(name, path, ARCHIVED_RE.fullmatch(stored).group("sha"), fh)
             return
         raise WalNotFound(name)
+
+    def _stream_verified(self, name: str, path: str, expected: str, fh) -> None:
+        """Decode ``path`` into ``fh``, never past the segment size its header gives (a hostile
+        repository's decompression bomb must not fill ``pg_wal``), then check the SHA-1."""
+        what = f"WAL file '{name}'"
+        digest = hashlib.sha1()
+        segment = wal.kind(name) in ("segment", "partial")
+        limit, head, written = MAX_WAL_BYTES, b"", 0
+        try:
+            for chunk in self.decode_bounded(path, what):
+                if segment and len(head) < HEADER_SIZE:
+                    head += chunk[: HEADER_SIZE - len(head)]
+                    if len(head) == HEADER_SIZE:
+                        limit = _segment_size(name, head)
+                written += len(chunk)
+                if written > limit:
+                    raise FileReadError(f"{what} in the repository is corrupt: it decodes to more than its "
+                                        f"segment size ({limit} bytes)")
+                digest.update(chunk)
+                fh.write(chunk)
+        except ValueError as exc:
+            raise FileReadError(f"{what} in the repository is corrupt: {exc}") from None
+        if digest.hexdigest() != expected:
+            raise FileReadError(f"{what} in the repository is corrupt: SHA1 {digest.hexdigest()} "
+                                f"does not match the expected {expected}")
 
     def record_dropped(self, name: str, reason: str) -> None:
         """Leave a marker for a segment acknowledged without being archived."""
