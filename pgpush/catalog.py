@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pgpush import wal
-from pgpush.errors import FileMissingError, FileReadError
+from pgpush.errors import FileMissingError, FileReadError, PgPushError
 from pgpush.log import LOG
 from pgpush.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
 from pgpush.storage.base import FileInfo
@@ -518,12 +518,12 @@ def segment_size_from_archive(repo: Repository, archive_id: str, archived: dict[
         path = f"{repo.wal_dir(archive_id, name)}/{archived[name].name}"
         head = b""
         try:
-            for chunk in repo.decode(repo.storage.read_chunks(path), path):
+            for chunk in repo.decode_bounded(path, f"WAL file '{name}'"):
                 head += chunk
                 if len(head) >= wal.LONG_HEADER.size:
                     break
             return wal.parse_header(head, name).segment_size
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, PgPushError) as exc:  # a corrupt segment: verify says which
             LOG.warn(f"unable to read the segment size from '{name}': {exc}")
     return None
 

@@ -296,8 +296,7 @@ class Repository:
         for chunk in self.decode(_slices(self.storage.read_chunks(path), DECODE_SLICE), path):
             total += len(chunk)
             if total > limit:
-                raise FileReadError(f"{what} in the repository is corrupt: it decodes to more than {limit} bytes, "
-                                    "more than any WAL file")
+                raise FileReadError(f"{what} in the repository is corrupt: it decodes to more than {limit} bytes")
             yield chunk
 
     def read_verified(self, path: str, sha1: str | None, what: str) -> bytes:

@@ -24,7 +24,7 @@ from pgpush.catalog import Catalog
 from pgpush.errors import FileReadError, PgPushError
 from pgpush.log import LOG
 from pgpush.progress import Progress
-from pgpush.repository import ARCHIVED_RE, Repository, history_problem
+from pgpush.repository import ARCHIVED_RE, MAX_WAL_BYTES, Repository, history_problem
 
 DIR_PATTERN = catalog.DIR_RE
 
@@ -39,7 +39,7 @@ def verify_file(repo: Repository, job: tuple) -> str | None:
     n = 0
     try:
         data = b"" if kind == "history" else None
-        for chunk in repo.decode(repo.storage.read_chunks(path), path):
+        for chunk in repo.decode_bounded(path, what, MAX_WAL_BYTES if size is None else size):
             h.update(chunk)
             n += len(chunk)
             if data is not None:

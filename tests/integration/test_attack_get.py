@@ -56,3 +56,19 @@ def test_get_stops_a_segment_decoding_past_its_segment_size_before_filling_pg_wa
     errors = re.findall(r"^ERROR: \[\d{3}\]: .*$", res.stderr, re.M)
     assert len(errors) == 1 and f"decodes to more than its segment size ({SEG_SIZE} bytes)" in errors[0], res.stderr
     assert left == []
+
+
+def test_verify_reports_a_decompression_bomb_without_decoding_it_whole(tmp_path):
+    root = tmp_path / "repo"
+    repo = Repository(PosixStorage(str(root)), "main")
+    repo.stanza_create(SYSTEM_ID, 15)
+    repo.storage.put(f"archive/main/15-1/{NAME[:16]}/{NAME}-{'0' * 40}.zst", [_bomb(4 << 30)])
+    conf = tmp_path / "empty.conf"
+    conf.write_text("")
+
+    res = subprocess.run(["prlimit", f"--as={3 << 30}", "--", sys.executable, "-m", "pgpush", f"--config={conf}",
+                          "--stanza=main", f"--repo1-path={root}", f"--log-path={tmp_path / 'log'}", "verify"],
+                         capture_output=True, text=True, timeout=120)
+
+    assert res.returncode == 42, (res.returncode, res.stderr)
+    assert f"WAL file 15-1/{NAME}: unreadable:" in res.stdout and "decodes to more than" in res.stdout, res.stdout
