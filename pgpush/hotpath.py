@@ -9,6 +9,7 @@ when the background parent has already done the work, else starts the parent
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ import time
 from pgpush import lock, spool, wal
 from pgpush.config import Config
 from pgpush.errors import ArchiveTimeoutError, FileMissingError, FormatError, PathCreateError, error_from_text
-from pgpush.log import LOG
+from pgpush.log import LOG, open_log_file
 
 
 def self_command() -> list[str]:
@@ -44,9 +45,12 @@ def start_parent(cfg: Config, command: str, lock_fd: int, extra_args: list[str],
             if os.fork() != 0:
                 os._exit(0)
             os.set_inheritable(lock_fd, True)
-            null = os.open(os.devnull, os.O_RDONLY)
+            null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
-            out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640) if log_file else null
+            out = null
+            if log_file:
+                with contextlib.suppress(OSError):  # a FIFO or unwritable file: run without it
+                    out = open_log_file(log_file)
             os.dup2(out, 1)
             os.dup2(out, 2)
             os.execve(argv[0], argv, env)

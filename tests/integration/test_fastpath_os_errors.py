@@ -77,8 +77,9 @@ def pg_uid() -> int:
 
 
 def test_fifos_in_the_spool_and_the_log_path_fail_029_instead_of_hanging_the_archiver(pg_factory, pgpush_cmd, work_dir):
-    """A FIFO where the next segment's ``.ok`` goes, and one where the push log goes: archive_command
-    used to block for ever on them (no reader), so PostgreSQL archived nothing and said nothing."""
+    """A FIFO where the next segment's ``.ok`` goes, and where the push logs go: archive_command (and
+    the parent it starts, holding the spool lock) used to block for ever on them (no reader), so
+    PostgreSQL archived nothing and said nothing."""
     pp = Pgpush(pgpush_cmd, work_dir, archive_timeout=3)
     pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
     pp.stanza_create(pg)
@@ -87,6 +88,7 @@ def test_fifos_in_the_spool_and_the_log_path_fail_029_instead_of_hanging_the_arc
     segment = pg.current_wal_segment()
     os.mkfifo(queue / f"{segment}.ok")
     os.mkfifo(pp.log_path / f"{pp.stanza}-archive-push.log")
+    os.mkfifo(pp.log_path / f"{pp.stanza}-archive-push-async.log")  # where the parent's own output goes
     procs.chown_tree(pp.spool_path, "postgres")
     procs.chown_tree(pp.log_path, "postgres")
     pg.set_conf({"archive_command": pp.archive_command(archive_async="y")})
