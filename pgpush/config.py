@@ -31,6 +31,10 @@ MAX_DURATION = 366 * 86400.0  # a year: longer than any wait pgpush should ever 
 INT_RANGES = {"process-max": (1, 999), "repo1-host-port": (1, 65535), "pg1-port": (1, 65535),
               "repo1-storage-port": (1, 65535)}
 MAX_INT = 2**31 - 1
+# Paths that must be absolute: PostgreSQL runs archive_command in the data directory, cron and the
+# operator run backup elsewhere, so a relative path names different directories for each (a
+# relative repo1-path would even put the archive inside the data directory a restore rewrites).
+ABSOLUTE_PATHS = frozenset({"repo1-path", "spool-path", "log-path", "pg1-path", "pg1-socket-path"})
 MAX_STANZA = 64
 # Environment variables of ours that are not options (the zipapp bootstrap's).
 _ENV_NOT_OPTIONS = {"PGPUSH_CACHE", "PGPUSH_PYTHON", "PGPUSH_LOCK_FD"}
@@ -111,6 +115,8 @@ def convert(opt: Option, raw: str) -> object:
     if opt.type == "str":
         if raw == "":
             raise ValueError("a non-empty value is expected")
+        if opt.name in ABSOLUTE_PATHS and not raw.startswith("/"):
+            raise ValueError("an absolute path (beginning with /) is expected")
         return raw
     if opt.type == "int":
         low, high = INT_RANGES.get(opt.name, (0, MAX_INT))

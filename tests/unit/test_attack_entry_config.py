@@ -65,3 +65,17 @@ def test_an_option_repeated_on_the_command_line_is_a_usage_error_not_last_one_wi
     with pytest.raises(OptionInvalidError, match="cannot be set multiple times") as err:
         load(tmp_path, "", argv)
     assert err.value.code == 31
+
+
+@pytest.mark.parametrize("key", ["repo1-path", "spool-path", "log-path", "pg1-path", "pg1-socket-path"])
+@pytest.mark.parametrize("where", ["cli", "env", "file"])
+def test_a_relative_repository_spool_log_or_data_path_is_refused_naming_the_key(tmp_path, key, where):
+    """archive_command runs in the data directory, ``backup`` wherever cron starts it: a relative
+    path would name a different directory for each (an archive inside the data directory)."""
+    path = tmp_path / "pgpush.conf"
+    path.write_text(f"[global]\n{key}=pgpush/{key}\n" if where == "file" else "")
+    argv = [f"--config={path}", "info"] + ([f"--{key}=pgpush"] if where == "cli" else [])
+    env = dict(ENV, **({"PGPUSH_" + key.upper().replace("-", "_"): "./pgpush"} if where == "env" else {}))
+    with pytest.raises(OptionInvalidValueError, match=f"option '{key}' .* an absolute path") as err:
+        config.load(argv, env)
+    assert err.value.code == 32
