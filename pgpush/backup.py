@@ -235,7 +235,9 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
         start_time = time.time()
         start_lsn = _start(db, label)
         LOG.info(f"backup start LSN {start_lsn}")
-        files, dirs, links = _copy(cfg, repo, pgdata_path, label_dir, db.version, prior_index)
+        start = {"start_lsn": start_lsn, "segment_size": segment_size, "archive_id": archive_id}
+        cat.mark_started(label, start)  # expire keeps the WAL from here on
+        files, dirs, links = _copy(cfg, repo, pgdata_path, label_dir, db.version, prior_index, start)
         stop_lsn, label_file, map_file = _stop(db)
         stop_time = time.time()
         LOG.info(f"backup stop LSN {stop_lsn}")
@@ -320,8 +322,9 @@ def _commit(cfg, cat: Catalog, label: str, manifest: dict) -> None:
 
 
 def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
-          prior_index: dict[str, dict]) -> tuple[list[dict], list[dict], list[dict]]:
-    """Copy every file (pg_control last); returns manifest files, dirs and links."""
+          prior_index: dict[str, dict], start: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """Copy every file (pg_control last), refreshing the in-progress marker (``start``); returns manifest
+    files, dirs and links."""
     entries = pgdata.scan(pgdata_path, major)
     by_name = {e.name: e for e in entries}
     regular = [e for e in entries if e.kind == "file" and e.name != pgdata.CONTROL]
@@ -339,7 +342,7 @@ def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
         entry = by_name[job[0]]
         progress.advance(entry.size)
         if time.monotonic() - beat[0] >= HEARTBEAT:  # still alive: expire must not take it for a crashed one
-            Catalog(repo).mark_started(label)
+            Catalog(repo).mark_started(label, start)
             beat[0] = time.monotonic()
         if result is None:
             LOG.detail(f"file '{entry.path}' was removed during the backup")

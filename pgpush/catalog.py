@@ -376,24 +376,33 @@ class Catalog:
         except (ValueError, RecursionError):  # RecursionError: nested too deep ("[[[[...")
             raise FileReadError(f"manifest of backup '{label}' is corrupt") from None
 
-    def mark_started(self, label: str) -> None:
+    def mark_started(self, label: str, start: dict | None = None) -> None:
         """Write (or refresh) the in-progress marker of ``label`` with the time now.
 
         A backup refreshes it while it copies: ``expire`` judges a label directory without a
         manifest by this time, not by the label's start (a backup of a big cluster may run for
-        more than a day, and its label is in the backup host's local time).
+        more than a day, and its label is in the backup host's local time).  ``start`` (the
+        backup's ``start_lsn``, ``segment_size`` and ``archive_id``, once PostgreSQL gave them)
+        tells ``expire`` which WAL the running backup needs.
         """
-        body = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        body = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **(start or {})}
         self.storage.put(f"{self.label_dir(label)}/{STARTED}", [json.dumps(body).encode()], overwrite=True)
+
+    def started_marker(self, label: str) -> dict | None:
+        """The in-progress marker of ``label`` (see :meth:`mark_started`); None when there is none or it is garbage."""
+        try:
+            body = json.loads(self.storage.read(f"{self.label_dir(label)}/{STARTED}"))
+        except FileNotFoundError:
+            return None
+        except (ValueError, RecursionError):  # a marker of an older version, or garbage
+            return None
+        return body if isinstance(body, dict) else None
 
     def started_at(self, label: str) -> float | None:
         """When the backup of ``label`` last refreshed its marker; None when there is none or it has no time."""
         try:
-            body = json.loads(self.storage.read(f"{self.label_dir(label)}/{STARTED}"))
-            when = float(body["time"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, RecursionError):  # a marker of an older version, or garbage
+            when = float((self.started_marker(label) or {})["time"])
+        except (KeyError, TypeError, ValueError):
             return None
         return when if when == when else None  # NaN is no time
 

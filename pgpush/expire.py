@@ -16,7 +16,9 @@ Rules (docs/operations.md, "Retention"):
   under the catalog lock (:mod:`pgpush.repolock`) that a diff or incr backup
   holds while it chooses its prior; then, without the lock, its directory;
 - archived WAL of the current archive id older than the oldest kept
-  backup's ``wal_start`` is removed (segments, ``.partial``, ``.backup``
+  backup's ``wal_start``, and than the start of every backup in progress
+  (its marker carries its start LSN; while one has none yet, no WAL is
+  removed), is removed (segments, ``.partial``, ``.backup``
   files and ``.dropped`` markers); ``.history`` files are always kept.
 
 Without ``repo1-retention-full`` nothing is removed (a warning says so);
@@ -31,7 +33,7 @@ from collections.abc import Iterable
 
 from pgpush import catalog, repolock, wal
 from pgpush.catalog import DONE, WAITING, Catalog
-from pgpush.errors import OptionInvalidValueError
+from pgpush.errors import FormatError, OptionInvalidValueError
 from pgpush.log import LOG
 from pgpush.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
 
@@ -119,8 +121,8 @@ def expire_wal(repo: Repository, archive_id: str, boundary: int, segment_size: i
     return removed
 
 
-def in_progress(cat: Catalog, known: set[str]) -> tuple[list[str], list[str]]:
-    """Label directories without a manifest: (backups running now, directories left by a crash).
+def in_progress(cat: Catalog, known: set[str]) -> tuple[dict[str, dict | None], list[str]]:
+    """Label directories without a manifest: (backups running now with their markers, directories left by a crash).
 
     A running backup refreshes its marker (:meth:`Catalog.mark_started`) while it copies; a
     directory whose marker was refreshed less than ``STALE_AFTER`` ago (or, without a readable
@@ -128,26 +130,28 @@ def in_progress(cat: Catalog, known: set[str]) -> tuple[list[str], list[str]]:
     backups, returned to be removed once the catalog lock is released (removing a big one takes
     long, and a lock held that long would be broken as stale by a waiting backup).
     """
-    running, stale = [], []
+    running: dict[str, dict | None] = {}
+    stale: list[str] = []
     for label in sorted(cat.storage.list_dirs(cat.repo.backup_root)):
         if label in known or not catalog.LABEL_RE.match(label) or cat.storage.info(cat.manifest_path(label)):
             continue
+        marker = cat.started_marker(label)
         since = cat.started_at(label)
         since = label_time(label) if since is None else since
         if since is None:
             LOG.warn(f"directory '{cat.label_dir(label)}' is named like a backup but its date is not one: left alone")
         elif time.time() - since < STALE_AFTER:
             LOG.info(f"backup {label} is in progress: its chain is kept")
-            running.append(label)
+            running[label] = marker
         else:
             stale.append(label)
     return running, stale
 
 
-def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict], list[str]]:
+def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict], list[str], dict[str, dict | None]]:
     """Plan under the catalog lock and commit the removals (entries, then manifests) before releasing it.
 
-    Returns (kept, removed, incomplete label directories).  Statuses are settled first, without
+    Returns (kept, removed, incomplete label directories, running backups with their markers).  Statuses are settled first, without
     the lock (a full listing of the archive may take a while); the catalog is read again under
     it, so a backup that started meanwhile is seen.  Directories are removed by the caller,
     after the lock: nothing can choose them any more.
@@ -162,7 +166,28 @@ def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict
             cat.remove({b["label"] for b in removed})
             for b in removed:
                 cat.storage.delete(cat.manifest_path(b["label"]))
-    return kept, removed, stale
+    return kept, removed, stale, running
+
+
+def running_starts(running: dict[str, dict | None], archive_id: str) -> list[dict] | None:
+    """Running backups of ``archive_id`` as records for :func:`wal_boundary`; None when one's start is not known yet.
+
+    A backup's WAL starts at its start LSN, which may be older than every kept backup's (a standby
+    starts from its last restartpoint; a long full started before a newer full finished): expire
+    must keep it.  A backup that has not yet got its start LSN from PostgreSQL could start anywhere.
+    """
+    out = []
+    for label, marker in running.items():
+        try:
+            if marker["archive_id"] != archive_id:
+                continue
+            size = int(marker["segment_size"])
+            out.append({"label": label, "archive_id": archive_id, "segment_size": size,
+                        "wal_start": wal.lsn_segment(1, str(marker["start_lsn"]), size)})
+        except (KeyError, TypeError, ValueError, ArithmeticError, FormatError):
+            LOG.info(f"backup {label} is in progress and its start is not known yet: WAL is not expired")
+            return None
+    return out
 
 
 def run(cfg) -> str:
@@ -175,7 +200,7 @@ def run(cfg) -> str:
     try:
         repo.load_archive_info()
         cat = Catalog(repo)
-        kept, removed, stale = decide(cfg, repo, int(retention))
+        kept, removed, stale, running = decide(cfg, repo, int(retention))
         for label in stale:
             LOG.warn(f"removing incomplete backup {label} (no manifest, no sign of life for over a day)")
             cat.storage.delete_tree(cat.label_dir(label))
@@ -183,10 +208,12 @@ def run(cfg) -> str:
             LOG.info(f"expire {b['type']} backup {b['label']} ({b['status']})")
             cat.storage.delete_tree(cat.label_dir(b["label"]))
         archive_id = repo.archive_id()
-        boundary = wal_boundary(kept, archive_id)
+        starts = running_starts(running, archive_id)
+        boundary = None if starts is None else wal_boundary(kept + starts, archive_id)
         wal_removed = 0
         if boundary is None:
-            LOG.info("no backup is kept for the current database: WAL is not expired")
+            if starts is not None:
+                LOG.info("no backup is kept for the current database: WAL is not expired")
         else:
             start, size = boundary
             wal_removed = expire_wal(repo, archive_id, wal.segment_number(start, size), size)

@@ -146,3 +146,34 @@ def test_info_keeps_a_backup_whose_label_directory_is_a_symlink(tmp_path):
     assert res.returncode == 0, res.stderr
     assert [b["label"] for b in json.loads(res.stdout)[0]["backups"]] == [F1, F2]
     assert [b["label"] for b in Catalog(Repository(PosixStorage(str(root)), "main")).read()] == [F1, F2]
+
+
+def _wal_left(root: Path) -> list[int]:
+    return sorted(int(p.name[:24][16:], 16) for p in (root / "archive/main/15-1").glob("*/0000*"))
+
+
+def test_expire_keeps_the_wal_a_running_backup_started_before_the_kept_full_needs(tmp_path):
+    root = tmp_path / "repo"
+    repo = _build(root)
+    # A long full (or a standby's backup, which starts at its last restartpoint) started at segment 1,
+    # before F2 (segment 3) was taken and finished; it is still copying.
+    running = "20200103-000000F"
+    Catalog(repo).mark_started(running, {"start_lsn": "0/1000028", "segment_size": MB16, "archive_id": "15-1"})
+
+    res = _expire(root)
+
+    assert res.returncode == 0, res.stderr
+    assert not (root / "backup/main" / F1).exists()  # F1 itself is not needed by anyone
+    assert _wal_left(root) == [1, 2, 3, 4]  # but the running backup's WAL from segment 1 on is
+
+
+def test_expire_removes_no_wal_while_a_running_backup_has_no_start_yet(tmp_path):
+    root = tmp_path / "repo"
+    repo = _build(root)
+    Catalog(repo).mark_started("20200103-000000F")  # waiting in pg_backup_start: its start could be anywhere
+
+    res = _expire(root)
+
+    assert res.returncode == 0, res.stderr
+    assert "its start is not known yet: WAL is not expired" in res.stderr
+    assert _wal_left(root) == [1, 2, 3, 4]
