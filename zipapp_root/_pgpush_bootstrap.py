@@ -20,7 +20,8 @@ Cache directory: the first of these candidates that is usable and safe wins.
 4. when none of these is usable (e.g. another local user created ``/tmp/pgpush-<uid>``
    first), a private directory made for this process alone (``mkdtemp``: a new name, ours,
    0700), extracted into on every start and removed at exit -- slow, but never stuck; a
-   warning says to set ``PGPUSH_CACHE``.
+   warning says to set ``PGPUSH_CACHE``.  Those of processes killed before their exit
+   clean-up are removed by the next private extraction.
 
 A directory we create is created 0700.  "Safe" means: a real directory (a
 symlink is accepted only for ``$PGPUSH_CACHE``), owned by the effective uid and
@@ -322,6 +323,35 @@ def bootstrap(archive: str | None = None) -> str:
     )
 
 
+def _remove_dead_private(tmp: str, prefix: str) -> None:
+    """Remove the private directories (``PREFIX<pid>-*``, ours) of processes that are gone.
+
+    A process killed by a signal (a worker SIGKILLed at protocol-timeout, a SIGTERM at
+    shutdown) never runs its atexit clean-up: without this, each such death would leave a
+    whole extracted tree (~90 MB) in the temporary directory until it fills.
+    """
+    import stat
+
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].partition("-")[0] if name.startswith(prefix) else ""
+        if not (pid.isascii() and pid.isdigit()):
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _rmtree(path)
+        except (OSError, OverflowError, ValueError):
+            continue  # alive (another user's process with that pid) or not ours to judge
+
+
 def _private_extract(archive: str, build: str, layout: str, tried: list[str]) -> str:
     """Extract into a new directory of our own, removed when this process exits.
 
@@ -331,7 +361,9 @@ def _private_extract(archive: str, build: str, layout: str, tried: list[str]) ->
     import atexit
     import tempfile
 
-    root = tempfile.mkdtemp(prefix=f"pgpush-{os.geteuid()}-private-")
+    prefix = f"pgpush-{os.geteuid()}-private-"
+    _remove_dead_private(tempfile.gettempdir(), prefix)
+    root = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
     atexit.register(_rmtree, root)
     try:
         _check(root, "private")
