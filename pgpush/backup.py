@@ -236,6 +236,7 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
         start_lsn = _start(db, label)
         LOG.info(f"backup start LSN {start_lsn}")
         start = {"start_lsn": start_lsn, "segment_size": segment_size, "archive_id": archive_id}
+        _check_still_ours(cat, label)
         cat.mark_started(label, start)  # expire keeps the WAL from here on
         files, dirs, links = _copy(cfg, repo, pgdata_path, label_dir, db.version, prior_index, start)
         stop_lsn, label_file, map_file = _stop(db)
@@ -312,13 +313,18 @@ def _commit(cfg, cat: Catalog, label: str, manifest: dict) -> None:
     Under the catalog lock, so ``expire`` either removed the directory before (the marker is
     gone: the backup fails instead of recording files that no longer exist) or sees the manifest.
     """
-    marker = f"{cat.label_dir(label)}/{STARTED}"
     with repolock.catalog_lock(cfg, cat.repo, "backup"):
-        if cat.storage.info(marker) is None:
-            raise FileMissingError(f"backup {label}: its directory was removed from the repository while the backup "
-                                   "ran (by expire, or by hand): nothing is recorded")
+        _check_still_ours(cat, label)
         cat.write_manifest(label, manifest)
-        cat.storage.delete(marker)
+        cat.storage.delete(f"{cat.label_dir(label)}/{STARTED}")
+
+
+def _check_still_ours(cat: Catalog, label: str) -> None:
+    """The marker must still be there: a put never recreates a label directory that expire removed
+    (a backup that showed no sign of life for a day), and no manifest ever names its lost files."""
+    if cat.storage.info(f"{cat.label_dir(label)}/{STARTED}") is None:
+        raise FileMissingError(f"backup {label}: its directory was removed from the repository while the backup "
+                               "ran (by expire, or by hand): nothing is recorded")
 
 
 def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
@@ -342,7 +348,9 @@ def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
         entry = by_name[job[0]]
         progress.advance(entry.size)
         if time.monotonic() - beat[0] >= HEARTBEAT:  # still alive: expire must not take it for a crashed one
-            Catalog(repo).mark_started(label, start)
+            cat = Catalog(repo)
+            _check_still_ours(cat, label)
+            cat.mark_started(label, start)
             beat[0] = time.monotonic()
         if result is None:
             LOG.detail(f"file '{entry.path}' was removed during the backup")
