@@ -32,12 +32,29 @@ class _Worker:
         self.task: dict | None = None
         self.sent_at = 0.0
         self.buffer = b""
+        self.seq = 0  # numbers the tasks: an answer must name the one it answers
 
     def send(self, task: dict) -> None:
         self.task = task
         self.sent_at = time.monotonic()
-        self.proc.stdin.write(json.dumps(task).encode() + b"\n")
+        self.seq += 1
+        self.proc.stdin.write(json.dumps({**task, "seq": self.seq}).encode() + b"\n")
         self.proc.stdin.flush()
+
+    def answer(self, line: bytes) -> dict | None:
+        """The result ``line`` carries for the task out, or None when it is no such thing.
+
+        A line that is not JSON, not a result, or names another task (or none is out) breaks
+        the protocol: taken as an answer it could acknowledge a file nobody pushed.
+        """
+        try:
+            result = json.loads(line)
+        except ValueError:
+            return None
+        if (self.task is None or not isinstance(result, dict) or not isinstance(result.get("ok"), bool)
+                or result.get("seq") != self.seq):
+            return None
+        return result
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -103,6 +120,16 @@ class WorkerPool:
                                           f"({self.timeout:g}s) while working on '{what}': worker process killed"}))
         return out
 
+    def _garbled(self, worker: _Worker, task: dict | None, line: bytes) -> list[tuple[dict, dict]]:
+        """A worker broke the protocol: kill it, and fail its task (if one was out) as a bug (25)."""
+        worker.kill()
+        self._drop(worker)
+        if task is None:
+            return []
+        text = " ".join(line.decode("utf-8", "replace").split())[:200]
+        return [(task, {"ok": False, "code": 25, "crashed": True, "global": False,
+                        "message": f"worker process {worker.proc.pid} answered what is not an answer to its task: {text!r}"})]
+
     @property
     def busy(self) -> int:
         return sum(1 for w in self.workers if w.task is not None)
@@ -151,8 +178,12 @@ class WorkerPool:
                 worker.buffer += data
                 while b"\n" in worker.buffer:
                     line, worker.buffer = worker.buffer.split(b"\n", 1)
+                    result = worker.answer(line)
                     task, worker.task = worker.task, None
-                    out.append((task, json.loads(line)))
+                    if result is None:
+                        out.extend(self._garbled(worker, task, line))
+                        break
+                    out.append((task, result))
             if self.timeout is not None:
                 out.extend(self._expire())
         return out

@@ -4,7 +4,8 @@ connection for its whole life.
 Tasks arrive as JSON lines on stdin; each gets one JSON line on stdout:
 ``{"ok": true, ...}`` or ``{"ok": false, "code": N, "message": ..., "global": bool}``
 (``global`` when the failure is not tied to the file: the repository is
-unreachable).  The worker exits when stdin closes.
+unreachable), carrying the task's ``seq`` back so the parent never takes a
+stray line for an answer.  The worker exits when stdin closes.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def run(cfg) -> int:
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
-        result = worker.handle(json.loads(line))
+        task = json.loads(line)
+        result = {**worker.handle(task), "seq": task.get("seq")}  # says which task this answers
         out.write(json.dumps(result).encode() + b"\n")
         out.flush()
     if worker.repo is not None:
