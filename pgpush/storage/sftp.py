@@ -360,6 +360,7 @@ class SftpStorage(Storage):
         tmp = f"{final}{TMP_MARK}.{os.getpid()}.{os.urandom(3).hex()}"
         sftp = self._connect()
         written = 0
+        source = _Source(chunks)
         try:
             self._makedirs(sftp, posixpath.dirname(final))
             if not overwrite:
@@ -368,17 +369,16 @@ class SftpStorage(Storage):
                     raise FileExistsError(errno.EEXIST, "file exists", name)
                 except FileNotFoundError:
                     pass
-            written = self._upload(sftp, tmp, chunks)
+            written = self._upload(sftp, tmp, source)
             if overwrite:
                 sftp.posix_rename(tmp, final)
             else:
                 try:
                     sftp.rename(tmp, final)  # OpenSSH: link(), never overwrites
-                except OSError:
-                    try:
-                        sftp.stat(final)
-                    except FileNotFoundError:
-                        raise
+                except OSError as exc:
+                    if not self._exists(sftp, final):
+                        raise StorageError(f"unable to rename '{name}' to its final name: {exc} "
+                                           f"({self.description})") from None
                     raise FileExistsError(errno.EEXIST, "file exists", name) from None
         except FileExistsError:
             self._remove_quiet(tmp)
@@ -390,12 +390,24 @@ class SftpStorage(Storage):
                                f"({self.description})") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             err = self._oserror(exc, f"write '{name}'")
+            if isinstance(err, FileNotFoundError) and not source.failed:
+                # the backup host's "no such file" (OpenSSH answers it for ENOENT and ENOTDIR: a
+                # directory removed meanwhile, a file where one should be): the repository is unusable
+                err = StorageError(f"unable to write '{name}': {exc} ({self.description})")
             self._remove_quiet(tmp)
             raise err from None
         except BaseException:
             self._remove_quiet(tmp)
             raise
         return written
+
+    @staticmethod
+    def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
+        try:
+            sftp.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _upload(self, sftp: paramiko.SFTPClient, tmp: str, chunks: Iterable[bytes]) -> int:
         """Write ``tmp`` from ``chunks``, every write acknowledged, fsynced, its size checked
@@ -576,3 +588,19 @@ class SftpStorage(Storage):
             else:
                 sftp.remove(child)
         sftp.rmdir(path)
+
+
+class _Source:
+    """The caller's chunks, noting whether reading them failed: a missing *source* file (a relation
+    dropped while a backup copies it) passes through as FileNotFoundError, the backup host's does not."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.chunks = chunks
+        self.failed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.chunks
+        except Exception:  # not GeneratorExit: an upload abandoned by the backup host's error is not the source's
+            self.failed = True
+            raise

@@ -54,3 +54,17 @@ def test_backup_file_still_skips_a_source_file_that_vanished(sshd, tmp_path):
         assert store.list(f"{LABEL_DIR}/pg_data/base/1") == []
     finally:
         store.close()
+
+
+def test_sftp_put_answers_a_no_such_file_from_the_backup_host_as_a_repository_error(sshd):
+    obstacle = sshd.repo_dir / "archive/main/15-1/0000000100000000"
+    obstacle.parent.mkdir(parents=True)
+    obstacle.write_bytes(b"a file where a WAL directory should be")
+    procs.chown_tree(sshd.repo_dir, sshd.user)
+    store = _store(sshd)
+    try:
+        with pytest.raises(StorageError) as raised:  # push would exit 25 on a bare FileNotFoundError
+            store.put("archive/main/15-1/0000000100000000/000000010000000000000001-" + "0" * 40, [b"wal"])
+        assert raised.value.code == 103
+    finally:
+        store.close()
