@@ -67,7 +67,13 @@ class GetParent(AsyncParent):
             if name.endswith((".ok", ".error")) and name != spool.GLOBAL_ERROR:
                 spool.remove(os.path.join(self.qdir, name))
                 continue
-            if not wal.SEGMENT_RE.fullmatch(base) or name.endswith(spool.TMP_SUFFIX):
+            if not wal.SEGMENT_RE.fullmatch(base):
+                continue
+            if name.endswith(spool.TMP_SUFFIX):
+                if name == base + spool.TMP_SUFFIX and base not in self.inflight:
+                    # left by a worker killed mid-file (protocol-timeout, a crash): nobody will
+                    # finish it, and a segment's worth of spool would stay taken for ever
+                    spool.remove(os.path.join(self.qdir, name))
                 continue
             if not self._wanted_now(base):
                 spool.remove(os.path.join(self.qdir, name))

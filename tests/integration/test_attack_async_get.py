@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from harness import procs
 from pgpush_env import Pgpush
 
 from pgpush import lock
@@ -72,6 +73,27 @@ def test_error_met_while_prefetching_is_not_the_answer_to_a_later_recovery(pg_fa
     assert restored.sql("select array_agg(id order by id) from marks") == "{1,2}", restored.log_tail()
     assert "ERROR: [042]" not in pp.log_text("archive-get"), pp.log_text("archive-get")
     _wait_parent_gone(pp)
+
+
+def test_a_half_fetched_segment_left_by_a_killed_worker_does_not_stay_in_the_spool(pg_factory, pgpush_cmd, work_dir):
+    """A worker killed mid-file (at protocol-timeout, by the OOM killer) leaves ``SEGMENT.pgpush.tmp``;
+    the next parent that looks at the spool removes it instead of keeping a segment's worth of
+    spool taken for ever, one more on every kill."""
+    pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="2MB", archive_timeout=30)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
+    pg.reload()
+    names = pg.generate_wal(3, payload_bytes=1024)
+    pg.wait_archived(names[-1], timeout=60)
+    pp.in_dir.mkdir(parents=True, exist_ok=True)
+    orphan = pp.in_dir / f"{names[0]}.pgpush.tmp"
+    orphan.write_bytes(b"\0" * 300_000)  # what a worker killed mid-file leaves
+    procs.chown_tree(pp.spool_path, "postgres")
+    res = pp.run("get", names[1], str(work_dir / "dest"), archive_async="y", pg1_path=str(pg.datadir))
+    assert res.returncode == 0, res.stderr
+    _wait_parent_gone(pp)
+    assert not orphan.exists()
 
 
 def _wait_parent_gone(pp: Pgpush) -> None:
