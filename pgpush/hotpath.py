@@ -16,7 +16,14 @@ import time
 
 from pgpush import lock, spool, wal
 from pgpush.config import Config
-from pgpush.errors import ArchiveTimeoutError, FileMissingError, FormatError, PathCreateError, error_from_text
+from pgpush.errors import (
+    ArchiveTimeoutError,
+    FileMissingError,
+    FormatError,
+    PathCreateError,
+    PgPushError,
+    error_from_text,
+)
 from pgpush.log import LOG, open_log_file
 
 
@@ -174,7 +181,12 @@ def get(cfg: Config) -> int | None:
     while True:
         if _take(os.path.join(qdir, name), dest):
             LOG.info(f"found {name} in the archive asynchronously")
-            _refill_if_low(cfg, sdir, qdir, name, pgdata)
+            try:
+                _refill_if_low(cfg, sdir, qdir, name, pgdata)
+            except PgPushError as exc:
+                # The segment is at %p: any failure now would make PostgreSQL take it for the
+                # end of the archive.  Prefetching is only an optimisation; the next call asks.
+                LOG.warn(f"unable to ask for the next WAL file in advance: [{exc.code:03d}]: {exc.message}")
             return 0
         ok = os.path.join(qdir, name + ".ok")
         if request is not None and spool.read_status(ok) == request:

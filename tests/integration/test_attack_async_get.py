@@ -8,7 +8,7 @@ import time
 
 import pytest
 from harness import procs
-from pgpush_env import Pgpush
+from pgpush_env import Pgpush, sha1_file
 
 from pgpush import lock
 
@@ -94,6 +94,35 @@ def test_a_half_fetched_segment_left_by_a_killed_worker_does_not_stay_in_the_spo
     assert res.returncode == 0, res.stderr
     _wait_parent_gone(pp)
     assert not orphan.exists()
+
+
+def test_a_segment_delivered_to_its_destination_is_exit_0_even_if_the_next_request_cannot_be_written(
+        pg_factory, pgpush_cmd, work_dir):
+    """Once the prefetched segment is at %p the call has succeeded: failing afterwards (the request
+    for the next segment cannot be written into the spool) tells PostgreSQL the archive has ended."""
+    pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="4MB", archive_timeout=30)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
+    pg.reload()
+    names = pg.generate_wal(3, payload_bytes=1024)
+    pg.wait_archived(names[-1], timeout=60)
+    res = pp.run("get", names[0], str(work_dir / "dest0"), archive_async="y", pg1_path=str(pg.datadir))
+    assert res.returncode == 0, res.stderr
+    procs.wait_for((pp.in_dir / names[1]).exists, 30, message="the prefetch of the next segment")
+    _wait_parent_gone(pp)
+    blocker = pp.in_dir / "request.pgpush.tmp"
+    blocker.mkdir()  # the spool refuses the next request
+    try:
+        dest = work_dir / "dest1"
+        res = pp.run("get", names[1], str(dest), archive_async="y", pg1_path=str(pg.datadir))
+        assert res.returncode == 0, res.stderr
+        stored = next((work_dir / "repo").rglob(f"{names[1]}-*"))
+        assert sha1_file(dest) == stored.name.split("-", 1)[1].split(".", 1)[0]
+        assert "WARN: unable to ask for the next WAL file in advance: [047]" in pp.log_text("archive-get")
+    finally:
+        blocker.rmdir()
+    _wait_parent_gone(pp)
 
 
 def _wait_parent_gone(pp: Pgpush) -> None:
