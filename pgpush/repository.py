@@ -397,7 +397,8 @@ class Repository:
             if kind != "history":
                 self._check_no_rival(name, digest, directory, target)
             return None
-        raise AssertionError("push_wal: file appeared and vanished")
+        raise FileReadError(f"WAL file '{name}': '{target}' exists in the repository but is not a file it lists "
+                            "(a directory or a link?)\nHINT: remove it from the repository")
 
     def _check_no_rival(self, name: str, digest: str, directory: str, target: str) -> None:
         """Look again after the put: a concurrent push of other content under the same name loses both ways.
