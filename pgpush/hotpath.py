@@ -140,9 +140,10 @@ def push(cfg: Config) -> int:
                 raise ArchiveTimeoutError(
                     f"unable to push WAL file '{name}' to the archive asynchronously after {cfg['archive-timeout']:g} second(s)"
                 )
-            if not started and now - last_check > 0.5:
-                # The parent we saw may have finished before our file was ready.
-                started = _ensure_parent(cfg, sdir, qdir, "out", [os.path.dirname(wal_path), name])
+            if now - last_check > 0.5:
+                # The parent we saw may have finished before our file was ready, or the one we
+                # started may have died (killed, out of memory) without a verdict: start another.
+                started = _ensure_parent(cfg, sdir, qdir, "out", [os.path.dirname(wal_path), name]) or started
                 last_check = now
             time.sleep(next(steps))
     warning = spool.ok_warning(content)
@@ -221,8 +222,10 @@ def get(cfg: Config) -> int | None:
             raise ArchiveTimeoutError(
                 f"unable to get WAL file '{name}' from the archive asynchronously after {cfg['archive-timeout']:g} second(s)"
             )
-        if not started and now - last_check > 0.5:
-            started = _ensure_parent(cfg, sdir, qdir, "in", [pgdata, name])
+        if now - last_check > 0.5:
+            # No parent yet, or the one we started died (killed, out of memory) without answering
+            # our request: start another rather than wait out archive-timeout for nothing.
+            started = _ensure_parent(cfg, sdir, qdir, "in", [pgdata, name]) or started
             last_check = now
         time.sleep(next(steps))
 

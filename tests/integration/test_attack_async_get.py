@@ -4,6 +4,9 @@ never the answer to a later one."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
 import time
 
 import pytest
@@ -122,6 +125,65 @@ def test_a_segment_delivered_to_its_destination_is_exit_0_even_if_the_next_reque
         assert "WARN: unable to ask for the next WAL file in advance: [047]" in pp.log_text("archive-get")
     finally:
         blocker.rmdir()
+    _wait_parent_gone(pp)
+
+
+def _pids_of(*words: str) -> list[int]:
+    """Processes whose command line holds every one of ``words``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if all(any(w in a for a in argv) for w in words):
+                found.append(int(entry))
+    return found
+
+
+def test_a_get_whose_parent_is_killed_mid_request_starts_another_instead_of_timing_out(
+        pg_factory, pgpush_cmd, work_dir):
+    """The parent and its worker are killed (the OOM killer, an operator) while the foreground waits
+    for its segment: the foreground starts a new parent and gets the segment, instead of waiting out
+    archive-timeout for an answer nobody will write and failing 082, which ends a recovery."""
+    pp = Pgpush(pgpush_cmd, work_dir, archive_timeout=20, protocol_timeout=60)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
+    pg.reload()
+    names = pg.generate_wal(2, payload_bytes=1024)
+    pg.wait_archived(names[-1], timeout=60)
+    stored = next((work_dir / "repo").rglob(f"{names[0]}-*"))
+    info = next((work_dir / "repo").rglob("archive.info"))
+    aside = work_dir / "aside"
+    shutil.move(str(info), str(aside))
+    os.mkfifo(info, 0o640)  # opening it blocks, as a hung storage call does
+    uid, gid = procs.user_ids("postgres")
+    os.chown(info, uid, gid)
+    dest = work_dir / "dest"
+    argv = ["runuser", "-u", "postgres", "--",
+            *pp.argv("get", names[0], str(dest), archive_async="y", pg1_path=str(pg.datadir))]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        spool = str(pp.spool_path)
+        procs.wait_for(lambda: _pids_of("get-async", spool) and _pids_of("worker", spool), 30,
+                       message="the parent and its worker")
+        time.sleep(0.5)  # the worker is blocked on the hung file
+        procs.signal_pids(_pids_of("get-async", spool) + _pids_of("worker", spool), signal.SIGKILL)
+        os.replace(aside, info)  # storage answers again (one rename: never absent in between)
+        started = time.monotonic()
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert time.monotonic() - started < 15, "the segment came only when archive-timeout was near"
+        assert sha1_file(dest) == stored.name.split("-", 1)[1].split(".", 1)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if aside.exists():
+            os.close(os.open(info, os.O_RDWR | os.O_NONBLOCK))  # releases a reader still blocked
+            os.replace(aside, info)
     _wait_parent_gone(pp)
 
 
