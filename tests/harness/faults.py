@@ -289,6 +289,11 @@ class Fault:
     codes: frozenset[int]
     modes: tuple[str, ...] = ("sync", "async", "backup")
 
+    @property
+    def lasts(self) -> bool:
+        """True when the fault stays until healed (full, frozen, down): pgpush's calls must fail meanwhile."""
+        return self.heal is not no_heal
+
 
 def kill_process(_backend: Backend, pid: int) -> None:
     """SIGKILL the pgpush process caught mid-file (the OOM killer, an operator's kill -9)."""
@@ -394,11 +399,15 @@ class MidFile:
     def result(self, timeout: float) -> int | None:
         """The pid struck (None if none was caught in time); re-raises what the action raised."""
         self._thread.join(timeout)
-        self._stop.set()
-        self._thread.join()
+        self.stop()
         if self.error is not None:
             raise self.error
         return self.pid
+
+    def stop(self) -> None:
+        """Give up watching (a cell that failed early): no strike may land after the heal."""
+        self._stop.set()
+        self._thread.join()
 
 
 def kill_leftovers(marker: Path) -> list[int]:

@@ -1,8 +1,7 @@
 """The fault matrix: every repository type x every fault x WAL (sync and async) and backup.
 
 Each cell runs real PostgreSQL as the client (archive_command = pgpush push, or pgpush backup
-on its data directory), injects one fault from tests/harness/faults.py, and checks the three
-promises of docs/operations.md:
+on its data directory), injects one fault from tests/harness/faults.py, and checks three things:
 
 * nothing acknowledged that is not whole: every WAL file stored under its final name
   decompresses to the SHA-1 its name carries, every segment PostgreSQL was told is archived is
@@ -49,7 +48,6 @@ FAULTS = [
     Fault("parent-killed", "", True, "worker", faults.kill_parent, faults.no_heal, ANY_ERROR, ("async", "backup")),
     Fault("host-rebooted", "down", False, "transfer", lambda b, _pid: b.down(), lambda b: b.up(), STORE_DOWN),
 ]
-PERSISTENT = {"storage-full", "storage-frozen", "host-rebooted"}  # must make PostgreSQL's calls fail
 BACKENDS = {
     "posix": lambda req, small: faults.PosixBackend(req.getfixturevalue("work_dir"), small),
     "sftp": lambda req, small: faults.SftpBackend(req.getfixturevalue("sshd"), small),
@@ -174,17 +172,20 @@ def _strike_mid_file(fault: Fault, backend, candidates, directory: Path) -> faul
 
 def _wal_cell(pp, pg, backend, fault: Fault, mode: str, work_dir: Path) -> None:
     since = pg.log_file.stat().st_size
-    if not fault.mid_file:
-        fault.inject(backend, 0)
+    strike = None
     try:
         if fault.mid_file:
             strike = _strike_mid_file(fault, backend, _candidates(work_dir, mode, fault.victim), pg.wal_dir)
+        else:
+            fault.inject(backend, 0)
         segments = pg.generate_wal(2, random_payload=True, payload_bytes=(SEG_MB - 1) << 20)
-        if fault.mid_file:
+        if strike is not None:
             assert strike.result(35) is not None, f"no pgpush {fault.victim} process caught transferring WAL"
-        if fault.name in PERSISTENT:
+        if fault.lasts:
             _wait_for_code(pg, since, fault.codes, pp.out_dir if mode == "async" else None)
     finally:
+        if strike is not None:
+            strike.stop()
         fault.heal(backend)
     codes = _failures(pg, since)
     tolerated = fault.codes | ({82} if mode == "async" else set())  # the foreground may give up first
@@ -196,14 +197,15 @@ def _wal_cell(pp, pg, backend, fault: Fault, mode: str, work_dir: Path) -> None:
 
 
 def _backup_cell(pp, pg, backend, fault: Fault, work_dir: Path) -> None:
-    if not fault.mid_file:
-        fault.inject(backend, 0)
     argv = ["runuser", "-u", "postgres", "--", *pp.argv("backup", "--type=full", "--wait",
                                                           "--wait-timeout=20", *pg_opts(pg))]
     out_file, err_file = work_dir / "backup.out", work_dir / "backup.err"
-    with open(out_file, "w") as out, open(err_file, "w") as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    strike = proc = None
     try:
+        if not fault.mid_file:
+            fault.inject(backend, 0)
+        with open(out_file, "w") as out, open(err_file, "w") as err:
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         if fault.mid_file:
             candidates = _candidates(work_dir, "backup", fault.victim, _backup_runner(proc.pid))
             strike = _strike_mid_file(fault, backend, candidates, pg.datadir)
@@ -214,10 +216,12 @@ def _backup_cell(pp, pg, backend, fault: Fault, work_dir: Path) -> None:
             pytest.fail(f"backup under {fault.name} still running after {BACKUP_DEADLINE}s (a wait without an end)")
         _assert_no_orphans(work_dir)
     finally:
+        if strike is not None:
+            strike.stop()
         fault.heal(backend)
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             procs.kill_tree(proc.pid, sig=9)
-        proc.wait(timeout=10)
+            proc.wait(timeout=10)
     _assert_backup_verdict(fault, proc.returncode, out_file.read_text(), err_file.read_text())
     res = pp.run("backup", "--type=full", "--wait", "--wait-timeout=60", *pg_opts(pg), timeout=BACKUP_DEADLINE)
     assert res.returncode == 0, f"the backup after {fault.name} failed:\n{res.stdout}\n{res.stderr}"
@@ -242,10 +246,10 @@ def _assert_backup_verdict(fault: Fault, code: int, out: str, err: str) -> None:
     if fault.inject is faults.kill_parent:
         assert code == 128 + 9, f"backup exited {code}:\n{err}"  # runuser reports its child's SIGKILL
     elif code > 0:  # a fault that struck after the last file may still end DONE (0)
-        expected = fault.codes | ({3} if fault.name not in PERSISTENT else set())
+        expected = fault.codes | ({3} if not fault.lasts else set())
         assert code in expected, f"backup exited {code}:\n{err}"
         assert len([line for line in err.splitlines() if line.startswith("ERROR")]) == 1, err
-    elif fault.name in PERSISTENT:
+    elif fault.lasts:
         pytest.fail(f"backup exited 0 under {fault.name}:\n{out}\n{err}")
 
 
