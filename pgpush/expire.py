@@ -33,7 +33,7 @@ from collections.abc import Iterable
 
 from pgpush import catalog, repolock, wal
 from pgpush.catalog import DONE, WAITING, Catalog
-from pgpush.errors import FormatError, OptionInvalidValueError
+from pgpush.errors import FormatError, OptionInvalidValueError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
 
@@ -190,6 +190,16 @@ def running_starts(running: dict[str, dict | None], archive_id: str) -> list[dic
     return out
 
 
+def _remove_incomplete(cat: Catalog, label: str) -> None:
+    """Remove an interrupted backup's directory; one that cannot be removed is left for the next expire
+    (a warning says why): it is garbage no backup needs, so it must not stop the WAL from expiring."""
+    LOG.warn(f"removing incomplete backup {label} (no manifest, no sign of life for over a day)")
+    try:
+        cat.storage.delete_tree(cat.label_dir(label))
+    except RepoInvalidError as exc:
+        LOG.warn(f"unable to remove incomplete backup {label}: {exc}")
+
+
 def run(cfg) -> str:
     retention = cfg.get("repo1-retention-full")
     if retention is None:
@@ -202,8 +212,7 @@ def run(cfg) -> str:
         cat = Catalog(repo)
         kept, removed, stale, running = decide(cfg, repo, int(retention))
         for label in stale:
-            LOG.warn(f"removing incomplete backup {label} (no manifest, no sign of life for over a day)")
-            cat.storage.delete_tree(cat.label_dir(label))
+            _remove_incomplete(cat, label)
         for b in removed:
             LOG.info(f"expire {b['type']} backup {b['label']} ({b['status']})")
             cat.storage.delete_tree(cat.label_dir(b["label"]))

@@ -122,11 +122,13 @@ def test_an_interrupted_backup_that_cannot_be_removed_does_not_block_retention(w
     res = _expire(root, user="postgres")
 
     # The interrupted directory is reported, but only after retention was committed: F1 is gone
-    # from the catalog, its manifest removed, nothing needs it; F2 is intact.
-    assert RUNNING_INCR in res.stderr, res.stderr
+    # from the catalog, its manifest removed, nothing needs it; F2 is intact; the WAL before F2 expired.
+    assert res.returncode == 0, res.stderr
+    assert f"unable to remove incomplete backup {RUNNING_INCR}" in res.stderr, res.stderr
     assert [b["label"] for b in Catalog(Repository(PosixStorage(str(root)), "main")).read()] == [F2]
     assert not (root / "backup/main" / F1 / "backup.manifest").exists()
     assert (root / "backup/main" / F2 / "backup.manifest").exists()
+    assert _wal_left(root) == [3, 4]
 
 
 def test_info_keeps_a_backup_whose_label_directory_is_a_symlink(tmp_path):
