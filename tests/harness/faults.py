@@ -274,10 +274,11 @@ class Fault:
     """One way things fail.
 
     ``needs``: the Backend method the fault uses (empty for process kills), so a backend that
-    cannot suffer it is skipped before any work.  ``mid_file``: injected once the watched process holds a file it is transferring (else
-    before the work starts).  ``victim``: which process to watch, ``"transfer"`` (whichever
-    pgpush process moves the data) or ``"worker"`` (a pool worker: ``inject`` may then strike
-    its parent).  ``codes``: the exit codes a user may see while the fault lasts.
+    cannot suffer it is skipped before any work.  ``mid_file``: injected once the watched
+    process holds a file it is transferring (else before the work starts).  ``victim``: which
+    process to watch, ``"transfer"`` (whichever pgpush process moves the data) or ``"worker"``
+    (a pool worker: ``inject`` may then strike its parent).  ``codes``: the exit codes a user
+    may see while the fault lasts.
     """
 
     name: str
@@ -326,15 +327,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def pgpush_pids(marker: Path, command: str) -> list[int]:
-    """Live pgpush processes of this test (their options name ``marker``) running ``command``.
+def pgpush_pids(marker: Path, command: str | None = None) -> list[int]:
+    """Live pgpush processes of this test (their options name ``marker``), those running ``command`` if given.
 
     Tests run in parallel: never look at, let alone kill, another test's processes."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and procs.pid_alive(int(entry)):
             cmd = _cmdline(int(entry))
-            if "pgpush" in cmd and f" {command} " in f" {cmd} " and f"{marker}/" in cmd:
+            if ("pgpush" in cmd and f"{marker}/" in cmd and not cmd.startswith("runuser")
+                    and (command is None or f" {command} " in f" {cmd} ")):
                 out.append(int(entry))
     return out
 
@@ -349,9 +351,8 @@ def _holds_file_under(pid: int, directory: str) -> bool:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(directory) and not target.endswith("/"):
-            if os.path.isfile(target):
-                return True
+        if target.startswith(directory) and os.path.isfile(target):
+            return True
     return False
 
 
@@ -412,21 +413,10 @@ class MidFile:
 
 def kill_leftovers(marker: Path) -> list[int]:
     """SIGKILL every pgpush process of this test (its options name ``marker``); returns their pids."""
-    pids = [pid for pid in _pgpush_pids(marker) if pid != os.getpid()]
-    procs.signal_pids(pids, signal.SIGKILL)
+    pids = [pid for pid in pgpush_pids(marker) if pid != os.getpid()]
     for pid in pids:
         procs.stop_pid(pid, timeout=2, sig=signal.SIGKILL)
     return pids
-
-
-def _pgpush_pids(marker: Path) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and procs.pid_alive(int(entry)):
-            cmd = _cmdline(int(entry))
-            if "pgpush" in cmd and f"{marker}/" in cmd and not cmd.startswith("runuser"):
-                out.append(int(entry))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
