@@ -236,8 +236,18 @@ def _assert_no_orphans(work_dir: Path, grace: float = 5) -> None:
     try:
         procs.wait_for(lambda: not faults.pgpush_pids(work_dir, "backup"), grace, 0.1, "orphans to exit")
     except TimeoutError:
-        left = {pid: faults.parent_of(pid) for pid in faults.pgpush_pids(work_dir, "backup")}
-        pytest.fail(f"backup processes {left} (pid: parent) still run {grace:g}s after the backup command ended")
+        left = {pid: (faults.parent_of(pid), procs.pid_state(pid), _wchan(pid))
+                for pid in faults.pgpush_pids(work_dir, "backup")}
+        pytest.fail(f"backup processes {left} (pid: parent, state, wchan) still run {grace:g}s after "
+                    "the backup command ended")
+
+
+def _wchan(pid: int) -> str:
+    """Where in the kernel a process waits (what an orphan is stuck on)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return "?"
 
 
 def _assert_backup_verdict(fault: Fault, code: int, out: str, err: str) -> None:
