@@ -215,7 +215,9 @@ def _report(exc: BaseException, command: str | None) -> int:
     elif not isinstance(exc, PgPushError):
         import traceback
 
-        LOG.debug("".join(traceback.format_exception(exc)).rstrip())
+        # The three-argument form: the one-argument form is Python 3.10+, and on 3.9 its
+        # TypeError escaped the guard as a traceback with exit 1 ("not in the archive").
+        LOG.debug("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
         exc = unexpected(exc)
     try:
         LOG.exception(exc)

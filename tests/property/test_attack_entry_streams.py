@@ -73,3 +73,30 @@ def test_missing_argument_is_043_and_an_extra_one_031_before_anything_runs(box, 
     rc, out, err = box.run_inprocess(mode + argv)
     assert (rc, ERROR_LINE.findall(err)) == (status, [f"{status:03d}"]), err
     assert "Traceback" not in err
+
+
+def _other_interpreters() -> list[str]:
+    """CPython 3.9 to 3.13 other than this one, where the machine has them (pyenv, /usr/bin)."""
+    import glob
+    import sys
+
+    found = {}
+    for path in sorted(glob.glob("/root/.pyenv/versions/3.*/bin/python3")) + sorted(glob.glob("/usr/bin/python3.1[0-3]")):
+        version = Path(path).resolve().name if "pyenv" not in path else Path(path).parent.parent.name
+        minor = ".".join(version.replace("python", "").split(".")[:2])
+        if minor in ("3.9", "3.10", "3.11", "3.12", "3.13") and minor != f"{sys.version_info[0]}.{sys.version_info[1]}":
+            found.setdefault(minor, path)
+    return [found[k] for k in sorted(found)]
+
+
+@pytest.mark.skipif(not _other_interpreters(), reason="no other CPython 3.9-3.13 on this machine")
+@pytest.mark.parametrize("python", _other_interpreters() or ["none"])
+def test_an_unexpected_error_is_one_025_line_on_every_supported_python(box, python):
+    """The stdlib ``python -m pgpush`` of another CPython lacks the third-party packages: ``info``
+    meets a ModuleNotFoundError, which must read as 025 (on 3.9 the guard itself raised a
+    TypeError: traceback, exit 1), while the stdlib fast path still answers."""
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    rc, out, err = box.run_subprocess([python, "-m", "pgpush"], ["info"], extra_env=env)
+    assert "Traceback" not in err and (rc, ERROR_LINE.findall(err)) == (25, ["025"]), (python, rc, err)
+    rc, out, err = box.run_subprocess([python, "-m", "pgpush"], ["version"], extra_env=env)
+    assert (rc, out.startswith("pgpush ")) == (0, True), err
