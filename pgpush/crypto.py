@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 
 MAGIC = b"PGPE1"
 RECORD = 1024 * 1024
+TAG = 16  # AES-GCM's tag, after each record's ciphertext
 ITERATIONS = 200_000
 
 
@@ -83,6 +84,8 @@ def decrypt(chunks: Iterable[bytes], key: bytes) -> Iterator[bytes]:
         if not fill(4):
             raise ValueError("encrypted file is truncated")
         (length,) = struct.unpack(">I", buf[:4])
+        if length > RECORD + TAG:  # never written: a length the writer chose must not size a buffer
+            raise ValueError(f"encrypted file is corrupt: a record of {length} bytes (at most {RECORD + TAG})")
         if not fill(4 + length):
             raise ValueError("encrypted file is truncated")
         ct = bytes(buf[4: 4 + length])
