@@ -1,7 +1,9 @@
-"""The fault matrix: every repository type x every fault x WAL (sync and async) and backup.
+"""The fault matrix: every repository type x every fault x WAL (sync and async push), backup, and
+async get for the process kills.
 
-Each cell runs real PostgreSQL as the client (archive_command = pgpush push, or pgpush backup
-on its data directory), injects one fault from tests/harness/faults.py, and checks three things:
+Each cell runs real PostgreSQL as the client (archive_command = pgpush push, pgpush backup on
+its data directory, or restore_command = pgpush get on a standby fed from the archive), injects
+one fault from tests/harness/faults.py, and checks three things:
 
 * nothing acknowledged that is not whole: every WAL file stored under its final name
   decompresses to the SHA-1 its name carries, every segment PostgreSQL was told is archived is
@@ -16,6 +18,7 @@ Adding a repository type is one line in BACKENDS; adding a fault is one line in 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -38,14 +41,15 @@ FAILURE_WAIT = ARCHIVE_TIMEOUT + 4 * HOST_TIMEOUT + 15  # how long a persistent 
 BACKUP_DEADLINE = 45  # a backup that has not ended by then waits without an end
 STORE_DOWN = frozenset({103})
 ANY_ERROR = frozenset(range(2, 126))
+KILL_MODES = ("async", "backup", "get")  # "get": async restore_command of a standby fed from the archive
 
 
 FAULTS = [
     Fault("storage-full", "fill", False, "transfer", lambda b, _pid: b.fill(), lambda b: b.unfill(), STORE_DOWN),
     Fault("storage-frozen", "freeze", True, "transfer", lambda b, _pid: b.freeze(), lambda b: b.thaw(), STORE_DOWN),
     Fault("connection-cut", "cut", True, "transfer", lambda b, _pid: b.cut(), faults.no_heal, STORE_DOWN),
-    Fault("worker-killed", "", True, "worker", faults.kill_process, faults.no_heal, ANY_ERROR, ("async", "backup")),
-    Fault("parent-killed", "", True, "worker", faults.kill_parent, faults.no_heal, ANY_ERROR, ("async", "backup")),
+    Fault("worker-killed", "", True, "worker", faults.kill_process, faults.no_heal, ANY_ERROR, KILL_MODES),
+    Fault("parent-killed", "", True, "worker", faults.kill_parent, faults.no_heal, ANY_ERROR, KILL_MODES),
     Fault("host-rebooted", "down", False, "transfer", lambda b, _pid: b.down(), lambda b: b.up(), STORE_DOWN),
 ]
 BACKENDS = {
@@ -157,6 +161,8 @@ def test_fault_cell_acknowledges_only_whole_files_and_recovers(
     try:
         if mode == "backup":
             _backup_cell(pp, pg, backend, fault, work_dir)
+        elif mode == "get":
+            _get_cell(pp, pg, backend, fault, work_dir, pg_factory)
         else:
             _wal_cell(pp, pg, backend, fault, mode, work_dir)
     finally:
@@ -194,6 +200,35 @@ def _wal_cell(pp, pg, backend, fault: Fault, mode: str, work_dir: Path) -> None:
     pg.wait_archived(last, timeout=120)  # recovery without a human
     _assert_archive_whole(pp, pg, backend, segments + [last])
     _assert_clean_errors(pg.log_file.read_bytes()[since:].decode(errors="replace"))
+
+
+def _get_cell(pp, pg, backend, fault: Fault, work_dir: Path, pg_factory) -> None:
+    """A standby replaying from the archive with async get; a get worker (or its parent) killed mid-file."""
+    base = work_dir / "base"
+    pg.run([pg.bin("pg_basebackup"), "-D", str(base), "-X", "none", "-c", "fast", *pg.conn_args()])
+    pg.generate_wal(3, random_payload=True, payload_bytes=(SEG_MB - 1) << 20)
+    target = pg.sql("select pg_current_wal_insert_lsn()")
+    pg.wait_archived(pg.switch_wal(), timeout=60)
+    standby = pg_factory("standby", init=False)
+    standby._prepare_common()
+    os.rename(base, standby.datadir)
+    standby.set_conf({"port": standby.port, "unix_socket_directories": str(standby.socket_dir),
+                      "archive_mode": "off", "hot_standby": True,
+                      "restore_command": pp.restore_command(archive_async="y")})
+    (standby.datadir / "standby.signal").touch()
+    strike = _strike_mid_file(fault, backend, _candidates(work_dir, "async", fault.victim), pp.in_dir)
+    try:
+        standby.start(timeout=60)
+        assert strike.result(35) is not None, f"no pgpush get {fault.victim} process caught fetching WAL"
+    finally:
+        strike.stop()
+    standby.wait_replayed(target, timeout=90)  # every WAL file handed over was whole, or replay stops
+    with backend.reader() as storage:
+        stored = faults.check_archive(storage)
+    for path in pp.in_dir.iterdir():  # what the spool holds under a final name is whole too
+        if path.name in stored:
+            assert sha1_file(path) == stored[path.name], path
+    _assert_clean_errors(standby.log_file.read_text(errors="replace"))
 
 
 def _backup_cell(pp, pg, backend, fault: Fault, work_dir: Path) -> None:
