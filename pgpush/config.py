@@ -249,7 +249,7 @@ class Config:
             if source != "on the command line" or (names and name not in names):
                 continue
             opt = BY_NAME[name]
-            if opt.secret or name == "config":
+            if opt.secret or name in ("config", "exec-id"):  # exec-id: each child is given its own
                 continue
             value = self.values[name]
             if opt.type == "bool":

@@ -79,3 +79,12 @@ def test_a_relative_repository_spool_log_or_data_path_is_refused_naming_the_key(
     with pytest.raises(OptionInvalidValueError, match=f"option '{key}' .* an absolute path") as err:
         config.load(argv, env)
     assert err.value.code == 32
+
+
+def test_a_child_command_line_never_repeats_an_option_its_parent_adds(tmp_path):
+    """The parent starts its workers with ``--exec-id=OURS`` plus its own command-line options: an
+    exec-id given to the foreground must not travel too (repeated, the workers would refuse it)."""
+    cfg = load(tmp_path, "", ["--exec-id=1-abcdef01", "--process-max=2", "push-async", "/pg/pg_wal"])
+    argv = ["worker", "push", "--exec-id=2-00000000", *cfg.to_argv()]
+    child = config.load(argv, dict(ENV))
+    assert (child["exec-id"], child["process-max"]) == ("2-00000000", 2)
