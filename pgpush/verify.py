@@ -21,7 +21,7 @@ import hashlib
 
 from pgpush import catalog, manifest_check, parallel, wal
 from pgpush.catalog import Catalog
-from pgpush.errors import FileReadError, PgPushError
+from pgpush.errors import FileReadError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.progress import Progress
 from pgpush.repository import ARCHIVED_RE, MAX_WAL_BYTES, Repository, history_problem
@@ -48,6 +48,8 @@ def verify_file(repo: Repository, job: tuple) -> str | None:
             return f"{what}: {problem}"
     except FileNotFoundError:
         return f"{what}: missing ({path})"
+    except RepoInvalidError:
+        raise  # the repository itself fails (103): no file after this one can be read either
     except (ValueError, PgPushError) as exc:
         return f"{what}: unreadable: {exc}"
     if sha1 is not None and h.hexdigest() != sha1:
