@@ -99,14 +99,19 @@ def parse_bool(text: str) -> bool:
     raise ValueError("y or n is expected")
 
 
-def parse_duration(text: str) -> float:
+# Timeouts that cannot be 0 (pgBackRest's minimum, 0.1 s): with 0 every wait ends before it
+# starts (a protocol-timeout of 0 leaves no worker the time to answer for a single file).
+MIN_DURATION = {"archive-timeout": 0.1, "protocol-timeout": 0.1, "repo1-host-timeout": 0.1}
+
+
+def parse_duration(text: str, low: float = 0.0) -> float:
     """Seconds, decimals allowed; nan, inf and absurd values are refused (every wait must end)."""
     try:
         value = float(text)
     except ValueError:
         raise ValueError("a number of seconds is expected") from None
-    if not 0 <= value <= MAX_DURATION:  # also false for nan
-        raise ValueError(f"a number of seconds from 0 to {MAX_DURATION:.0f} is expected")
+    if not low <= value <= MAX_DURATION:  # also false for nan
+        raise ValueError(f"a number of seconds from {low:g} to {MAX_DURATION:.0f} is expected")
     return value
 
 
@@ -132,7 +137,7 @@ def convert(opt: Option, raw: str) -> object:
     if opt.type == "size":
         return parse_size(raw)
     if opt.type == "duration":
-        return parse_duration(raw)
+        return parse_duration(raw, MIN_DURATION.get(opt.name, 0.0))
     if opt.type == "choice":
         if raw not in opt.choices:
             raise ValueError("one of " + ", ".join(opt.choices) + " is expected")

@@ -88,3 +88,12 @@ def test_a_child_command_line_never_repeats_an_option_its_parent_adds(tmp_path):
     argv = ["worker", "push", "--exec-id=2-00000000", *cfg.to_argv()]
     child = config.load(argv, dict(ENV))
     assert (child["exec-id"], child["process-max"]) == ("2-00000000", 2)
+
+
+@pytest.mark.parametrize("key", ["archive-timeout", "protocol-timeout", "repo1-host-timeout"])
+def test_a_timeout_of_zero_is_refused_as_pgbackrest_does_while_a_tenth_of_a_second_is_accepted(tmp_path, key):
+    """With 0 every wait ends before it starts (protocol-timeout=0 leaves no worker time to answer)."""
+    with pytest.raises(OptionInvalidValueError, match=f"option '{key}' .* from 0.1 to") as err:
+        load(tmp_path, "", [f"--{key}=0", "info"])
+    assert err.value.code == 32
+    assert load(tmp_path, "", [f"--{key}=0.1", "info"])[key] == 0.1
