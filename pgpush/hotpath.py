@@ -258,9 +258,17 @@ def _take(src: str, dest: str) -> bool:
     tmp = dest + spool.TMP_SUFFIX
     try:
         shutil.copyfile(src, tmp)
-    except FileNotFoundError:
-        return False
-    os.replace(tmp, dest)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        # %p's file system full or failing: no half copy beside %p, the segment stays in the
+        # spool for the retry, and the failure has the path's code
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, FileNotFoundError) and not os.path.lexists(src):
+            return False  # taken by another call meanwhile
+        raise PathCreateError(f"unable to write WAL file '{dest}': {exc.strerror}") from None
     spool.remove(src)
     return True
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from harness import procs
+from harness import procs, tmpfs
 from pgpush_env import Pgpush, sha1_file
 
 from pgpush import lock
@@ -125,6 +125,36 @@ def test_a_segment_delivered_to_its_destination_is_exit_0_even_if_the_next_reque
         assert "WARN: unable to ask for the next WAL file in advance: [047]" in pp.log_text("archive-get")
     finally:
         blocker.rmdir()
+    _wait_parent_gone(pp)
+
+
+def test_a_destination_that_is_full_fails_047_leaving_nothing_half_written(pg_factory, pgpush_cmd, work_dir):
+    """%p on another file system than the spool (the segment is copied) and that file system full:
+    the call fails with the path's code (047, not 025), leaves no half copy beside %p, and keeps
+    the segment in the spool, so the retry once there is room succeeds."""
+    pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="4MB", archive_timeout=30)
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
+    pp.stanza_create(pg)
+    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
+    pg.reload()
+    names = pg.generate_wal(3, payload_bytes=1024)
+    pg.wait_archived(names[-1], timeout=60)
+    res = pp.run("get", names[0], str(work_dir / "dest0"), archive_async="y", pg1_path=str(pg.datadir))
+    assert res.returncode == 0, res.stderr
+    procs.wait_for((pp.in_dir / names[1]).exists, 30, message="the prefetch of the next segment")
+    with tmpfs.tmpfs(work_dir / "small", 2, owner="postgres") as small:
+        filler = tmpfs.fill(small, leave_bytes=256 * 1024)
+        dest = small / "RECOVERYXLOG"
+        res = pp.run("get", names[1], str(dest), archive_async="y", pg1_path=str(pg.datadir))
+        assert res.returncode == 47, res.stderr
+        assert res.stderr.startswith("ERROR: [047]: unable to write WAL file"), res.stderr
+        assert sorted(p.name for p in small.iterdir()) == [filler.name]  # no half copy left
+        assert (pp.in_dir / names[1]).exists()
+        filler.unlink()
+        res = pp.run("get", names[1], str(dest), archive_async="y", pg1_path=str(pg.datadir))
+        assert res.returncode == 0, res.stderr
+        stored = next((work_dir / "repo").rglob(f"{names[1]}-*"))
+        assert sha1_file(dest) == stored.name.split("-", 1)[1].split(".", 1)[0]
     _wait_parent_gone(pp)
 
 
