@@ -257,7 +257,9 @@ def _take(src: str, dest: str) -> bool:
 
     tmp = dest + spool.TMP_SUFFIX
     try:
-        shutil.copyfile(src, tmp)
+        # 0600 whatever the caller's umask: WAL is the database's data
+        with open(src, "rb") as fin, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
         os.replace(tmp, dest)
     except OSError as exc:
         # %p's file system full or failing: no half copy beside %p, the segment stays in the
