@@ -62,6 +62,16 @@ def _slices(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
             yield chunk[i:i + size]
 
 
+class _ByteCounter:
+    """A sink that keeps only how many bytes were written to it (a stored copy read back to be checked)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+
+
 def sha1_hex(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
@@ -341,8 +351,10 @@ class Repository:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
         sent = hashlib.sha1()
+        streamed = []
 
         def chunks():
+            streamed.append(True)
             with open(path, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     sent.update(chunk)
@@ -353,7 +365,7 @@ class Repository:
                 return fh.read()
 
         warning = self._push(name, head, size, digest.hexdigest(), chunks, whole)
-        if warning is None and sent.hexdigest() != digest.hexdigest():
+        if streamed and sent.hexdigest() != digest.hexdigest():  # stored now: a new copy or a repair
             self.storage.delete(f"{self.wal_dir(self.archive_id(), name)}/{name}-{digest.hexdigest()}{self.extension()}")
             raise FormatError(f"WAL file '{name}' changed while it was being archived")
         return warning
@@ -362,8 +374,9 @@ class Repository:
         """Archive one WAL file; returns a warning (duplicate) or None.
 
         The header of a segment is checked against the stanza before anything
-        is written; a duplicate with the same SHA-1 succeeds, a different one
-        is error 45 and nothing is replaced.
+        is written; a duplicate with the same SHA-1 succeeds once a stored copy
+        reads back whole (a damaged one is replaced), a different one is error 45
+        and nothing is replaced.
         """
         kind = wal.kind(name)
         if kind in ("segment", "partial"):
@@ -384,7 +397,10 @@ class Repository:
         for _attempt in range(2):
             existing = self.find_wal(archive_id, name)
             if existing:
-                return self._duplicate(name, digest, directory, existing)
+                warning = self._duplicate(name, digest, directory, existing)
+                if kind == "history":
+                    return warning
+                return self._check_stored_copies(name, size, digest, directory, existing, chunks) or warning
             if kind == "history":
                 target, payload = f"{directory}/{name}", self.encode([whole()], "none")
             else:
@@ -432,6 +448,47 @@ class Repository:
                 f"{old_digest}, new SHA1 {digest}")
         return (f"WAL file '{name}' already exists in the archive with the same checksum\n"
                 "HINT: this is valid in some recovery scenarios but may also indicate a problem.")
+
+    def _check_stored_copies(self, name: str, size: int, digest: str, directory: str, existing: list[str],
+                             chunks) -> str | None:
+        """A duplicate is acknowledged only when a stored copy is whole: else PostgreSQL recycles its only good one.
+
+        Each stored copy with the same SHA-1 is read back and decoded (one read of the stored copy
+        per duplicate push): a copy cut short by a lost write, or damaged on the backup host, is
+        replaced by this one.  The good copy is written under a temporary name and renamed over
+        the final one (``put`` with ``overwrite``), so a concurrent ``get`` always finds a file;
+        damaged copies under other names (another compression type) are removed after.  A copy
+        that cannot be read (the host is down) raises: the push fails rather than acknowledges.
+        Returns the warning naming the damage, or None when every copy is whole.
+        """
+        damaged = {stored: problem for stored in existing
+                   if (problem := self._stored_copy_problem(name, f"{directory}/{stored}", digest, size))}
+        if not damaged:
+            return None
+        target = f"{directory}/{name}-{digest}{self.extension()}"
+        rewrite = len(damaged) == len(existing) or target in (f"{directory}/{f}" for f in damaged)
+        if rewrite:
+            self.storage.put(target, readahead.ahead(self.encode(chunks())), overwrite=True)
+            self._check_no_rival(name, digest, directory, target)
+        for stored in damaged:
+            if f"{directory}/{stored}" != target:
+                self.storage.delete(f"{directory}/{stored}")
+        done = "replaced by this one" if rewrite else "removed (a whole copy remains)"
+        return (f"WAL file '{name}' already exists in the archive with the same checksum, but the stored copy was "
+                f"damaged ({'; '.join(damaged.values())}): {done}")
+
+    def _stored_copy_problem(self, name: str, path: str, digest: str, size: int) -> str | None:
+        """Why the stored copy at ``path`` is not a whole copy of the ``size`` bytes with SHA-1 ``digest``; None if it is."""
+        counter = _ByteCounter()
+        try:
+            self._stream_verified(name, path, digest, counter)
+        except FileNotFoundError:
+            return f"'{path}' vanished"
+        except FileReadError as exc:
+            return str(exc)
+        if counter.size != size:
+            return f"'{path}' decodes to {counter.size} bytes, not {size}"
+        return None
 
     def get_wal(self, name: str) -> bytes:
         """The verified content of WAL file ``name``; :class:`WalNotFound` when absent."""
