@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from pgpush import spool, wal
-from pgpush.errors import FileMissingError, PgPushError, WalNotFound
+from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repository import Repository
 from pgpush.storage.base import StorageError
@@ -30,6 +30,7 @@ def push_file(repo: Repository, path: str) -> str | None:
     """Archive the WAL file at ``path``; returns the duplicate warning, if any."""
     name = os.path.basename(path)
     wal.kind(name)
+    _regular_file(path)
     try:
         return with_retry(repo, repo.push_wal_file, name, path)
     except FileNotFoundError:
@@ -38,6 +39,23 @@ def push_file(repo: Repository, path: str) -> str | None:
         raise FileMissingError(f"WAL file '{path}' is a directory") from None
     except PermissionError as exc:
         raise FileMissingError(f"unable to read WAL file '{path}': {exc.strerror}") from None
+
+
+def _regular_file(path: str) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO would block the read for
+    ever, and a link to a device (``/dev/zero``) would be read without end."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileMissingError(f"WAL file '{path}' does not exist") from None
+    except OSError as exc:
+        raise FileMissingError(f"unable to read WAL file '{path}': {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileMissingError(f"WAL file '{path}' is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"WAL file '{path}' is not a regular file")
 
 
 def push(cfg, wal_path: str) -> None:

@@ -35,7 +35,7 @@ def _push(tmp_path: Path, root: Path) -> subprocess.CompletedProcess:
     conf.write_text("")
     return subprocess.run([sys.executable, "-m", "pgpush", f"--config={conf}", "--stanza=main", f"--repo1-path={root}",
                            f"--log-path={tmp_path / 'log'}", "--compress-type=none", "push", f"pg_wal/{NAME}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=20)
 
 
 @pytest.mark.parametrize("obstacle", ["directory", "dangling link"])
@@ -58,3 +58,24 @@ def test_push_onto_something_that_is_not_a_file_under_its_final_name_fails_42(tm
     errors = re.findall(r"^ERROR: \[\d{3}\]: .*$", res.stderr, re.M)
     assert len(errors) == 1 and "exists in the repository but is not a file it lists" in errors[0], res.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_push_of_a_wal_path_that_is_not_a_regular_file_fails_29_instead_of_reading_for_ever(tmp_path, kind):
+    import os
+
+    root = tmp_path / "repo"
+    Repository(PosixStorage(str(root)), "main").stanza_create(SYSTEM_ID, 15)
+    (tmp_path / "pg_wal").mkdir()
+    target = tmp_path / "pg_wal" / NAME
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+
+    res = _push(tmp_path, root)  # the old code blocked on the FIFO / read /dev/zero until the 60 s timeout
+
+    assert res.returncode == 29, (res.returncode, res.stderr)
+    errors = re.findall(r"^ERROR: \[\d{3}\]: .*$", res.stderr, re.M)
+    assert len(errors) == 1 and "is not a regular file" in errors[0], res.stderr
+    assert not list((root / "archive/main/15-1").rglob(f"{NAME}*"))
