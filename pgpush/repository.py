@@ -41,7 +41,7 @@ from pgpush.storage.base import Storage
 ARCHIVED_RE = re.compile(r"^(?P<wal>[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?)-(?P<sha>[0-9a-f]{40})(?P<ext>\.gz|\.zst|\.lz4)?$")
 DROPPED_SUFFIX = ".dropped"
 MAX_WAL_BYTES = 1 << 30  # PostgreSQL's largest WAL segment: no archived file decodes to more
-DECODE_SLICE = 4096  # stored bytes handed to the decoder at a time (see Repository.decode_bounded)
+DECODE_SLICE = 4096  # stored bytes handed to the decryption or decoder at a time (small reads, small buffers)
 
 
 HEADER_SIZE = struct.calcsize(wal.LONG_HEADER_FORMAT)
@@ -298,9 +298,10 @@ class Repository:
     def decode_bounded(self, path: str, what: str, limit: int = MAX_WAL_BYTES) -> Iterator[bytes]:
         """The decoded content of repository file ``path``, refused (42) once it passes ``limit`` bytes.
 
-        The stored bytes reach the decoder :data:`DECODE_SLICE` at a time, so a decompression
-        bomb (zstd turns 4 stored bytes into 128 KB) is found after at most a few hundred MB
-        of output, never decoded whole into memory or into PostgreSQL's ``pg_wal``.
+        The decoders yield at most ``compress.OUT_MAX`` bytes a call, whatever their input (an
+        encrypted record is 1 MiB of it in one piece), so a decompression bomb (zstd turns 4
+        stored bytes into 128 KB) is found about 1 MiB past the limit, never decoded whole into
+        memory or into PostgreSQL's ``pg_wal``.
         """
         total = 0
         for chunk in self.decode(_slices(self.storage.read_chunks(path), DECODE_SLICE), path):
