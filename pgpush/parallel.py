@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -46,12 +48,33 @@ def _init(cfg) -> None:
         _WORKER_REPO.load_archive_info()  # derive the key once per worker
 
 
-def _serve(cfg, conn) -> None:
+def _die_with_parent(parent_pid: int, siblings: list) -> None:
+    """End with the command that forked us, even when it is killed (``kill -9``, the OOM killer).
+
+    Two guards, because either alone leaves orphans: the kernel's parent-death signal
+    (Linux ``PR_SET_PDEATHSIG``), and closing the parent's ends of the earlier workers'
+    pipes that ``fork`` gave us, so that each pipe has one reader and a dead parent is an
+    EOF for every worker instead of a read that waits for ever.
+    """
+    for conn in siblings:
+        conn.close()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux's libc: the EOF guard still holds
+        pass
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        os._exit(1)
+
+
+def _serve(cfg, conn, parent_pid: int, siblings: list) -> None:
     """A worker's life: open the repository, then answer ``(fn, job)`` items until ``None`` or EOF.
 
     A failure to open the repository is the answer to every job (the parent stops at the
     first), never a worker that dies and is started again and again.
     """
+    _die_with_parent(parent_pid, siblings)
     failure: tuple[int, str] | None = None
     try:
         _init(cfg)
@@ -68,7 +91,10 @@ def _serve(cfg, conn) -> None:
                 return
             if item is None:
                 return
-            conn.send((item[1], "error", failure) if failure else _call(item))
+            try:
+                conn.send((item[1], "error", failure) if failure else _call(item))
+            except OSError:  # the parent is gone: nobody is left to answer
+                return
     finally:
         if _WORKER_REPO is not None:
             _WORKER_REPO.storage.close()
@@ -144,9 +170,10 @@ def describe(job: Job) -> str:
 class _Proc:
     """One forked worker and the parent's end of its pipe; ``job`` is what it works on, if anything."""
 
-    def __init__(self, ctx, cfg):
+    def __init__(self, ctx, cfg, siblings: list[_Proc]):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(cfg, child), daemon=True)
+        others = [p.conn for p in siblings]
+        self.proc = ctx.Process(target=_serve, args=(cfg, child, os.getpid(), others), daemon=True)
         self.proc.start()
         child.close()
         self.job: Job | None = None
@@ -169,7 +196,9 @@ class _Pool:
     def __init__(self, cfg, size: int, timeout: float):
         ctx = multiprocessing.get_context(START_METHOD)
         self.timeout = timeout
-        self.procs = [_Proc(ctx, cfg) for _ in range(size)]
+        self.procs: list[_Proc] = []
+        for _ in range(size):
+            self.procs.append(_Proc(ctx, cfg, self.procs))
 
     def run(self, fn: Worker, jobs: list[Job], on_result: Callable[[Job, Any], None]) -> None:
         todo = list(reversed(jobs))  # popped from the end: the callers' order is kept
