@@ -407,6 +407,7 @@ class Repository:
             else:
                 # read + compress in a thread while the storage sends: both cores at work
                 target, payload = f"{directory}/{name}-{digest}{self.extension()}", readahead.ahead(self.encode(chunks()))
+                self.storage.remove_leftovers(target)  # what earlier attempts killed mid-file left
             try:
                 self.storage.put(target, payload)
             except FileExistsError:

@@ -19,6 +19,9 @@ unless ``overwrite``).  ``list`` never shows temporary files.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +29,56 @@ from pgpush.errors import RepoInvalidError
 
 TMP_MARK = ".pgpush.tmp"
 CHUNK = 1024 * 1024
+
+
+def _process_space() -> str:
+    """Who can tell whether a process id is alive: this host, this boot, this pid namespace."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            parts.append(fh.read().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except (OSError, ValueError):
+        parts.append(f"?{os.getpid()}")  # unknown: a space of our own, so nothing is ever taken for dead
+    return hashlib.sha1(" ".join(parts).encode()).hexdigest()[:8]
+
+
+PROCESS_SPACE = _process_space()
+
+
+def tmp_name(final: str) -> str:
+    """The temporary name ``put`` writes ``final`` under before renaming it.
+
+    It carries the writer's process id and the process space that id belongs to, so that a
+    later ``put`` of the same name can tell a file left by a writer that was killed mid-file
+    (SIGKILL past ``protocol-timeout``, the OOM killer: no clean-up runs) from one still being
+    written (see :func:`left_by_dead_writer`).
+    """
+    return f"{final}{TMP_MARK}.{PROCESS_SPACE}-{os.getpid()}.{os.urandom(3).hex()}"
+
+
+def left_by_dead_writer(entry: str, final_base: str) -> bool:
+    """Is ``entry`` (a file name in ``final_base``'s directory) a temporary copy of ``final_base``
+    whose writer, a process of this same process space, is gone?
+
+    Only then is removing it safe: a writer on another host, or one still alive, is never
+    touched (a leftover of theirs stays until their own next ``put`` of the name).
+    """
+    prefix = f"{final_base}{TMP_MARK}.{PROCESS_SPACE}-"
+    if not entry.startswith(prefix):
+        return False
+    pid = entry[len(prefix):].split(".", 1)[0]
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():  # one put at a time per process: ours is an earlier, failed one
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
 
 
 class StorageError(RepoInvalidError):
@@ -100,6 +153,16 @@ class Storage:
     def delete(self, name: str) -> None:
         """Remove ``name``; a missing file is not an error."""
         raise NotImplementedError
+
+    def remove_leftovers(self, name: str) -> None:
+        """Remove the temporary copies of ``name`` that writers killed mid-file left behind.
+
+        A killed writer's temporary file is never listed and never renamed: without this, every
+        retry of a push whose worker is killed (a ``protocol-timeout`` shorter than one transfer)
+        would leave one more segment's worth of space taken on the backup host, until it is full.
+        Best effort: a failure here never fails the caller.  Backends without visible temporary
+        files (S3 uploads a whole object or none) have nothing to do.
+        """
 
     def delete_tree(self, directory: str) -> None:
         """Remove ``directory`` and everything below it; missing is not an error."""

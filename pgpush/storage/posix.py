@@ -15,7 +15,16 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 
-from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
+from pgpush.storage.base import (
+    CHUNK,
+    TMP_MARK,
+    FileInfo,
+    Storage,
+    StorageError,
+    check_name,
+    left_by_dead_writer,
+    tmp_name,
+)
 
 
 def _fsync_dir(path: str) -> None:
@@ -87,10 +96,21 @@ class PosixStorage(Storage):
             raise self._fail(exc, f"stat '{name}'") from None
         return FileInfo(name.rsplit("/", 1)[-1], st.st_size)
 
+    def remove_leftovers(self, name: str) -> None:
+        final = self._path(name)
+        directory, base = os.path.split(final)
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            return
+        for entry in entries:
+            if left_by_dead_writer(entry, base):
+                _unlink_quiet(os.path.join(directory, entry))
+
     def put(self, name: str, chunks: Iterable[bytes], overwrite: bool = False) -> int:
         final = self._path(name)
         directory = os.path.dirname(final)
-        tmp = f"{final}{TMP_MARK}.{os.getpid()}.{os.urandom(3).hex()}"
+        tmp = tmp_name(final)
         written = 0
         try:
             self._makedirs(directory)

@@ -61,7 +61,16 @@ from paramiko.sftp_attr import SFTPAttributes
 
 from pgpush.log import LOG
 from pgpush.storage import sftp_upload
-from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
+from pgpush.storage.base import (
+    CHUNK,
+    TMP_MARK,
+    FileInfo,
+    Storage,
+    StorageError,
+    check_name,
+    left_by_dead_writer,
+    tmp_name,
+)
 from pgpush.storage.sftp_upload import WriteFailed
 
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.timeout, ConnectionError, TimeoutError)
@@ -355,9 +364,21 @@ class SftpStorage(Storage):
                 except FileNotFoundError:
                     raise StorageError(f"unable to create directory '{directory}' ({self.description})") from None
 
+    def remove_leftovers(self, name: str) -> None:
+        final = self._path(name)
+        directory, base = posixpath.split(final)
+        try:
+            sftp = self._connect()
+            entries = sftp.listdir(directory)
+        except (OSError, EOFError, paramiko.SSHException, StorageError):
+            return
+        for entry in entries:
+            if left_by_dead_writer(entry, base):
+                self._remove_quiet(posixpath.join(directory, entry))
+
     def put(self, name: str, chunks: Iterable[bytes], overwrite: bool = False) -> int:
         final = self._path(name)
-        tmp = f"{final}{TMP_MARK}.{os.getpid()}.{os.urandom(3).hex()}"
+        tmp = tmp_name(final)
         sftp = self._connect()
         written = 0
         source = _Source(chunks)

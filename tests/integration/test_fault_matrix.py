@@ -30,6 +30,8 @@ from harness import faults, procs
 from harness.faults import Fault
 from pgpush_env import Pgpush, sha1_file
 
+from pgpush.storage.base import TMP_MARK
+
 pytestmark = pytest.mark.integration
 
 SEG_MB = 4  # small segments, big enough for a transfer to be caught mid-file
@@ -152,6 +154,10 @@ def _assert_archive_whole(pp, pg, backend, segments: list[str]) -> None:
         assert seg in stored, f"{seg} acknowledged to PostgreSQL but not in the repository"
         if (pg.wal_dir / seg).exists():
             assert stored[seg] == sha1_file(pg.wal_dir / seg), seg
+    with backend.reader() as storage:
+        root = getattr(storage, "root", None)  # posix and sftp: the repository's disk, read directly
+    if root is not None:  # a copy cut off mid-file is removed by the next attempt at that file
+        assert sorted(str(p) for p in Path(root, "archive").rglob(f"*{TMP_MARK}*")) == []
 
 
 @pytest.mark.parametrize(("backend_name", "fault", "mode"), CELLS)
