@@ -26,6 +26,7 @@ from pgpush.log import LOG
 from pgpush.parent import AsyncParent
 
 LINGER = 10.0  # seconds a get parent waits for recovery's next request before exiting
+CRASH_RETRIES = 2  # fresh workers given a segment after a worker died on it, per request
 
 
 class GetParent(AsyncParent):
@@ -42,6 +43,7 @@ class GetParent(AsyncParent):
         self.first: str | None = None  # the segment recovery asked for last
         self.missing_at: str | None = None  # the first segment of the window the repo lacks
         self.inflight: set[str] = set()
+        self.crashes: dict[str, int] = {}  # workers that died on each segment, since the current request
 
     def describe(self) -> str:
         return f"{super().describe()}, queue {self.window} segment(s)"
@@ -136,6 +138,13 @@ class GetParent(AsyncParent):
             return True
         if not result.get("global") and not self._current(task):
             return True  # an error met for an older request: _submit asks again for this one
+        if result.get("crashed") and self.crashes.get(name, 0) < CRASH_RETRIES:
+            # A worker that died (the OOM killer, kill -9) said nothing about the segment: any
+            # failure ends an archive recovery as if the archive were exhausted, so _submit hands
+            # it to a fresh worker instead.  Only a segment that kills every worker is an error.
+            self.crashes[name] = self.crashes.get(name, 0) + 1
+            LOG.warn(f"{result['message']}: asking another worker")
+            return True
         err = PgPushError(result["message"], result["code"])
         LOG.error(f"[{err.code:03d}]: {err.message}")
         spool.write_error(self.qdir, None if result.get("global") else name, err)
@@ -167,6 +176,7 @@ class GetParent(AsyncParent):
             if first is not None and self.request_text != self.done:
                 self.done = self.request_text
                 self.first, self.missing_at = first, None  # a new request: look again
+                self.crashes.clear()
                 self.clean(os.listdir(self.qdir))
                 idle_since = time.monotonic()
             if not failed:

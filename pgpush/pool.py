@@ -172,8 +172,11 @@ class WorkerPool:
                     self._drop(worker)
                     if task is not None:
                         code = worker.proc.returncode
+                        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+                        what = os.path.basename(str(task.get("path") or task.get("name") or task.get("op")))
                         out.append((task, {"ok": False, "code": 25, "crashed": True, "global": False,
-                                           "message": f"worker process died (exit status {code}) while working on it"}))
+                                           "message": f"worker process {worker.proc.pid} died ({how}) while working "
+                                                      f"on '{what}'"}))
                     continue
                 worker.buffer += data
                 while b"\n" in worker.buffer:
