@@ -14,7 +14,7 @@ import time
 
 import pytest
 from harness import faults, procs
-from pgpush_env import Pgpush, archived_files, sha1_file
+from pgpush_env import Pgpush, sha1_file
 
 from pgpush.storage.posix import PosixStorage
 
@@ -28,7 +28,7 @@ def _done(cluster, names: list[str]) -> set[str]:
     return {n for n in names if (status / f"{n}.done").exists()}
 
 
-@pytest.mark.parametrize("repo_type", ["posix", "sftp"])
+@pytest.mark.parametrize("repo_type", ["posix", "sftp", "s3"])
 def test_split_brain_clusters_archiving_asynchronously_acknowledge_only_the_stored_content(
         request, pg_factory, pgpush_cmd, work_dir, repo_type):
     a = pg_factory("a", conf=CONF, wal_segsize_mb=1)
@@ -36,9 +36,12 @@ def test_split_brain_clusters_archiving_asynchronously_acknowledge_only_the_stor
     assert a.system_identifier() == b.system_identifier()
     if repo_type == "sftp":
         sshd = request.getfixturevalue("sshd")
-        repo, repo_dir = sshd.pgpush_options(), sshd.repo_dir
+        repo, reader = sshd.pgpush_options(), lambda: PosixStorage(str(sshd.repo_dir))
+    elif repo_type == "s3":
+        bucket = request.getfixturevalue("seaweed")
+        repo, reader = bucket.pgpush_options(), lambda: bucket.storage("/repo", timeout=10)
     else:
-        repo, repo_dir = None, work_dir / "repo"
+        repo, reader = None, lambda: PosixStorage(str(work_dir / "repo"))
     spools = {}
     for cluster in (a, b):
         spool = work_dir / f"spool-{cluster.name}"
@@ -76,8 +79,9 @@ def test_split_brain_clusters_archiving_asynchronously_acknowledge_only_the_stor
         time.sleep(0.3)
     time.sleep(2)  # what is in flight lands
 
-    stored = faults.check_archive(PosixStorage(str(repo_dir)))  # once per name, each whole
-    assert set(archived_files(repo_dir)) >= set(_done(a, names) | _done(b, names))
+    with reader() as storage:
+        stored = faults.check_archive(storage)  # once per name, each whole
+    assert set(stored) >= _done(a, names) | _done(b, names)
     for cluster in (a, b):
         for name in _done(cluster, names):
             assert stored[name] == sha1_file(cluster.wal_dir / name), (
