@@ -401,6 +401,8 @@ class Repository:
                 warning = self._duplicate(name, digest, directory, existing)
                 if kind == "history":
                     return warning
+                # a writer killed between its rename and the removal of its temporary name
+                self.storage.remove_leftovers(f"{directory}/{name}-{digest}{self.extension()}")
                 return self._check_stored_copies(name, size, digest, directory, existing, chunks) or warning
             if kind == "history":
                 target, payload = f"{directory}/{name}", self.encode([whole()], "none")
