@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 import pytest
 from backup_env import backup, setup_archiving
@@ -31,8 +30,9 @@ def test_verify_of_a_repository_that_freezes_mid_run_ends_with_103(pg_factory, p
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # runuser, pgpush, and its 3 forked workers: the pool is at work
+        # freeze at once: verify of a fresh cluster's ~1000 files may take only a second or two,
+        # and a verify that has already finished could not show the fault
         procs.wait_for(lambda: len(procs.descendants_of(proc.pid)) >= 4, 30, 0.01, message="the verify workers")
-        time.sleep(0.3)
         sshd.freeze()
         try:
             # a few host timeouts (the connection's, a reconnect's) and a protocol-timeout at most
