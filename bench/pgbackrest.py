@@ -1,5 +1,5 @@
-"""pgBackRest 2.45 in repo-host mode on this one machine, beside pgpush (see
-/work/shared/PGBACKREST-BASELINE.md).
+"""pgBackRest 2.45 in repo-host mode on this one machine, beside pgpush (see docs/benchmarks.md,
+"How the tools are run").
 
 Two OS users and SSH both ways over 127.0.0.1:
 

@@ -74,7 +74,7 @@ def push(cfg, wal_path: str) -> None:
 
 
 def _refresh_backups(repo: Repository) -> None:
-    """Mark WAITING_FOR_WALS backups DONE once their WAL is in (SPEC §8)."""
+    """Mark WAITING_FOR_WALS backups DONE once their WAL is in (docs/operations.md, "Backup status")."""
     try:
         from pgpush import catalog
     except ImportError:  # backups not built into this version

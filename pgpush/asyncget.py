@@ -1,4 +1,4 @@
-"""The background parent of asynchronous get (SPEC §6): prefetch into the spool.
+"""The background parent of asynchronous get (docs/architecture.md, "Asynchronous push and get"): prefetch into the spool.
 
 The foreground writes the segment recovery asks for into ``in/request``.
 The parent fetches that segment first, then the ones after it on the same

@@ -1,4 +1,4 @@
-"""The background parent of asynchronous push (SPEC §5).
+"""The background parent of asynchronous push (docs/architecture.md, "Asynchronous push and get").
 
 It holds the spool lock, reads ``pg_wal/archive_status/*.ready`` oldest
 first, skips what already has a ``.ok``, and hands the files to a pool of

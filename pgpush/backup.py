@@ -4,7 +4,7 @@ The non-exclusive API in one session (``pg_backup_start``/``pg_backup_stop``
 on 15+, ``pg_start_backup``/``pg_stop_backup`` with ``exclusive => false``
 before), always stopped with ``wait_for_archive => false``: the stop never
 hangs on a standby whose primary is idle.  Whether the WAL the backup needs
-is archived is decided afterwards against the repository (SPEC §8, see
+is archived is decided afterwards against the repository (docs/operations.md, "Backup status", see
 :mod:`pgpush.catalog`), so ``backup`` returns at once with
 ``WAITING_FOR_WALS``, or with ``--wait`` polls until ``DONE``.
 

@@ -1,4 +1,5 @@
-"""The backup catalog: ``backup/STANZA/backup.info``, manifests, and the status rules of SPEC §8.
+"""The backup catalog: ``backup/STANZA/backup.info``, manifests, and the status rules
+(docs/operations.md, "Backup status").
 
 A backup's status is a function of the archive, never a guess:
 
@@ -111,7 +112,7 @@ class Evaluation:
 
 
 def evaluate(record: dict, index: SegmentIndex) -> Evaluation:
-    """The status of one backup against the archive (SPEC §8)."""
+    """The status of one backup against the archive (docs/operations.md, "Backup status")."""
     size = index.segment_size
     tli = wal.timeline_of(record["wal_start"])
     first = wal.segment_number(record["wal_start"], size)

@@ -1,7 +1,7 @@
 """Error classes that carry their pgBackRest-compatible code.
 
 Every failure that reaches the user is a :class:`PgPushError`; the exit code of
-the process is the error's ``code`` (SPEC §7), decided in exactly one place:
+the process is the error's ``code`` (docs/operations.md, "Exit codes of these commands"), decided in exactly one place:
 :func:`exit_code_for`.  ``get`` exits 1 only for "not in the archive", which is
 not an error class but a normal outcome (:class:`WalNotFound` is used
 internally and mapped to 1).

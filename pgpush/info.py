@@ -1,6 +1,6 @@
 """``info``: stanzas, the archive's range, gaps and dropped segments, backups with status.
 
-``--output json`` is the machine contract of SPEC §8 (its keys never
+``--output json`` is the machine contract (its keys never
 change; more may be added); the text form follows pgBackRest's layout so
 its users read it without a manual.  ``info`` also settles backup statuses
 (``WAITING_FOR_WALS`` that became ``DONE``), with the same rules as push.
@@ -43,7 +43,7 @@ def for_stanza(cfg, stanza: str):
 
 
 def backup_json(record: dict, recoverable_to: str | None) -> dict:
-    """One backup in the SPEC §8 shape (the fixed keys first, then extras)."""
+    """One backup in the JSON contract's shape (the fixed keys first, then extras)."""
     out = {k: record.get(k) for k in ("label", "type", "status", "from_standby", "start_lsn", "stop_lsn",
                                       "wal_start", "wal_stop", "start_time", "stop_time", "size", "repo_size")}
     out["recoverable_to"] = recoverable_to

@@ -1,6 +1,6 @@
 """What the files in a repository mean: stanzas, archive.info, archived WAL.
 
-Layout (SPEC §4)::
+Layout (docs/architecture.md, "Layers")::
 
     archive/STANZA/archive.info
     archive/STANZA/VER-N/TTTTTTTTLLLLLLLL/SEGMENT-SHA1[.EXT]

@@ -1,4 +1,4 @@
-"""Spool paths and status files (SPEC §5-6), written atomically.
+"""Spool paths and status files (docs/architecture.md, "Asynchronous push and get"), written atomically.
 
 ``SPOOL/archive/STANZA/out/`` holds the push status files, ``in/`` the
 prefetched WAL.  Status files: ``SEGMENT.ok`` (empty, or ``0`` and a

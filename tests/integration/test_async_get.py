@@ -1,4 +1,4 @@
-"""Asynchronous get (SPEC §6): prefetch into the spool for recovery."""
+"""Asynchronous get (docs/architecture.md, "Asynchronous push and get"): prefetch into the spool for recovery."""
 
 from __future__ import annotations
 

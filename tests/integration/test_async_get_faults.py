@@ -1,4 +1,4 @@
-"""Asynchronous get under faults (SPEC §6): stale answers, other clusters, spool file modes."""
+"""Asynchronous get under faults (docs/architecture.md, "Asynchronous push and get"): stale answers, other clusters, spool file modes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Asynchronous push (SPEC §5) with PostgreSQL as the client and the real sshd."""
+"""Asynchronous push (docs/architecture.md, "Asynchronous push and get") with PostgreSQL as the client and the real sshd."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_queue_max_drops_wal_loudly_and_records_the_hole(pg_factory, sshd, pgpus
 
 
 def test_queue_max_ok_file_content_exact(pg_factory, pgpush_cmd, work_dir):
-    """With the repo unusable, the .ok of a dropped segment holds exactly SPEC's two lines.
+    """With the repo unusable, the .ok of a dropped segment holds exactly the two documented lines.
 
     PostgreSQL's archiver is off (we play it), so nothing acknowledges the segments and the
     parent keeps their .ok files for us to read."""

@@ -1,4 +1,4 @@
-"""Asynchronous get attacked from outside (SPEC §6): verdicts the parent wrote for one request are
+"""Asynchronous get attacked from outside (docs/architecture.md, "Asynchronous push and get"): verdicts the parent wrote for one request are
 never the answer to a later one."""
 
 from __future__ import annotations

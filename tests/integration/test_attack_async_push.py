@@ -1,4 +1,4 @@
-"""Asynchronous push attacked from outside (SPEC §5): a parent that cannot finish says why."""
+"""Asynchronous push attacked from outside (docs/architecture.md, "Asynchronous push and get"): a parent that cannot finish says why."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Barman standby issue (SPEC §8): a backup of a standby whose primary is idle.
+"""The Barman standby issue (docs/operations.md, "Backup status"): a backup of a standby whose primary is idle.
 
 Primary and streaming standby (``archive_mode=always``) both push into one
 stanza.  The backup's stop segment is still open on the idle primary, so the

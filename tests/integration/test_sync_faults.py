@@ -1,4 +1,4 @@
-"""Faults on the synchronous path: a clear one-line error, the SPEC exit code,
+"""Faults on the synchronous path: a clear one-line error, the documented exit code,
 nothing half-written in the repo, and PostgreSQL's own retry succeeds once the
 fault is gone."""
 

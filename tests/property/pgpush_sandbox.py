@@ -1,6 +1,6 @@
 """A sandbox to run pgpush on arbitrary inputs and check the contract every answer must keep.
 
-The contract (SPEC §7): exit 0; or exit 1 from ``get`` only ("not in the archive"); or a code
+The contract (docs/operations.md, "Exit codes of these commands"): exit 0; or exit 1 from ``get`` only ("not in the archive"); or a code
 from 2 to 125 announced by exactly one ``ERROR: [NNN]:`` line with that number; never a
 traceback; and nothing written outside the repository, the spool, the log path and pg1-path
 (HOME and the directory above them stay as they were).
