@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from pgpush import spool, wal
+from pgpush import fsutil, wal
 from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repository import Repository
@@ -113,7 +113,7 @@ def fetch_to(repo: Repository, name: str, dest: str) -> None:
     try:
         with_retry(repo, attempt)
         os.replace(tmp, dest)
-        spool.fsync_dir(os.path.dirname(os.path.abspath(dest)))
+        fsutil.fsync_dir(os.path.dirname(os.path.abspath(dest)))
     except BaseException as exc:
         try:
             os.unlink(tmp)

@@ -12,6 +12,7 @@ import contextlib
 import os
 
 from pgpush.errors import FormatError, PathCreateError, PgPushError
+from pgpush.fsutil import fsync_dir
 
 TMP_SUFFIX = ".pgpush.tmp"
 GLOBAL_ERROR = "global.error"
@@ -54,15 +55,6 @@ def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
     except OSError as exc:
         raise PathCreateError(f"unable to create spool path '{path}': {exc.strerror}") from None
     return path
-
-
-def fsync_dir(path: str) -> None:
-    """fsync a directory, so that a rename done in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = False) -> None:

@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 
+from pgpush.fsutil import fsync_dir
 from pgpush.storage.base import (
     CHUNK,
     TMP_MARK,
@@ -25,14 +26,6 @@ from pgpush.storage.base import (
     left_by_dead_writer,
     tmp_name,
 )
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PosixStorage(Storage):
@@ -56,7 +49,7 @@ class PosixStorage(Storage):
                 os.mkdir(directory, 0o750)
             except FileExistsError:
                 continue
-            _fsync_dir(os.path.dirname(directory))
+            fsync_dir(os.path.dirname(directory))
 
     def list(self, directory: str) -> list[FileInfo]:
         path = self.root if directory in ("", ".") else self._path(directory)
@@ -136,7 +129,7 @@ class PosixStorage(Storage):
             else:
                 os.link(tmp, final)  # EEXIST instead of overwriting
                 os.unlink(tmp)
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except FileExistsError:
             _unlink_quiet(tmp)
             raise
