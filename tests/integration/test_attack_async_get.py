@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from async_get_env import archived_primary, recover_in_two_phases, two_marks
 from harness import procs, tmpfs
 from pgpush_env import Pgpush, sha1_file
 
@@ -18,62 +19,22 @@ from pgpush import lock
 pytestmark = pytest.mark.integration
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_error_met_while_prefetching_is_not_the_answer_to_a_later_recovery(pg_factory, pgpush_cmd, work_dir):
     """A segment that read back corrupt while the parent prefetched it for one recovery leaves
     ``SEGMENT.error``; once the repository serves it whole again, the next recovery that asks for it
     must get it (a sync get would), not that old error, which PostgreSQL takes as the end of the archive."""
     pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="8MB", archive_timeout=30, compress_type="none")
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": "", "wal_keep_size": "1GB"},
-                    wal_segsize_mb=1)
-    pp.stanza_create(pg)
-    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
-    pg.reload()
-    base = work_dir / "base"
-    pg.run([pg.bin("pg_basebackup"), "-D", str(base), "-X", "none", "-c", "fast", "-h", str(pg.socket_dir),
-            "-p", str(pg.port), "-U", "postgres"], check=True)
-    pg.sql("create table marks(id int)")
-    pg.generate_wal(2, payload_bytes=1024)
-    pg.sql("insert into marks values (1)")
-    first_target = pg.sql("select pg_current_wal_insert_lsn()")
-    switched = pg.generate_wal(4, payload_bytes=600 * 1024)
-    # beyond what recovery reads ahead of its replay, inside the prefetch window
-    flaky = switched[2]
-    pg.sql("insert into marks values (2)")
-    pg.wait_archived(pg.switch_wal(), timeout=60)
-    pg.stop()
-    stored = next((work_dir / "repo").rglob(f"{flaky}-*"))
-    good = stored.read_bytes()
+    src = two_marks(pg_factory, pp, work_dir)
+    good = src.stored.read_bytes()
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
-    stored.write_bytes(bytes(bad))  # reads back corrupt (checksum mismatch) for now
+    src.stored.write_bytes(bytes(bad))  # reads back corrupt (checksum mismatch) for now
 
-    restored = pg_factory("restored", init=False)
-    restored._prepare_common()
-    os.rename(base, restored.datadir)
-    restored.set_conf({
-        "port": restored.port, "unix_socket_directories": str(restored.socket_dir), "archive_mode": "off",
-        "restore_command": pp.restore_command(archive_async="y"), "recovery_target_lsn": first_target,
-        "recovery_target_action": "shutdown", "recovery_prefetch": "off",
-    })
-    (restored.datadir / "recovery.signal").touch()
-    restored.run([restored.bin("pg_ctl"), "-D", str(restored.datadir), "-l", str(restored.log_file), "-W", "start"],
-                 check=True)
-    _wait_for(lambda: "database system is shut down" in restored.log_tail(200) and not restored.is_running(), 120,
-              "recovery to stop at the first target")
-    _wait_for((pp.in_dir / f"{flaky}.error").exists, 60, f"the prefetch to fail on {flaky}")
-
-    stored.write_bytes(good)  # the repository serves it whole again
-    restored.set_conf({"recovery_target_lsn": "", "recovery_target_action": "promote"})
-    restored.start(timeout=120)
-    _wait_for(lambda: restored.sql("select pg_is_in_recovery()") == "f", 120, "the end of recovery")
-    assert restored.sql("select array_agg(id order by id) from marks") == "{1,2}", restored.log_tail()
+    recover_in_two_phases(
+        pg_factory, pp, src,
+        after_first=lambda: procs.wait_for((pp.in_dir / f"{src.segment}.error").exists, 60,
+                                           message=f"the prefetch to fail on {src.segment}"),
+        between=lambda: src.stored.write_bytes(good))  # the repository serves it whole again
     assert "ERROR: [042]" not in pp.log_text("archive-get"), pp.log_text("archive-get")
     _wait_parent_gone(pp)
 
@@ -83,12 +44,7 @@ def test_a_half_fetched_segment_left_by_a_killed_worker_does_not_stay_in_the_spo
     the next parent that looks at the spool removes it instead of keeping a segment's worth of
     spool taken for ever, one more on every kill."""
     pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="2MB", archive_timeout=30)
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
-    pp.stanza_create(pg)
-    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
-    pg.reload()
-    names = pg.generate_wal(3, payload_bytes=1024)
-    pg.wait_archived(names[-1], timeout=60)
+    pg, names = archived_primary(pg_factory, pp, 3)
     pp.in_dir.mkdir(parents=True, exist_ok=True)
     orphan = pp.in_dir / f"{names[0]}.pgpush.tmp"
     orphan.write_bytes(b"\0" * 300_000)  # what a worker killed mid-file leaves
@@ -104,12 +60,7 @@ def test_a_segment_delivered_to_its_destination_is_exit_0_even_if_the_next_reque
     """Once the prefetched segment is at %p the call has succeeded: failing afterwards (the request
     for the next segment cannot be written into the spool) tells PostgreSQL the archive has ended."""
     pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="4MB", archive_timeout=30)
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
-    pp.stanza_create(pg)
-    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
-    pg.reload()
-    names = pg.generate_wal(3, payload_bytes=1024)
-    pg.wait_archived(names[-1], timeout=60)
+    pg, names = archived_primary(pg_factory, pp, 3)
     res = pp.run("get", names[0], str(work_dir / "dest0"), archive_async="y", pg1_path=str(pg.datadir))
     assert res.returncode == 0, res.stderr
     procs.wait_for((pp.in_dir / names[1]).exists, 30, message="the prefetch of the next segment")
@@ -133,12 +84,7 @@ def test_a_destination_that_is_full_fails_047_leaving_nothing_half_written(pg_fa
     the call fails with the path's code (047, not 025), leaves no half copy beside %p, and keeps
     the segment in the spool, so the retry once there is room succeeds."""
     pp = Pgpush(pgpush_cmd, work_dir, archive_get_queue_max="4MB", archive_timeout=30)
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
-    pp.stanza_create(pg)
-    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
-    pg.reload()
-    names = pg.generate_wal(3, payload_bytes=1024)
-    pg.wait_archived(names[-1], timeout=60)
+    pg, names = archived_primary(pg_factory, pp, 3)
     res = pp.run("get", names[0], str(work_dir / "dest0"), archive_async="y", pg1_path=str(pg.datadir))
     assert res.returncode == 0, res.stderr
     procs.wait_for((pp.in_dir / names[1]).exists, 30, message="the prefetch of the next segment")
@@ -178,12 +124,7 @@ def test_a_get_whose_parent_is_killed_mid_request_starts_another_instead_of_timi
     for its segment: the foreground starts a new parent and gets the segment, instead of waiting out
     archive-timeout for an answer nobody will write and failing 082, which ends a recovery."""
     pp = Pgpush(pgpush_cmd, work_dir, archive_timeout=20, protocol_timeout=60)
-    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""}, wal_segsize_mb=1)
-    pp.stanza_create(pg)
-    pg.set_conf({"archive_command": pp.archive_command(archive_async="n")})
-    pg.reload()
-    names = pg.generate_wal(2, payload_bytes=1024)
-    pg.wait_archived(names[-1], timeout=60)
+    pg, names = archived_primary(pg_factory, pp, 2)
     stored = next((work_dir / "repo").rglob(f"{names[0]}-*"))
     info = next((work_dir / "repo").rglob("archive.info"))
     aside = work_dir / "aside"
@@ -220,4 +161,4 @@ def test_a_get_whose_parent_is_killed_mid_request_starts_another_instead_of_timi
 def _wait_parent_gone(pp: Pgpush) -> None:
     """The lingering get parent ends by itself: wait for its lock to be free (no process left behind)."""
     path = str(pp.spool_path / "archive" / pp.stanza / "archive-get.lock")
-    _wait_for(lambda: not os.path.exists(path) or not lock.is_locked(path), 60, "the get parent to exit")
+    procs.wait_for(lambda: not os.path.exists(path) or not lock.is_locked(path), 60, message="the get parent to exit")
