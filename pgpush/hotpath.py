@@ -175,7 +175,6 @@ def get(cfg: Config) -> int | None:
     qdir = spool.queue_dir(str(cfg["spool-path"]), cfg.stanza, "in")
     deadline = time.monotonic() + float(cfg["archive-timeout"])
     pgdata = os.path.abspath(str(cfg.get("pg1-path") or os.getcwd()))
-    started = False
     steps = _sleep_steps()
     last_check = 0.0
     request: str | None = None  # what this call wrote into in/request
@@ -209,7 +208,6 @@ def get(cfg: Config) -> int | None:
                 spool.remove(os.path.join(qdir, spool.GLOBAL_ERROR))
                 raise error_from_text(text)
             if not lock.is_locked(lock.lock_path(sdir, "in")):
-                started = False
                 last_check = time.monotonic() + 0.5  # retry the parent about once a second
         if request is None:
             request = _write_request(qdir, name)
@@ -225,7 +223,7 @@ def get(cfg: Config) -> int | None:
         if now - last_check > 0.5:
             # No parent yet, or the one we started died (killed, out of memory) without answering
             # our request: start another rather than wait out archive-timeout for nothing.
-            started = _ensure_parent(cfg, sdir, qdir, "in", [pgdata, name]) or started
+            _ensure_parent(cfg, sdir, qdir, "in", [pgdata, name])
             last_check = now
         time.sleep(next(steps))
 
