@@ -41,9 +41,6 @@ from pgpush.storage.base import Storage
 ARCHIVED_RE = re.compile(r"^(?P<wal>[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?)-(?P<sha>[0-9a-f]{40})(?P<ext>\.gz|\.zst|\.lz4)?$")
 DROPPED_SUFFIX = ".dropped"
 MAX_WAL_BYTES = 1 << 30  # PostgreSQL's largest WAL segment: no archived file decodes to more
-DECODE_SLICE = 4096  # stored bytes handed to the decryption or decoder at a time (small reads, small buffers)
-
-
 HEADER_SIZE = struct.calcsize(wal.LONG_HEADER_FORMAT)
 
 
@@ -53,13 +50,6 @@ def _segment_size(name: str, head: bytes) -> int:
         return wal.parse_header(head, name).segment_size
     except PgPushError as exc:
         raise FileReadError(f"WAL file '{name}' in the repository is corrupt: {exc}") from None
-
-
-def _slices(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """The same bytes in pieces of at most ``size``."""
-    for chunk in chunks:
-        for i in range(0, len(chunk), size):
-            yield chunk[i:i + size]
 
 
 class _ByteCounter:
@@ -301,10 +291,11 @@ class Repository:
         The decoders yield at most ``compress.OUT_MAX`` bytes a call, whatever their input (an
         encrypted record is 1 MiB of it in one piece), so a decompression bomb (zstd turns 4
         stored bytes into 128 KB) is found about 1 MiB past the limit, never decoded whole into
-        memory or into PostgreSQL's ``pg_wal``.
+        memory or into PostgreSQL's ``pg_wal``.  The bound lives in the decoders, so the stored
+        chunks go to them as the storage reads them, without being cut smaller first.
         """
         total = 0
-        for chunk in self.decode(_slices(self.storage.read_chunks(path), DECODE_SLICE), path):
+        for chunk in self.decode(self.storage.read_chunks(path), path):
             total += len(chunk)
             if total > limit:
                 raise FileReadError(f"{what} in the repository is corrupt: it decodes to more than {limit} bytes")
