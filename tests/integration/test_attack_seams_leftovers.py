@@ -10,12 +10,14 @@ dead process) left, so once the option is fixed the repository holds the archive
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
-from harness import faults
+from harness import faults, procs
 from pgpush_env import Pgpush, sha1_file
 
+from pgpush.storage.base import PROCESS_SPACE, TMP_MARK
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration
@@ -25,6 +27,19 @@ ARCHIVE_TIMEOUT = 5
 
 def _leftovers(repo_dir) -> list[str]:
     return sorted(p.name for p in (repo_dir / "archive").rglob("*.pgpush.tmp*"))
+
+
+def _plant_dead_writers_copy(repo_dir, pp: Pgpush, pg, seg: str):
+    """What a writer SIGKILLed mid-file leaves, planted for certain: on a busy machine the kill at
+    protocol-timeout can come before the worker has created its temporary file at all."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is a writer of this host that is no longer alive
+    major = int(pg.sql("show server_version_num")) // 10000
+    directory = repo_dir / "archive" / pp.stanza / f"{major}-1" / seg[:16]
+    directory.mkdir(parents=True, exist_ok=True)
+    final = f"{seg}-{sha1_file(pg.wal_dir / seg)}.zst"
+    (directory / f"{final}{TMP_MARK}.{PROCESS_SPACE}-{gone.pid}.000000").write_bytes(b"\0" * 65536)
+    procs.chown_tree(repo_dir, "postgres")
 
 
 def test_segments_retried_after_workers_killed_mid_file_leave_no_temporary_files_in_the_repository(
@@ -39,10 +54,12 @@ def test_segments_retried_after_workers_killed_mid_file_leave_no_temporary_files
     segments = pg.generate_wal(2, random_payload=True, payload_bytes=8 << 20)
 
     deadline = time.monotonic() + 60
-    while pg.archiver_stats()["failed_count"] < 4 or not _leftovers(repo_dir):
+    while pg.archiver_stats()["failed_count"] < 4:
         assert time.monotonic() < deadline, (pg.archiver_stats(), _leftovers(repo_dir), pp.log_text("archive-push-async"))
         time.sleep(0.2)
     assert "no answer within protocol-timeout (0.1s)" in pp.log_text("archive-push-async")
+    _plant_dead_writers_copy(repo_dir, pp, pg, segments[0])
+    assert _leftovers(repo_dir)
 
     pg.set_conf({"archive_command": pp.archive_command()})  # the operator fixes the option
     pg.reload()
