@@ -33,7 +33,7 @@ zipapp: setup
 	$(VPY) build_zipapp.py --output dist/pgpush.pyz
 
 docs: setup
-	$(VPY) -m pgpush.docgen > docs/configuration.md
+	$(VPY) -m pgpush.cli.docgen > docs/configuration.md
 
 bench: setup zipapp
 	$(VPY) bench/run.py

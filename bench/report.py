@@ -98,7 +98,7 @@ def render(results: dict, results_dir: Path) -> str:
         "- Compression: each tool's default (pgpush zst level 3, pgBackRest gz level 6) and both at gz "
         "where said (level 6 for both). pgpush writes gz as independent 1 MiB deflate blocks, two at a "
         "time, and stores a block its level-1 probe finds incompressible instead of searching it "
-        "(`pgpush/gzblocks.py`); on *random* WAL that is most of its gz speed-up, and both tools' "
+        "(`pgpush/repo/codec/gzblocks.py`); on *random* WAL that is most of its gz speed-up, and both tools' "
         "repositories come out the same size (see *repo MB*). Logging: both at their defaults (file log at info).",
         "- WAL: 16 MB segments. *random*: one ~16 MB logical message of /dev/urandom bytes per segment "
         "(incompressible, the tool's cost dominates); *pgbench*: real WAL of `pgbench -i` and `pgbench` "

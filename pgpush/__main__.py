@@ -9,7 +9,7 @@ the bundled third-party packages importable (extracting native extensions on
 first use) and is called only when the full CLI is needed.
 
 Every way into pgpush (the foreground push/get, the CLI, the background
-parents, the workers, ``pgpush.cli:main``) goes through :func:`main`, the one
+parents, the workers, the ``pgpush`` console script) goes through :func:`main`, the one
 guarded entry: whatever happens below it, the process ends with 0, 1 for
 "not in the archive" on ``get`` and nothing else, or a code from 2 to 125
 announced by exactly one ``ERROR: [NNN]:`` line, never a traceback (that goes
@@ -133,33 +133,33 @@ def _dispatch(argv: list[str], bootstrap: Callable[[], None] | None, seen: dict[
         print(f"pgpush {__version__}")
         return 0
     if cfg.command in ("push", "get") and cfg["archive-async"]:
-        from pgpush import hotpath
+        from pgpush.archive import foreground
 
-        rc = hotpath.run(cfg)
+        rc = foreground.run(cfg)
         if rc is not None:
             return rc
     if cfg.command in ("push", "get"):
         # Synchronous, or a file async get never caches (.history, .partial): the
         # repository libraries are needed, the CLI (typer, rich) is not.
         _bootstrap(bootstrap)
-        from pgpush import archive
+        from pgpush.archive import core
 
-        return archive.run_command(cfg)
+        return core.run_command(cfg)
     if cfg.command in ("push-async", "get-async"):
         # The background parents only hand out names and write status files: the
         # stdlib suffices, so they never pay for (or hold in memory) paramiko & co.
         if cfg.command == "push-async":
-            from pgpush import asyncpush as parent
+            from pgpush.archive import push_parent as parent
         else:
-            from pgpush import asyncget as parent
+            from pgpush.archive import get_parent as parent
         return parent.run(cfg)
     if cfg.command == "worker":
         _bootstrap(bootstrap)
-        from pgpush import worker  # repository work, but no CLI (typer, rich)
+        from pgpush.archive import worker  # repository work, but no CLI (typer, rich)
 
         return worker.run(cfg)
     _bootstrap(bootstrap)
-    from pgpush.cli import run
+    from pgpush.cli.main import run
 
     return run(argv, cfg)
 

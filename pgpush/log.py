@@ -77,7 +77,7 @@ class Logger:
         stanza = cfg.get("stanza") or "all"
         path = os.path.join(str(cfg["log-path"]), f"{stanza}-{group}.log")
         try:
-            from pgpush.spool import makedirs_private
+            from pgpush.fsutil import makedirs_private
 
             makedirs_private(os.path.dirname(path))
             self._fd = open_log_file(path)

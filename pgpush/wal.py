@@ -11,6 +11,8 @@ version; anything unknown is an error (46), never a guess.
 
 from __future__ import annotations
 
+import os
+
 from pgpush.errors import FormatError, VersionNotSupportedError
 
 _HEX = frozenset("0123456789ABCDEF")
@@ -269,3 +271,12 @@ def parse_history(text: str) -> list[tuple[int, int, str]]:
             raise FormatError(f"malformed history file line: {line!r}")
         rows.append((int(parts[0]), lsn_to_int(parts[1]), parts[2] if len(parts) > 2 else ""))
     return rows
+
+
+def control_segment_size(pgdata: str) -> int:
+    """The cluster's WAL segment size from pg_control (16 MB if unreadable)."""
+    try:
+        with open(os.path.join(pgdata, "global", "pg_control"), "rb") as fh:
+            return parse_control(fh.read(8192)).segment_size
+    except (OSError, ValueError, Exception):
+        return 16 * 1024 * 1024

@@ -434,7 +434,7 @@ def check_archive(storage) -> dict[str, str]:
     """Every WAL file stored under its final name is whole: it decompresses and its SHA-1 is its name's.
 
     Returns ``{wal name: sha1}``.  A name stored twice, or a damaged file, fails the assertion."""
-    from pgpush import compress
+    from pgpush.repo.codec import compress
 
     found: dict[str, str] = {}
     damaged = []

@@ -14,7 +14,7 @@ from async_get_env import archived_primary, recover_in_two_phases, two_marks
 from harness import procs, tmpfs
 from pgpush_env import Pgpush, sha1_file
 
-from pgpush import lock
+from pgpush.archive import lock
 
 pytestmark = pytest.mark.integration
 

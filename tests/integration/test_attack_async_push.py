@@ -9,7 +9,7 @@ import pytest
 from harness import procs
 from pgpush_env import Pgpush
 
-from pgpush import lock
+from pgpush.archive import lock
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from harness import procs
 
-from pgpush import backup
-from pgpush.repository import Repository
+from pgpush.commands import backup
+from pgpush.repo.repository import Repository
 from pgpush.storage.base import StorageError
 from pgpush.storage.sftp import SftpStorage
 

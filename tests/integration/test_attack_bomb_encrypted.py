@@ -22,8 +22,9 @@ from harness import procs
 from pgpush_env import Pgpush
 from zlib_ng import zlib_ng
 
-from pgpush import crypto, wal
-from pgpush.repository import Repository
+from pgpush import wal
+from pgpush.repo.codec import crypto
+from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import pytest
 from harness import procs
 
 from pgpush import wal
-from pgpush.catalog import DONE, Catalog
-from pgpush.repository import Repository
+from pgpush.repo.catalog import DONE, Catalog
+from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration

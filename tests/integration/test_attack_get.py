@@ -18,7 +18,7 @@ import zstandard
 from harness.tmpfs import tmpfs
 
 from pgpush import wal
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgpush import wal
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration

@@ -131,9 +131,10 @@ def test_standby_backup_with_primary_conninfo_finishes(pg_factory, pgpush_cmd, w
 
 def test_nudge_writes_a_record_only_when_the_switch_would_be_a_no_op(pg_factory, monkeypatch):
     """Right after a switch nothing is in the current segment: pg_switch_wal() alone would do nothing."""
-    from pgpush import config, nudge
+    from pgpush import config
     from pgpush.errors import ArchiveMismatchError
     from pgpush.log import LOG
+    from pgpush.pg import nudge
 
     primary = pg_factory("primary", conf={"archive_mode": "off"})
     system_id = primary.system_identifier()

@@ -11,7 +11,7 @@ from backup_env import backup, backups, info_json, pg_opts, setup_archiving, wai
 from harness import procs
 from pgpush_env import Pgpush
 
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pgpush.__main__ import main
 from pgpush.config import load
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 
 STANZA = "main"
 SYSTEM_ID = 7000000000000000001

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pgpush_sandbox import STANZA, SYSTEM_ID, Sandbox, subprocess_commands
 from pgpush_strategies import STATUS_CONTENT, command_lines, config_files, environments, wal_files
 
-from pgpush import lock
+from pgpush.archive import lock
 from pgpush.config import split_argv
 
 QUICK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

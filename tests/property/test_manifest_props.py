@@ -28,8 +28,10 @@ from harness import procs  # noqa: E402
 from harness.pg import PgCluster  # noqa: E402
 from pgpush_env import Pgpush  # noqa: E402
 
-from pgpush import datadir, manifest_check, safepath  # noqa: E402
+from pgpush import safepath  # noqa: E402
+from pgpush.commands import datadir  # noqa: E402
 from pgpush.errors import FileReadError  # noqa: E402
+from pgpush.repo import manifest_check  # noqa: E402
 
 PGDATA = "/restore/target/data"
 HOSTILE_NAMES = [

@@ -1,4 +1,4 @@
-"""The async get parent's window logic (asyncget.GetParent) with a scripted pool: which segments are
+"""The async get parent's window logic (get_parent.GetParent) with a scripted pool: which segments are
 handed out in what order, and when a missing segment is marked ``.ok``.  The end-to-end behaviour
 with PostgreSQL is in tests/integration/test_async_get.py; these pin the ordering rules that an
 out-of-order pool (process-max > 1) makes hard to hit there on purpose."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from pgpush import asyncget, spool
+from pgpush.archive import get_parent, spool
 from pgpush.config import load
 
 SEG = 16 * 1024 * 1024
@@ -49,7 +49,7 @@ def _parent(tmp_path, process_max: int, window: int):
     cfg = load(["--stanza=main", f"--spool-path={tmp_path / 'spool'}", f"--process-max={process_max}",
                 f"--archive-get-queue-max={window * SEG}", f"--pg1-path={tmp_path / 'pg'}", "get-async", "x"],
                environ={})
-    parent = asyncget.GetParent(cfg, str(tmp_path / "pg"))  # no pg_control: 16 MB segments
+    parent = get_parent.GetParent(cfg, str(tmp_path / "pg"))  # no pg_control: 16 MB segments
     parent.pool = ScriptedPool(process_max)
     return parent, parent.pool
 

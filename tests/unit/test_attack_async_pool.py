@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from pgpush.pool import WorkerPool
+from pgpush.archive.pool import WorkerPool
 
 
 def _pool(script: str, timeout: float = 30.0) -> WorkerPool:

@@ -14,7 +14,7 @@ import lz4.frame
 import pytest
 import zstandard
 
-from pgpush import compress, crypto
+from pgpush.repo.codec import compress, crypto
 
 BOMB = 1 << 30  # decoded size of each bomb: far more than any piece may be
 PIECE_MAX = 1 << 20  # compress.OUT_MAX, spelled out: what the test holds the decoders to

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import threading
 
-from pgpush import repolock
-from pgpush.repository import Repository
+from pgpush.repo import catalog_lock
+from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
 CFG = {"repo1-host-timeout": "0.05"}  # stale after 0.2 s, waiters give up after 0.4 s
@@ -18,7 +18,7 @@ def _repo(root) -> Repository:
 
 def _holder(repo: Repository) -> str | None:
     try:
-        return json.loads(repo.storage.read(f"{repo.backup_root}/{repolock.LOCK_NAME}"))["command"]
+        return json.loads(repo.storage.read(f"{repo.backup_root}/{catalog_lock.LOCK_NAME}"))["command"]
     except FileNotFoundError:
         return None
 
@@ -30,14 +30,14 @@ def test_a_holder_whose_lock_was_broken_does_not_release_the_new_holders_lock(tm
 
     def second() -> None:
         try:
-            with repolock.catalog_lock(CFG, _repo(tmp_path), "backup"):
+            with catalog_lock.catalog_lock(CFG, _repo(tmp_path), "backup"):
                 taken.set()
                 done.wait(30)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
             taken.set()
 
-    with repolock.catalog_lock(CFG, repo, "expire"):
+    with catalog_lock.catalog_lock(CFG, repo, "expire"):
         thread = threading.Thread(target=second)
         thread.start()
         assert taken.wait(30), "the waiter never broke the stale lock"  # the first holder is slow: broken

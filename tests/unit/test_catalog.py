@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pgpush import catalog, expire, recovery, restore, wal
-from pgpush.backup import choose_prior, make_label
-from pgpush.catalog import DONE, FAILED, WAITING, ArchiveState, Catalog, SegmentIndex, evaluate, gaps
+from pgpush import wal
+from pgpush.commands import expire, recovery, restore
+from pgpush.commands.backup import choose_prior, make_label
 from pgpush.errors import BackupSetInvalidError, OptionInvalidValueError
-from pgpush.pgdata import unlogged_skips
-from pgpush.repository import Repository
+from pgpush.pg.pgdata import unlogged_skips
+from pgpush.repo import catalog
+from pgpush.repo.catalog import DONE, FAILED, WAITING, ArchiveState, Catalog, SegmentIndex, evaluate, gaps
+from pgpush.repo.repository import Repository
 from pgpush.storage.base import FileInfo
 from pgpush.storage.posix import PosixStorage
 
@@ -347,7 +349,8 @@ def test_reconcile_readds_a_manifest_and_drops_a_vanished_backup(repo):
 def test_info_lists_the_stanzas_of_the_config_each_with_its_own_options(tmp_path):
     import json
 
-    from pgpush import config, info
+    from pgpush import config
+    from pgpush.commands import info
 
     (tmp_path / "a").mkdir()
     Repository(PosixStorage(str(tmp_path / "a")), "main", compress_type="none").stanza_create(7, 15)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgpush import docgen
+from pgpush.cli import docgen
 from pgpush.options import OPTIONS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"

@@ -10,7 +10,7 @@ import zlib
 import pytest
 from zlib_ng import zlib_ng
 
-from pgpush import compress, gzblocks
+from pgpush.repo.codec import compress, gzblocks
 
 BLOCK = gzblocks.BLOCK
 

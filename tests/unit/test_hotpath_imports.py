@@ -50,7 +50,7 @@ def test_async_get_answered_from_spool_imports_nothing_heavy(tmp_path):
     assert result == {"rc": 0, "heavy": []}
     assert (tmp_path / "dest").read_bytes() == b"wal"
     # (A "missing" answer cannot be prepared by hand any more: it is valid only for the request
-    # that asked, see pgpush/hotpath.py; the integration tests cover that path.)
+    # that asked, see pgpush/archive/foreground.py; the integration tests cover that path.)
 
 
 def test_version_imports_nothing_heavy(tmp_path):

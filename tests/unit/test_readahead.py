@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pgpush.readahead import ahead
+from pgpush.repo.readahead import ahead
 
 
 def test_same_chunks_in_order():

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pgpush import expire
-from pgpush.catalog import DONE, FAILED, WAITING
+from pgpush.commands import expire
 from pgpush.errors import ArchiveDuplicateError, FileReadError, FormatError, WalNotFound
-from pgpush.repository import Repository, history_problem
+from pgpush.repo.catalog import DONE, FAILED, WAITING
+from pgpush.repo.repository import Repository, history_problem
 from pgpush.storage.posix import PosixStorage
 
 # Backup history files carry no page header, so any bytes make a valid one; the rule under test

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pgpush import datadir, restore
-from pgpush.restore import FileJob
+from pgpush.commands import datadir, restore
+from pgpush.commands.restore import FileJob
 
 
 def _job(name: str, size: int, repo_size: int | None) -> FileJob:
@@ -142,7 +142,7 @@ def test_tablespace_map_file_rewritten_for_remapped_entries_only(tmp_path):
 
 
 def test_recovery_settings_never_write_through_a_link_left_at_the_temporary_name(tmp_path):
-    from pgpush import recovery
+    from pgpush.commands import recovery
 
     pgdata, outside = tmp_path / "data", tmp_path / "outside"
     pgdata.mkdir()

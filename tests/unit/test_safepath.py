@@ -8,9 +8,9 @@ import os
 import pytest
 
 from pgpush import safepath
-from pgpush.catalog import Catalog
 from pgpush.errors import FileReadError
-from pgpush.repository import Repository
+from pgpush.repo.catalog import Catalog
+from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
 

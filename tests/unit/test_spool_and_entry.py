@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from pgpush import lock, spool
 from pgpush.__main__ import _status, main
+from pgpush.archive import lock, spool
 from pgpush.errors import FormatError, OptionInvalidValueError, PathCreateError
 
 

@@ -14,10 +14,10 @@ import json
 import os
 import sys
 
-from pgpush import archive
+from pgpush.archive import core
 from pgpush.errors import PgPushError, RepoInvalidError, WalNotFound
 from pgpush.log import LOG
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 
 
 class Worker:
@@ -32,7 +32,7 @@ class Worker:
         return self.repo
 
     def push(self, task: dict) -> dict:
-        warning = archive.push_file(self.repository(), task["path"])
+        warning = core.push_file(self.repository(), task["path"])
         name = os.path.basename(task["path"])
         LOG.info(f"pushed WAL file '{name}' to the archive asynchronously")
         return {"ok": True, "warning": warning}
@@ -45,10 +45,10 @@ class Worker:
         """
         name, directory = task["name"], task["dir"]
         if task.get("pgdata") and self.checked != task["pgdata"]:
-            archive.check_local_cluster(self.repository(), task["pgdata"])
+            core.check_local_cluster(self.repository(), task["pgdata"])
             self.checked = task["pgdata"]
         try:
-            archive.fetch_to(self.repository(), name, os.path.join(directory, name))
+            core.fetch_to(self.repository(), name, os.path.join(directory, name))
         except WalNotFound:
             return {"ok": True, "missing": True}
         return {"ok": True}
@@ -56,11 +56,11 @@ class Worker:
     def drop(self, task: dict) -> dict:
         repo = self.repository()
         for name in task["names"]:
-            archive.with_retry(repo, repo.record_dropped, name, task["reason"])
+            core.with_retry(repo, repo.record_dropped, name, task["reason"])
         return {"ok": True}
 
     def refresh(self, task: dict) -> dict:
-        archive._refresh_backups(self.repository())
+        core._refresh_backups(self.repository())
         return {"ok": True}
 
     def handle(self, task: dict) -> dict:

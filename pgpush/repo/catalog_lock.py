@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 from pgpush.errors import PgPushError
 from pgpush.log import LOG
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 
 LOCK_NAME = "catalog.lock"
 LOCK_ERROR = 50

@@ -37,9 +37,9 @@ import stat
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from pgpush import catalog, manifest_check, parallel, readahead, recovery, safepath
-from pgpush.catalog import DONE, WAITING, Catalog
-from pgpush.datadir import (
+from pgpush import safepath
+from pgpush.commands import forkpool, recovery
+from pgpush.commands.datadir import (
     check_locations,
     clean,
     clear_spool,
@@ -51,6 +51,7 @@ from pgpush.datadir import (
     rewrite_tablespace_map,
     tablespaces_in_use,
 )
+from pgpush.commands.progress import Progress
 from pgpush.errors import (
     BackupSetInvalidError,
     FileReadError,
@@ -59,8 +60,9 @@ from pgpush.errors import (
     PathCreateError,
 )
 from pgpush.log import LOG
-from pgpush.progress import Progress
-from pgpush.repository import Repository
+from pgpush.repo import catalog, manifest_check, readahead
+from pgpush.repo.catalog import DONE, WAITING, Catalog
+from pgpush.repo.repository import Repository
 
 PREFIX = "pg_data"
 
@@ -427,7 +429,7 @@ def run(cfg) -> str:
     try:
         return _run(cfg)
     except OSError as exc:
-        raise parallel.local_error(exc) from None
+        raise forkpool.local_error(exc) from None
     except safepath.UnsafePath as exc:
         raise PathCreateError(f"unable to restore: {exc}") from None
 
@@ -504,7 +506,7 @@ def _restore(cfg, repo: Repository, cat: Catalog, label: str, manifest: dict, pg
             counts[1 if kept else 0] += 1
 
     try:
-        parallel.run(cfg, restore_files, plan(jobs), collect, parent_repo=repo)
+        forkpool.run(cfg, restore_files, plan(jobs), collect, parent_repo=repo)
     finally:
         progress.close()
     return counts[0], counts[1]

@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import time
 
-from pgpush import spool, wal
+from pgpush import wal
+from pgpush.archive import spool
+from pgpush.archive.parent import AsyncParent
 from pgpush.errors import PgPushError
-from pgpush.hotpath import segment_size
 from pgpush.log import LOG
-from pgpush.parent import AsyncParent
 
 LINGER = 10.0  # seconds a get parent waits for recovery's next request before exiting
 CRASH_RETRIES = 2  # fresh workers given a segment after a worker died on it, per request
@@ -36,7 +36,7 @@ class GetParent(AsyncParent):
     def __init__(self, cfg, pgdata: str):
         super().__init__(cfg)
         self.pgdata = pgdata
-        self.segment_size = segment_size(pgdata)
+        self.segment_size = wal.control_segment_size(pgdata)
         self.window = max(1, int(cfg["archive-get-queue-max"]) // self.segment_size)
         self.done: str | None = None  # the request (with its tag) last taken into account
         self.request_text = ""

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import time
 
-from pgpush import pgconn, wal
+from pgpush import wal
 from pgpush.errors import ArchiveDisabledError, ArchiveTimeoutError, OptionInvalidValueError
 from pgpush.log import LOG
-from pgpush.nudge import PrimaryNudge
-from pgpush.repository import Repository
+from pgpush.pg import pgconn
+from pgpush.pg.nudge import PrimaryNudge
+from pgpush.repo.repository import Repository
 
 POLL = 0.2
 

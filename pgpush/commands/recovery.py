@@ -20,7 +20,7 @@ import os
 import shlex
 import time
 
-from pgpush.hotpath import self_command
+from pgpush.fsutil import self_command
 from pgpush.log import LOG
 from pgpush.options import BY_NAME
 

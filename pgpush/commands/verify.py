@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 
-from pgpush import catalog, manifest_check, parallel, wal
-from pgpush.catalog import Catalog
+from pgpush import wal
+from pgpush.commands import forkpool
+from pgpush.commands.progress import Progress
 from pgpush.errors import FileReadError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
-from pgpush.progress import Progress
-from pgpush.repository import ARCHIVED_RE, MAX_WAL_BYTES, Repository, history_problem
+from pgpush.repo import catalog, manifest_check
+from pgpush.repo.catalog import Catalog
+from pgpush.repo.repository import ARCHIVED_RE, MAX_WAL_BYTES, Repository, history_problem
 
 DIR_PATTERN = catalog.DIR_RE
 
@@ -132,7 +134,7 @@ def run(cfg) -> tuple[str, int]:
                 LOG.error(result)
 
         try:
-            parallel.run(cfg, verify_file, jobs, collect, parent_repo=repo)
+            forkpool.run(cfg, verify_file, jobs, collect, parent_repo=repo)
         finally:
             progress.close()
     finally:

@@ -16,7 +16,8 @@ import pwd
 import shutil
 import stat
 
-from pgpush import safepath, spool
+from pgpush import safepath
+from pgpush.archive import spool
 from pgpush.errors import FileReadError, OptionInvalidValueError, PathNotEmptyError, PgRunningError
 from pgpush.log import LOG
 
@@ -27,7 +28,7 @@ Owner = tuple[int | None, int | None]
 def locate(pgdata: str, name: str, links: dict[str, str]) -> tuple[str, list[str]]:
     """(root, parts) of a manifest name: under a tablespace link its location is the root, else ``pg1-path``.
 
-    ``name`` was checked by :mod:`pgpush.manifest_check` (clean, under ``pg_data``).
+    ``name`` was checked by :mod:`pgpush.repo.manifest_check` (clean, under ``pg_data``).
     """
     for link, dest in links.items():
         if name.startswith(link + "/"):

@@ -2,7 +2,7 @@
 
 This is what PostgreSQL runs once per WAL segment.  It answers from the spool
 when the background parent has already done the work, else starts the parent
-(see :mod:`pgpush.lock` for the hand-off) and waits up to
+(see :mod:`pgpush.archive.lock` for the hand-off) and waits up to
 ``archive-timeout``.  Returning ``None`` hands the call over to the full CLI
 (files that are never spooled: ``.history``, ``.partial``, ``.backup`` on get).
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 
-from pgpush import lock, spool, wal
+from pgpush import fsutil, wal
+from pgpush.archive import lock, spool
 from pgpush.config import Config
 from pgpush.errors import (
     ArchiveTimeoutError,
@@ -27,21 +27,13 @@ from pgpush.errors import (
 from pgpush.log import LOG, open_log_file
 
 
-def self_command() -> list[str]:
-    """How to start this same pgpush again: the zipapp (whatever its file name), or ``python -m pgpush``."""
-    archive = getattr(__loader__, "archive", None)  # set when imported from a zip
-    if archive:
-        return [sys.executable, "-IS", os.path.abspath(archive)]
-    return [sys.executable, "-m", "pgpush"]
-
-
 def start_parent(cfg: Config, command: str, lock_fd: int, extra_args: list[str], log_file: str | None) -> None:
     """Start the detached background parent, handing it the locked ``lock_fd``.
 
     Double fork: the parent gets its own session and is re-parented, so it
     outlives the foreground and PostgreSQL does not wait for it.
     """
-    argv = self_command() + [command] + cfg.to_argv() + extra_args
+    argv = fsutil.self_command() + [command] + cfg.to_argv() + extra_args
     env = dict(os.environ)
     env.update(cfg.secret_env())
     env["PGPUSH_LOCK_FD"] = str(lock_fd)
@@ -273,18 +265,10 @@ def _take(src: str, dest: str) -> bool:
     return True
 
 
-def segment_size(pgdata: str) -> int:
-    """The cluster's WAL segment size from pg_control (16 MB if unreadable)."""
-    try:
-        with open(os.path.join(pgdata, "global", "pg_control"), "rb") as fh:
-            return wal.parse_control(fh.read(8192)).segment_size
-    except (OSError, ValueError, Exception):
-        return 16 * 1024 * 1024
-
 
 def _refill_if_low(cfg: Config, sdir: str, qdir: str, name: str, pgdata: str) -> None:
     """Name the next segment for the parent; start one when none runs and the queue is below half."""
-    seg_size = segment_size(pgdata)
+    seg_size = wal.control_segment_size(pgdata)
     nxt = wal.next_segment(name, seg_size)
     _write_request(qdir, nxt)
     try:

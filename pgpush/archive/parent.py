@@ -4,7 +4,7 @@ pool, the lock they hold, and the loop that ends without leaving work behind.
 A parent does all the work it sees, releases the lock, then looks once more:
 work that arrived in between is either seen here (and the lock taken again,
 unless another parent already has it) or finds the lock free for the next
-foreground to start a parent.  See :mod:`pgpush.lock` for the hand-off.
+foreground to start a parent.  See :mod:`pgpush.archive.lock` for the hand-off.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import time
 
-from pgpush import lock, spool
-from pgpush.hotpath import self_command
+from pgpush.archive import lock, spool
+from pgpush.archive.pool import WorkerPool
+from pgpush.fsutil import self_command
 from pgpush.log import LOG
-from pgpush.pool import WorkerPool
 
 
 class AsyncParent:

@@ -13,7 +13,7 @@ Rules (docs/operations.md, "Retention"):
   directory is removed (after the lock is released);
 - every other backup is removed: first from ``backup.info``, then its
   manifest (so a half-removed directory is never taken for a backup), both
-  under the catalog lock (:mod:`pgpush.repolock`) that a diff or incr backup
+  under the catalog lock (:mod:`pgpush.repo.catalog_lock`) that a diff or incr backup
   holds while it chooses its prior; then, without the lock, its directory;
 - archived WAL of the current archive id older than the oldest kept
   backup's ``wal_start``, and than the start of every backup in progress
@@ -31,11 +31,12 @@ import re
 import time
 from collections.abc import Iterable
 
-from pgpush import catalog, repolock, wal
-from pgpush.catalog import DONE, WAITING, Catalog
+from pgpush import wal
 from pgpush.errors import FormatError, OptionInvalidValueError, RepoInvalidError
 from pgpush.log import LOG
-from pgpush.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
+from pgpush.repo import catalog, catalog_lock
+from pgpush.repo.catalog import DONE, WAITING, Catalog
+from pgpush.repo.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
 
 DIR_RE = re.compile(r"^[0-9A-F]{16}$")
 STALE_AFTER = 24 * 3600.0
@@ -158,7 +159,7 @@ def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict
     """
     cat = Catalog(repo)
     settled = {b["label"]: b for b in catalog.evaluate_all(repo, cat.reconciled())}
-    with repolock.catalog_lock(cfg, repo, "expire"):
+    with catalog_lock.catalog_lock(cfg, repo, "expire"):
         backups = [settled.get(b["label"], b) for b in cat.reconciled()]
         running, stale = in_progress(cat, {b["label"] for b in backups})
         kept, removed = plan(backups, retention, running)

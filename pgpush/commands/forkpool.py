@@ -32,7 +32,7 @@ from typing import Any
 
 from pgpush.errors import AssertError, PathCreateError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 
 START_METHOD = "fork"
 _WORKER_REPO: Repository | None = None

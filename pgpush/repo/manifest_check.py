@@ -5,7 +5,7 @@ trusted: every name is a clean relative path under ``pg_data`` (see
 :mod:`pgpush.safepath`), every directory and file sits in a directory the
 manifest also lists, tablespaces are links ``pg_data/pg_tblspc/OID`` to clean
 absolute locations that do not overlap, and only this cluster's ``PG_*``
-directory is written inside a tablespace (as :mod:`pgpush.pgdata` backs it
+directory is written inside a tablespace (as :mod:`pgpush.pg.pgdata` backs it
 up).  Every field a restore reads has the type it expects.  A manifest that
 fails is refused (42, like any corrupt repository file) before anything is
 written: a restore never half-applies a hostile manifest.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import re
 
-from pgpush.catalog import LABEL_RE
-from pgpush.compress import EXTENSIONS
 from pgpush.errors import FileReadError
+from pgpush.repo.catalog import LABEL_RE
+from pgpush.repo.codec.compress import EXTENSIONS
 from pgpush.safepath import UnsafePath, clean_absolute, clean_parts, inside
 
 PREFIX = "pg_data"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pgpush import wal
 from pgpush.errors import FileMissingError, FileReadError, PgPushError
 from pgpush.log import LOG
-from pgpush.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
+from pgpush.repo.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
 from pgpush.storage.base import FileInfo
 
 DONE = "DONE"

@@ -6,7 +6,7 @@ import os
 
 from pgpush import wal
 from pgpush.errors import FileMissingError
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 
 
 def read_control(pgdata: str) -> wal.ControlData:

@@ -8,7 +8,7 @@ type is used, never on the hot path.
 deflate format and levels as zlib, byte streams any gzip reads, about 1.5x faster on
 incompressible WAL and 2x on text here.  Without it the standard library's zlib does the job.
 It is written in independent 1 MiB blocks, two at a time, and incompressible blocks are
-stored rather than searched (:mod:`pgpush.gzblocks`).
+stored rather than searched (:mod:`pgpush.repo.codec.gzblocks`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def compress(chunks: Iterable[bytes], kind: str, level: int | None = None) -> It
         yield from chunks
         return
     if kind == "gz":
-        from pgpush import gzblocks
+        from pgpush.repo.codec import gzblocks
 
         yield from gzblocks.compress(_zlib(), chunks, level)
         return

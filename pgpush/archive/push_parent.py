@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 import time
 
-from pgpush import spool
+from pgpush.archive import spool
+from pgpush.archive.parent import AsyncParent
 from pgpush.config import format_size
 from pgpush.errors import PgPushError
 from pgpush.log import LOG
-from pgpush.parent import AsyncParent
 
 DROPPED_LIST = "dropped.list"
 LINGER = 3.0  # seconds a push parent waits for more WAL before exiting

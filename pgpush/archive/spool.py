@@ -12,7 +12,7 @@ import contextlib
 import os
 
 from pgpush.errors import FormatError, PathCreateError, PgPushError
-from pgpush.fsutil import fsync_dir
+from pgpush.fsutil import fsync_dir, makedirs_private
 
 TMP_SUFFIX = ".pgpush.tmp"
 GLOBAL_ERROR = "global.error"
@@ -21,28 +21,6 @@ GLOBAL_ERROR = "global.error"
 def stanza_dir(spool_path: str, stanza: str) -> str:
     return os.path.join(spool_path, "archive", stanza)
 
-
-def makedirs_private(path: str, mode: int = 0o750) -> None:
-    """``os.makedirs`` that gives ``mode`` to every directory it creates, not only the last.
-
-    ``os.makedirs`` creates the parents with the umask's mode (0755): the spool and log
-    directories hold WAL names and errors that others have no business reading.  Existing
-    directories are left as they are.  Raises OSError.
-    """
-    missing = []
-    head = os.path.abspath(path)
-    while not os.path.isdir(head):
-        missing.append(head)
-        parent = os.path.dirname(head)
-        if parent == head:
-            break
-        head = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, mode)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise
 
 
 def queue_dir(spool_path: str, stanza: str, direction: str) -> str:

@@ -10,7 +10,7 @@ until WAL of the next one arrives, so a small WAL record is written first
 (a logical message, or a ``CHECKPOINT`` where that function is not allowed)
 and the switch repeated.
 
-Every query here has a client-side end (:mod:`pgpush.pgconn`): at most
+Every query here has a client-side end (:mod:`pgpush.pg.pgconn`): at most
 ``NUDGE_TIMEOUT`` seconds, or ``wait-timeout`` when that is shorter, and never
 past the end of the backup's wait — a frozen primary must not keep a backup
 past its ``--wait-timeout``.  A nudge that runs out of time is given up with a
@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 
-from pgpush import pgconn, wal
+from pgpush import wal
 from pgpush.errors import ArchiveMismatchError, DbConnectError, DbQueryError, OptionInvalidValueError
 from pgpush.log import LOG
+from pgpush.pg import pgconn
 
 NUDGE_TIMEOUT = float(pgconn.CONNECT_TIMEOUT)  # seconds a nudge (connect, or all its queries) may take
 

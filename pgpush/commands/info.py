@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 
-from pgpush import catalog, config
+from pgpush import config
 from pgpush.config import format_size
 from pgpush.errors import FileMissingError, PgPushError
 from pgpush.log import LOG
-from pgpush.repository import Repository
+from pgpush.repo import catalog
+from pgpush.repo.repository import Repository
 from pgpush.storage import open_storage
 
 

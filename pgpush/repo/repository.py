@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 
-from pgpush import compress, crypto, readahead, wal
+from pgpush import wal
 from pgpush.errors import (
     ArchiveDuplicateError,
     ArchiveMismatchError,
@@ -36,6 +36,8 @@ from pgpush.errors import (
     PgPushError,
     WalNotFound,
 )
+from pgpush.repo import readahead
+from pgpush.repo.codec import compress, crypto
 from pgpush.storage.base import Storage
 
 ARCHIVED_RE = re.compile(r"^(?P<wal>[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?)-(?P<sha>[0-9a-f]{40})(?P<ext>\.gz|\.zst|\.lz4)?$")

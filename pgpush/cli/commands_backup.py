@@ -9,65 +9,60 @@ from __future__ import annotations
 
 import sys
 
-from pgpush.cli import _configure_log, command
-from pgpush.log import LOG
+import typer
 
-
-def _say(message: str) -> None:
-    """A result line for the operator: on stdout, and in the log file."""
-    LOG.info(message)
-    print(message, flush=True)
+from pgpush.cli.app import command, configure_log, say
 
 
 @command("backup")
-def backup_cmd() -> None:
+def backup_cmd(ctx: typer.Context) -> None:
     """Base backup of pg1 (a primary or a standby): --type full|diff|incr, --wait, --wait-timeout."""
-    from pgpush import backup
-    from pgpush.catalog import DONE
+    from pgpush.commands import backup
+    from pgpush.repo.catalog import DONE
 
-    cfg = _configure_log("backup")
+    cfg = configure_log(ctx, "backup")
     record = backup.run(cfg)
     if record["status"] == DONE:
-        _say(f"backup {record['label']} is DONE: WAL {record['wal_start']} to {record['wal_stop']} is archived")
+        say(f"backup {record['label']} is DONE: WAL {record['wal_start']} to {record['wal_stop']} is archived")
     else:
-        _say(f"backup {record['label']} is {record['status']}: {record.get('status_detail')}; it becomes DONE "
+        say(f"backup {record['label']} is {record['status']}: {record.get('status_detail')}; it becomes DONE "
              "once that WAL is archived (use --wait to wait for it)")
 
 
 @command("restore")
-def restore_cmd() -> None:
+def restore_cmd(ctx: typer.Context) -> None:
     """Restore a backup into pg1-path and configure recovery (restore_command = pgpush get)."""
-    from pgpush import restore
+    from pgpush.commands import restore
 
-    cfg = _configure_log("restore")
-    _say(restore.run(cfg))
+    cfg = configure_log(ctx, "restore")
+    say(restore.run(cfg))
 
 
 @command("info")
-def info_cmd() -> None:
+def info_cmd(ctx: typer.Context) -> None:
     """Stanzas, archive range, gaps and dropped WAL, backups with status (--output text|json)."""
-    from pgpush import info
+    from pgpush.commands import info
 
-    cfg = _configure_log("info")
+    cfg = configure_log(ctx, "info")
     sys.stdout.write(info.run(cfg))
     sys.stdout.flush()
 
 
 @command("expire")
-def expire_cmd() -> None:
+def expire_cmd(ctx: typer.Context) -> None:
     """Apply retention (repo1-retention-full): remove old backups and the WAL only they needed."""
-    from pgpush import expire
+    from pgpush.commands import expire
 
-    cfg = _configure_log("expire")
-    _say(expire.run(cfg))
+    cfg = configure_log(ctx, "expire")
+    say(expire.run(cfg))
 
 
 @command("verify")
-def verify_cmd() -> None:
+def verify_cmd(ctx: typer.Context) -> None:
     """Re-read every file in the repository: checksums, WAL continuity."""
-    from pgpush import verify
+    from pgpush.commands import verify
 
-    cfg = _configure_log("verify")
+    cfg = configure_log(ctx, "verify")
     report, problems = verify.run(cfg)
     sys.stdout.write(report)
     sys.stdout.flush()
@@ -76,9 +71,9 @@ def verify_cmd() -> None:
 
 
 @command("check")
-def check_cmd() -> None:
+def check_cmd(ctx: typer.Context) -> None:
     """Config, repository, stanza and archiving all work (forces a WAL switch on a primary)."""
-    from pgpush import check
+    from pgpush.commands import check
 
-    cfg = _configure_log("check")
-    _say(check.run(cfg))
+    cfg = configure_log(ctx, "check")
+    say(check.run(cfg))

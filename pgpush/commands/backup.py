@@ -5,10 +5,10 @@ on 15+, ``pg_start_backup``/``pg_stop_backup`` with ``exclusive => false``
 before), always stopped with ``wait_for_archive => false``: the stop never
 hangs on a standby whose primary is idle.  Whether the WAL the backup needs
 is archived is decided afterwards against the repository (docs/operations.md, "Backup status", see
-:mod:`pgpush.catalog`), so ``backup`` returns at once with
+:mod:`pgpush.repo.catalog`), so ``backup`` returns at once with
 ``WAITING_FOR_WALS``, or with ``--wait`` polls until ``DONE``.
 
-Files are copied by ``process-max`` workers (:mod:`pgpush.parallel`), each
+Files are copied by ``process-max`` workers (:mod:`pgpush.commands.forkpool`), each
 compressed and encrypted like WAL and stored as
 ``backup/STANZA/LABEL/pg_data/PATH[.ext]``.  ``global/pg_control`` is copied
 last: for a standby backup its minimum recovery point is the end of the
@@ -24,8 +24,9 @@ import os
 import re
 import time
 
-from pgpush import __version__, catalog, parallel, pgconn, pgdata, readahead, repolock, wal
-from pgpush.catalog import DONE, FAILED, WAITING, ArchiveListing, Catalog
+from pgpush import __version__, wal
+from pgpush.commands import forkpool
+from pgpush.commands.progress import Progress
 from pgpush.errors import (
     ArchiveDisabledError,
     BackupWaitTimeout,
@@ -34,9 +35,11 @@ from pgpush.errors import (
     VersionNotSupportedError,
 )
 from pgpush.log import LOG
-from pgpush.nudge import PrimaryNudge
-from pgpush.progress import Progress
-from pgpush.repository import Repository
+from pgpush.pg import pgconn, pgdata
+from pgpush.pg.nudge import PrimaryNudge
+from pgpush.repo import catalog, catalog_lock, readahead
+from pgpush.repo.catalog import DONE, FAILED, WAITING, ArchiveListing, Catalog
+from pgpush.repo.repository import Repository
 from pgpush.storage.base import CHUNK, StorageError
 
 TYPES = ("full", "diff", "incr")
@@ -226,7 +229,7 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
     cat = Catalog(repo)
     catalog.evaluate_all(repo, cat.reconciled())  # settle statuses before choosing (outside the lock)
     archive_id = repo.archive_id()
-    with repolock.catalog_lock(cfg, repo, "backup"):
+    with catalog_lock.catalog_lock(cfg, repo, "backup"):
         btype, prior, prior_index, label = _claim(cat, btype, archive_id, system_id)
     label_dir = cat.label_dir(label)
     LOG.info(f"{btype} backup {label} of {'standby' if standby else 'primary'} pg1 started"
@@ -313,7 +316,7 @@ def _commit(cfg, cat: Catalog, label: str, manifest: dict) -> None:
     Under the catalog lock, so ``expire`` either removed the directory before (the marker is
     gone: the backup fails instead of recording files that no longer exist) or sees the manifest.
     """
-    with repolock.catalog_lock(cfg, cat.repo, "backup"):
+    with catalog_lock.catalog_lock(cfg, cat.repo, "backup"):
         _check_still_ours(cat, label)
         cat.write_manifest(label, manifest)
         cat.storage.delete(f"{cat.label_dir(label)}/{STARTED}")
@@ -360,7 +363,7 @@ def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
 
     jobs = [(e.name, e.path, label_dir, prior_index.get(e.name)) for e in regular]
     try:
-        parallel.run(cfg, backup_file, jobs, collect, parent_repo=repo)
+        forkpool.run(cfg, backup_file, jobs, collect, parent_repo=repo)
         job = (control.name, control.path, label_dir, None)
         collect(job, backup_file(repo, job))
     finally:

@@ -9,7 +9,7 @@ import os
 from pgpush import fsutil, wal
 from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
 from pgpush.log import LOG
-from pgpush.repository import Repository
+from pgpush.repo.repository import Repository
 from pgpush.storage.base import StorageError
 
 TMP_SUFFIX = ".pgpush.tmp"
@@ -76,7 +76,7 @@ def push(cfg, wal_path: str) -> None:
 def _refresh_backups(repo: Repository) -> None:
     """Mark WAITING_FOR_WALS backups DONE once their WAL is in (docs/operations.md, "Backup status")."""
     try:
-        from pgpush import catalog
+        from pgpush.repo import catalog
     except ImportError:  # backups not built into this version
         return
     try:
