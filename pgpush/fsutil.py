@@ -5,8 +5,15 @@ Stdlib only: the spool (and so the per-segment fast path) imports it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import sys
+
+# The one suffix of a file being written, in the spool, the data directory and every
+# repository: a name that ends with it is never a finished file (readers skip it, and
+# leftovers of killed writers are recognised by it).
+TMP_SUFFIX = ".pgpush.tmp"
 
 
 def fsync_dir(path: str) -> None:
@@ -47,3 +54,50 @@ def self_command() -> list[str]:
     if archive:
         return [sys.executable, "-IS", os.path.abspath(archive)]
     return [sys.executable, "-m", "pgpush"]
+
+
+def write_atomic(path: str, content: bytes, mode: int = 0o600, *, durable: bool = True,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``content`` so that a reader sees the old file or the new one, whole.
+
+    The content goes to ``path`` + :data:`TMP_SUFFIX`, created afresh (``O_EXCL|O_NOFOLLOW``
+    after removing whatever was there: a planted link is replaced, never written through), with
+    ``mode`` (and ``owner``, uid and gid) set before the rename.  ``durable``: the file is synced
+    before the rename and the directory after, so the new content survives a crash once this
+    returns.  On failure the temporary file is removed (a full disk must not keep half files,
+    one more at every retry) and the OSError propagates for the caller to give it its code.
+    """
+    tmp = path + TMP_SUFFIX
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)  # the umask narrowed it at creation
+            if owner is not None:
+                os.fchown(fd, owner[0], owner[1])
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def sha1_file(path: str, chunk: int = 1024 * 1024) -> str:
+    """The SHA-1 of a file's content (hex): how the repository names and checks WAL and backup files."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                return digest.hexdigest()
+            digest.update(block)
