@@ -178,7 +178,7 @@ class PgBackRestS3(PgBackRest):
     ``repo1-storage-ca-file``), and ``path`` (the key prefix, ``repo1-path``).
     """
 
-    def __init__(self, base: Path, s3: dict):  # noqa: D107 - no super().__init__: no sshd, no repo host
+    def __init__(self, base: Path, s3: dict):  # no super().__init__: no sshd, no repo host
         self.base = make_dir(base / "pgbackrest-s3", user="root", mode=0o755)
         self.s3 = dict(s3)
         self.pg_home = make_dir(self.base / "pg-host", PG_USER, 0o755)

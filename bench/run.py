@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, cpu_pressure, loadavg, log, procs  # noqa: E402
+from common import ROOT, cpu_pressure, loadavg, log, procs
 
 SCENARIOS = ["hotpath", "sync", "async-push", "replay", "backup", "s3"]
 RESULTS = ROOT / "bench" / "results"

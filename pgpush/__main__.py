@@ -65,9 +65,9 @@ def _open_standard_streams() -> None:
                 os.dup2(null, fd)
                 os.close(null)
     if sys.stdout is None:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        sys.stdout = open(os.devnull, "w")  # lives as long as the process: never closed
     if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+        sys.stderr = open(os.devnull, "w")
 
 
 def _flush_stdout(report: bool = True) -> bool:

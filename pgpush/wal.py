@@ -253,7 +253,7 @@ def _control_sizes(data: bytes, version: int) -> tuple[int, int]:
 
     marker = struct.pack("<d", 1234567.0)
     pos = data.find(marker)
-    if pos < 0:
+    if pos < 0 or pos + 24 > len(data):
         raise FormatError("pg_control has no float format marker")
     blcksz, _relseg, _xlog_blcksz, seg_size = struct.unpack_from("<IIII", data, pos + 8)
     return blcksz, seg_size
@@ -278,5 +278,5 @@ def control_segment_size(pgdata: str) -> int:
     try:
         with open(os.path.join(pgdata, "global", "pg_control"), "rb") as fh:
             return parse_control(fh.read(8192)).segment_size
-    except (OSError, ValueError, Exception):
+    except (OSError, FormatError, VersionNotSupportedError):
         return 16 * 1024 * 1024

@@ -162,7 +162,7 @@ def run_command(cfg) -> int:
     except PgPushError as exc:
         LOG.exception(exc)
         return exit_code_for(exc)
-    except Exception as exc:  # a bug: report it with its code, the traceback in the log
+    except Exception as exc:  # noqa: BLE001 - a bug: reported with its code (025), the traceback in the log
         import traceback
 
         LOG.debug(traceback.format_exc())

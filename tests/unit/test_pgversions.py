@@ -61,3 +61,20 @@ def test_short_header_flag_is_refused():
     data[2] &= ~wal.XLP_LONG_HEADER
     with pytest.raises(FormatError):
         wal.parse_header(bytes(data), "x")
+
+
+def test_pg_control_cut_after_its_float_marker_is_a_format_error(tmp_path):
+    """A truncated pg_control is 029 (not a struct.error, i.e. an unexpected 025), and the async path that only
+    wants the segment size falls back to 16 MB without catching everything (docs/operations.md)."""
+    import struct
+
+    data = (DATA / "pg15.pg_control").read_bytes()
+    cut = data[: data.find(struct.pack("<d", 1234567.0)) + 12]
+    with pytest.raises(FormatError):
+        wal.parse_control(cut)
+    (tmp_path / "global").mkdir()
+    (tmp_path / "global" / "pg_control").write_bytes(cut)
+    assert wal.control_segment_size(str(tmp_path)) == 16 * 1024 * 1024
+    (tmp_path / "global" / "pg_control").write_bytes((DATA / "pg15.pg_control").read_bytes())
+    assert wal.control_segment_size(str(tmp_path)) == 16 * 1024 * 1024
+    assert wal.control_segment_size(str(tmp_path / "missing")) == 16 * 1024 * 1024
