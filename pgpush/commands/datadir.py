@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import stat
+from typing import Optional
 
 from pgpush import safepath
 from pgpush.archive import spool
@@ -22,7 +23,7 @@ from pgpush.errors import FileReadError, OptionInvalidValueError, PathNotEmptyEr
 from pgpush.log import LOG
 
 PREFIX = "pg_data"
-Owner = tuple[int | None, int | None]
+Owner = tuple[Optional[int], Optional[int]]  # evaluated at import: `int | None` fails on 3.9
 
 
 def locate(pgdata: str, name: str, links: dict[str, str]) -> tuple[str, list[str]]:

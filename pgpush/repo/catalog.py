@@ -59,7 +59,7 @@ def iso_utc(ts: float, ceil: bool = False) -> str:
     whole = int(ts)
     if ceil and ts > whole:
         whole += 1
-    return dt.datetime.fromtimestamp(whole, dt.UTC).isoformat()
+    return dt.datetime.fromtimestamp(whole, dt.timezone.utc).isoformat()  # dt.UTC is 3.11+
 
 
 def parse_iso(text: str) -> float:
