@@ -99,7 +99,7 @@ def imports(root: Path = PKG) -> list[Edge]:
                 targets = [node.args[0].value]
             for target in dict.fromkeys(targets):  # `from x import a, b` is one edge
                 if target == top or target.startswith(top + "."):
-                    edges.append(Edge(name, target, shown, node.lineno, module_level))
+                    edges.append(Edge(name, target, shown, getattr(node, "lineno", 0), module_level))
             for child in ast.iter_child_nodes(node):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                     visit(child, False)

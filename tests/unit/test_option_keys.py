@@ -56,7 +56,7 @@ def option_keys(path: Path, shown: str) -> list[tuple[str, str]]:
         elif isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.In, ast.NotIn)):
             if _is_config(node.comparators[0], in_config):
                 keys.append(_literal(node.left))
-        found.extend((f"{shown}:{node.lineno}", key) for key in keys if key is not None)
+        found.extend((f"{shown}:{getattr(node, 'lineno', 0)}", key) for key in keys if key is not None)
     return found
 
 

@@ -35,8 +35,8 @@ def _python39() -> str | None:
     return None
 
 
-PY39 = _python39()
-pytestmark = pytest.mark.skipif(PY39 is None, reason="no CPython 3.9 installed")
+PY39 = _python39() or ""
+pytestmark = pytest.mark.skipif(not PY39, reason="no CPython 3.9 installed")
 
 IMPORT_ALL = r"""
 import importlib, json, pkgutil, pgpush
