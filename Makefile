@@ -41,6 +41,7 @@ zipapp: setup
 
 docs: setup
 	$(VPY) -m pgpush.cli.docgen > docs/configuration.md
+	$(VPY) -m pgpush.cli.docgen exit-codes docs/operations.md
 
 bench: setup zipapp
 	$(VPY) bench/run.py

@@ -5,6 +5,10 @@ the process is the error's ``code`` (docs/operations.md, "Exit codes of these co
 :func:`exit_code_for`.  ``get`` exits 1 only for "not in the archive", which is
 not an error class but a normal outcome (:class:`WalNotFound` is used
 internally and mapped to 1).
+
+The first paragraph of each class's docstring is its row in the exit-code table of
+docs/operations.md (``make docs`` writes it, a test compares): say there what the
+operator did or met, not how the code got there.
 """
 
 from __future__ import annotations
@@ -30,43 +34,47 @@ class PgPushError(Exception):
 
 
 class AssertError(PgPushError):
-    """An internal assertion failed: this is a bug in pgpush."""
+    """An unexpected error: a bug in pgpush, or an OS error nobody expected (one ``ERROR: [025]: Type: message``
+    line; the traceback is in the log at debug level)."""
 
     code = 25
 
 
 class CommandError(PgPushError):
-    """The command line is malformed (unknown command, missing argument)."""
+    """An unknown command."""
 
     code = 31
 
 
 class FormatError(PgPushError):
-    """Malformed input: bad WAL header, wrongly sized segment, bad status file."""
+    """A malformed input: a bad WAL header or a wrongly sized segment, a ``.history`` file PostgreSQL could not
+    read, a spool status file that is not one."""
 
     code = 29
 
 
 class OptionInvalidError(PgPushError):
-    """An option that does not exist, or a command line that cannot be parsed (a usage error)."""
+    """A usage error: an unknown option or an extra argument on the command line, an option given to a command
+    it does not belong to."""
 
     code = 31
 
 
 class OptionInvalidValueError(PgPushError):
-    """An option's value is invalid (or the option is unknown)."""
+    """An invalid option value (e.g. ``--type``, ``primary-conninfo`` naming a standby, a wrong ``pg1-path``), or
+    an unknown option in the environment or the config file."""
 
     code = 32
 
 
 class OptionRequiredError(PgPushError):
-    """A required option is missing."""
+    """A required option is missing (the message names it)."""
 
     code = 37
 
 
 class FileReadError(PgPushError):
-    """A repository file could not be read or is corrupt."""
+    """A repository file is corrupt or unreadable (restore, verify)."""
 
     code = 42
 
@@ -78,43 +86,45 @@ class ParamRequiredError(PgPushError):
 
 
 class ArchiveMismatchError(PgPushError):
-    """The cluster's system identifier or version differ from the stanza."""
+    """pg1 (or the primary) is not the stanza's cluster: its system identifier or version differ."""
 
     code = 44
 
 
 class ArchiveDuplicateError(PgPushError):
-    """The WAL file is already archived with a different checksum."""
+    """A WAL name is stored with another content (push after a split brain; ``get`` of a name stored twice)."""
 
     code = 45
 
 
 class VersionNotSupportedError(PgPushError):
-    """Unknown WAL magic or pg_control version."""
+    """A WAL file or ``pg_control`` of a PostgreSQL version pgpush does not know (its magic or version)."""
 
     code = 46
 
 
 class PathCreateError(PgPushError):
-    """A local path (spool, log) cannot be created or written."""
+    """A local path cannot be created or written, or would be reached through a symbolic link (spool, ``%p``,
+    restore)."""
 
     code = 47
 
 
 class FileWriteError(PgPushError):
-    """A local file or stream could not be written (e.g. standard output is full or closed)."""
+    """Standard output (or another local stream) could not be written: full or closed."""
 
     code = 64
 
 
 class FileMissingError(PgPushError):
-    """A file that must exist does not."""
+    """A file that must exist does not: the WAL file to push, the stanza (``stanza-create`` first), pg1's
+    ``pg_control``; or a backup ended ``FAILED``."""
 
     code = 55
 
 
 class DbConnectError(PgPushError):
-    """PostgreSQL could not be reached or queried."""
+    """PostgreSQL could not be reached (connection failed)."""
 
     code = 56
 
@@ -132,39 +142,48 @@ class PgRunningError(PgPushError):
 
 
 class PathNotEmptyError(PgPushError):
-    """A restore into a non-empty data directory without --delta or --force."""
+    """A restore into a non-empty directory (or tablespace) without ``--delta``/``--force``."""
 
     code = 40
 
 
 class BackupSetInvalidError(PgPushError):
-    """The backup named by --set does not exist, or no backup can be restored."""
+    """No backup to restore, or ``--set`` names none."""
 
     code = 75
 
 
 class ArchiveDisabledError(PgPushError):
-    """archive_mode is off: a backup's WAL would never reach the repository."""
+    """WAL archiving is off on pg1: a backup's WAL would never reach the repository."""
 
     code = 87
 
 
 class ArchiveTimeoutError(PgPushError):
-    """Timed out waiting for the async parent (``archive-timeout``)."""
+    """Timed out within ``archive-timeout``: an async ``push``/``get`` waiting for its background parent;
+    ``check`` waiting for the switched segment to be archived."""
 
     code = 82
 
 
 class BackupWaitTimeout(PgPushError):
-    """``backup --wait-timeout`` expired before the backup's WAL was archived."""
+    """``backup --wait-timeout`` expired; the backup stays ``WAITING_FOR_WALS``."""
 
     code = 3
 
 
 class RepoInvalidError(PgPushError):
-    """The repository cannot be reached or used."""
+    """The repository cannot be reached or used: the host or store is down or refuses the login, it is full, or it
+    still fails after the retries."""
 
     code = 103
+
+
+class LockAcquireError(PgPushError):
+    """The repository's catalog lock (``backup/STANZA/catalog.lock``) could not be taken in time: another
+    backup or expire holds it."""
+
+    code = 50
 
 
 class TermError(PgPushError):
@@ -174,7 +193,8 @@ class TermError(PgPushError):
 
 
 class WalNotFound(Exception):
-    """Not an error: ``get`` of a file the archive does not hold (exit 1)."""
+    """Not an error: ``get`` of a WAL file the archive does not hold (the only exit 1; PostgreSQL then ends
+    recovery or moves on to its next source)."""
 
 
 def exit_code_for(exc: BaseException) -> int:

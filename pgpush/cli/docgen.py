@@ -1,11 +1,16 @@
-"""Generate ``docs/configuration.md`` from the option table (``make docs``).
+"""Generate ``docs/configuration.md`` from the option table, and the exit-code table of
+``docs/operations.md`` from the error classes (``make docs``).
 
-A unit test compares the committed file with this output, so the reference
+A unit test compares the committed files with this output, so the reference
 and the code cannot drift.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+
+from pgpush import errors
 from pgpush.options import OPTIONS, SECTION_HELP
 
 HEADER = """# Configuration reference
@@ -72,5 +77,62 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
+# The exit-code table sits between these two lines of docs/operations.md; the prose around it is written by hand.
+EXIT_CODES_BEGIN = "<!-- exit codes: generated from pgpush/errors.py by `make docs`; edit the docstrings there -->"
+EXIT_CODES_END = "<!-- end of the generated exit codes -->"
+
+
+def _summary(cls: type) -> str:
+    """The first paragraph of a class's docstring, as one line of Markdown."""
+    text = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    text = re.sub(r":\w+:`([^`]+)`", r"`\1`", text)
+    return re.sub(r"``(.+?)``", r"`\1`", text).replace("|", "\\|")
+
+
+def exit_codes() -> dict[int, list[type]]:
+    """Every code pgpush exits with, and the classes that carry it (definition order)."""
+    codes: dict[int, list[type]] = {1: [errors.WalNotFound]}
+    for value in vars(errors).values():
+        if (isinstance(value, type) and issubclass(value, errors.PgPushError) and value is not errors.PgPushError
+                and value.__module__ == errors.__name__):
+            codes.setdefault(value.code, []).append(value)
+    return dict(sorted(codes.items()))
+
+
+def render_exit_codes() -> str:
+    out = [EXIT_CODES_BEGIN, "", "| code | error | meaning |", "|---|---|---|"]
+    for code, classes in exit_codes().items():
+        names = ", ".join(f"`{c.__name__}`" for c in classes)
+        out.append(f"| {code} | {names} | {' '.join(_summary(c) for c in classes)} |")
+    out += ["", EXIT_CODES_END]
+    return "\n".join(out)
+
+
+def splice_exit_codes(text: str) -> str:
+    """``text`` (docs/operations.md) with the table between the markers regenerated."""
+    head, begin, rest = text.partition(EXIT_CODES_BEGIN)
+    _old, end, tail = rest.partition(EXIT_CODES_END)
+    if not begin or not end:
+        raise ValueError(f"the exit-code markers are missing: {EXIT_CODES_BEGIN!r} ... {EXIT_CODES_END!r}")
+    return head + render_exit_codes() + tail
+
+
+def main(argv: list[str]) -> int:
+    """No argument: print docs/configuration.md. ``exit-codes FILE``: regenerate the table in FILE."""
+    if not argv:
+        print(render(), end="")
+        return 0
+    if len(argv) == 2 and argv[0] == "exit-codes":
+        with open(argv[1], encoding="utf-8") as fh:
+            text = fh.read()
+        new = splice_exit_codes(text)
+        if new != text:
+            with open(argv[1], "w", encoding="utf-8") as fh:
+                fh.write(new)
+        return 0
+    print("usage: python -m pgpush.cli.docgen [exit-codes FILE]", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    sys.exit(main(sys.argv[1:]))

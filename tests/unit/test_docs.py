@@ -1,13 +1,19 @@
-"""The configuration reference is generated from the option table and must match it."""
+"""The configuration reference is generated from the option table, and the exit-code table of
+docs/operations.md from the error classes; both must match the code."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
+
+import pytest
 
 from pgpush.cli import docgen
 from pgpush.options import OPTIONS
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "configuration.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
 def test_configuration_md_is_generated_from_the_option_table():
@@ -19,3 +25,55 @@ def test_every_option_is_documented():
     for opt in OPTIONS:
         if opt.name != "exec-id":
             assert f"`{opt.name}`" in text
+
+
+def test_exit_codes_in_operations_md_are_generated_from_errors_py():
+    text = OPERATIONS.read_text()
+    assert text.count(docgen.EXIT_CODES_BEGIN) == 1 and text.count(docgen.EXIT_CODES_END) == 1
+    assert text == docgen.splice_exit_codes(text), "run `make docs` and commit docs/operations.md"
+
+
+def test_the_exit_code_table_names_every_error_class():
+    table = docgen.render_exit_codes()
+    from pgpush import errors
+
+    for name, value in vars(errors).items():
+        if isinstance(value, type) and issubclass(value, errors.PgPushError) and value is not errors.PgPushError:
+            assert f"| {value.code} | " in table and f"`{name}`" in table
+            assert (value.__doc__ or "").strip(), f"{name} needs a docstring: it is its row in docs/operations.md"
+    assert "| 1 | `WalNotFound` |" in table
+
+
+def test_splice_refuses_a_file_without_the_markers():
+    with pytest.raises(ValueError, match="markers"):
+        docgen.splice_exit_codes("# no table here\n")
+
+
+def _codes_given_by_number(path: Path) -> list[tuple[int, int]]:
+    """``(line, code)`` of every ``PgPushError(message, CODE)`` whose code is a literal or a module constant."""
+    tree = ast.parse(path.read_text())
+    constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int)
+                 for target in node.targets if isinstance(target, ast.Name)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)) != "PgPushError":
+            continue
+        arg = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "code"), None)
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, int):
+            found.append((node.lineno, arg.value))
+        elif isinstance(arg, ast.Name) and arg.id in constants:
+            found.append((node.lineno, constants[arg.id]))
+    return found
+
+
+def test_every_code_given_by_number_is_in_the_exit_code_table():
+    """``PgPushError(message, 50)`` exits 50 too: its code must have a row (a class in pgpush/errors.py)."""
+    documented = set(docgen.exit_codes())
+    missing = [f"{path.relative_to(ROOT)}:{line}: code {code}"
+               for path in sorted((ROOT / "pgpush").rglob("*.py")) for line, code in _codes_given_by_number(path)
+               if code not in documented]
+    assert not missing, "codes with no class in pgpush/errors.py (so no row in docs/operations.md):\n" + "\n".join(missing)
