@@ -16,6 +16,27 @@ import os
 from pgpush.errors import CommandError, OptionInvalidError, OptionInvalidValueError, OptionRequiredError
 from pgpush.options import ALIASES, BY_NAME, COMMANDS, Option
 
+# Not typing's: importing typing costs the hot path more than this module; type checkers know the name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, overload
+
+    # The option names by the type of their resolved value, for the type checker only (what ``cfg[...]``
+    # returns); tests/unit/test_option_keys.py keeps them in step with pgpush/options.py.
+    StrKey = Literal["config", "repo1-type", "repo1-path", "repo1-cipher-type", "repo1-host-known-hosts",
+                     "repo1-s3-region", "repo1-s3-uri-style", "pg1-socket-path", "pg1-user", "pg1-database",
+                     "spool-path", "compress-type", "log-level-console", "log-level-file", "log-path",
+                     "target-action", "output"]
+    OptionalStrKey = Literal["exec-id", "stanza", "repo1-cipher-pass", "repo1-host", "repo1-host-user",
+                             "repo1-host-key-file", "repo1-s3-endpoint", "repo1-s3-bucket", "repo1-s3-key",
+                             "repo1-s3-key-secret", "repo1-storage-ca-file", "pg1-path", "primary-conninfo", "type",
+                             "set", "target", "tablespace-map", "tablespace-map-all"]
+    IntKey = Literal["repo1-host-port", "repo1-storage-port", "pg1-port", "archive-get-queue-max", "process-max"]
+    OptionalIntKey = Literal["repo1-retention-full", "archive-push-queue-max", "compress-level"]
+    BoolKey = Literal["repo1-host-accept-new", "repo1-storage-verify-tls", "archive-async", "wait", "delta", "force"]
+    FloatKey = Literal["repo1-host-timeout", "archive-timeout", "protocol-timeout"]
+    OptionalFloatKey = Literal["wait-timeout"]
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 1024, "kb": 1024, "kib": 1024,
@@ -218,14 +239,42 @@ class Config:
         self.values = values
         self.sources = sources
 
-    def __getitem__(self, key: str):
+    if TYPE_CHECKING:
+        @overload
+        def __getitem__(self, key: StrKey) -> str: ...
+        @overload
+        def __getitem__(self, key: OptionalStrKey) -> str | None: ...
+        @overload
+        def __getitem__(self, key: IntKey) -> int: ...
+        @overload
+        def __getitem__(self, key: OptionalIntKey) -> int | None: ...
+        @overload
+        def __getitem__(self, key: BoolKey) -> bool: ...
+        @overload
+        def __getitem__(self, key: FloatKey) -> float: ...
+        @overload
+        def __getitem__(self, key: OptionalFloatKey) -> float | None: ...
+        @overload
+        def __getitem__(self, key: str) -> Any: ...  # a name computed at run time
+
+    def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
-    def get(self, key: str, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         value = self.values.get(key)
         return default if value is None else value
 
-    def require(self, key: str):
+    if TYPE_CHECKING:
+        @overload
+        def require(self, key: StrKey | OptionalStrKey) -> str: ...
+        @overload
+        def require(self, key: IntKey | OptionalIntKey) -> int: ...
+        @overload
+        def require(self, key: FloatKey | OptionalFloatKey) -> float: ...
+        @overload
+        def require(self, key: str) -> Any: ...
+
+    def require(self, key: str) -> Any:
         value = self.values.get(key)
         if value is None:
             raise OptionRequiredError(f"{self.command} command requires option: {key}")

@@ -101,3 +101,28 @@ def test_the_scan_sees_every_spelling_of_a_typo(tmp_path):
         assert f"pgpush/mod.py:{line}: option {key!r}" in found
     assert "pgpush/config.py:3: option 'confg'" in found
     assert "repo1-path" not in found and "not-an-option" not in found
+
+
+# What Config.__getitem__ is declared to return for each group of keys in pgpush/config.py (for the type checker).
+KEY_GROUPS = {"StrKey": ("str", False), "OptionalStrKey": ("str", True), "IntKey": ("int", False),
+              "OptionalIntKey": ("int", True), "BoolKey": ("bool", False), "FloatKey": ("float", False),
+              "OptionalFloatKey": ("float", True)}
+PY_TYPE = {"str": "str", "choice": "str", "int": "int", "size": "int", "bool": "bool", "duration": "float"}
+
+
+def test_the_typed_key_groups_of_config_match_the_option_table():
+    """``cfg["pg1-path"]`` is typed ``str | None`` because the option is a string without a default: the
+    Literal groups in config.py must list every option once, in the group of its type and default."""
+    tree = ast.parse((PKG / "config.py").read_text())
+    declared: dict[str, list[str]] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in KEY_GROUPS and isinstance(node.value, ast.Subscript)):
+            elts = node.value.slice.elts if isinstance(node.value.slice, ast.Tuple) else [node.value.slice]
+            declared[node.targets[0].id] = [e.value for e in elts if isinstance(e, ast.Constant)]
+    assert set(declared) == set(KEY_GROUPS)
+    where = {name: group for group, names in declared.items() for name in names}
+    assert sum(map(len, declared.values())) == len(where), "an option is listed in two groups"
+    expected = {o.name: next(g for g, kind in KEY_GROUPS.items() if kind == (PY_TYPE[o.type], o.default is None))
+                for o in BY_NAME.values()}
+    assert where == expected
