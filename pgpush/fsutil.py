@@ -6,7 +6,6 @@ Stdlib only: the spool (and so the per-segment fast path) imports it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 
@@ -94,6 +93,8 @@ def write_atomic(path: str, content: bytes, mode: int = 0o600, *, durable: bool 
 
 def sha1_file(path: str, chunk: int = 1024 * 1024) -> str:
     """The SHA-1 of a file's content (hex): how the repository names and checks WAL and backup files."""
+    import hashlib  # here, not at the top: the fast path imports fsutil and never hashes
+
     digest = hashlib.sha1()
     with open(path, "rb") as fh:
         while True:
