@@ -22,6 +22,7 @@ import os
 import selectors
 import subprocess
 import time
+from typing import IO
 
 REAP_WAIT = 5.0  # seconds to reap a killed worker (one stuck in the kernel cannot be waited for longer)
 
@@ -29,6 +30,9 @@ REAP_WAIT = 5.0  # seconds to reap a killed worker (one stuck in the kernel cann
 class _Worker:
     def __init__(self, argv: list[str], env: dict[str, str]):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are PIPE
+        self.stdin: IO[bytes] = self.proc.stdin
+        self.stdout: IO[bytes] = self.proc.stdout
         self.task: dict | None = None
         self.sent_at = 0.0
         self.buffer = b""
@@ -38,8 +42,8 @@ class _Worker:
         self.task = task
         self.sent_at = time.monotonic()
         self.seq += 1
-        self.proc.stdin.write(json.dumps({**task, "seq": self.seq}).encode() + b"\n")
-        self.proc.stdin.flush()
+        self.stdin.write(json.dumps({**task, "seq": self.seq}).encode() + b"\n")
+        self.stdin.flush()
 
     def answer(self, line: bytes) -> dict | None:
         """The result ``line`` carries for the task out, or None when it is no such thing.
@@ -58,7 +62,7 @@ class _Worker:
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
         except OSError:
             pass
         try:
@@ -86,14 +90,14 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self.argv, self.env)
-        os.set_blocking(worker.proc.stdout.fileno(), False)
-        self.selector.register(worker.proc.stdout, selectors.EVENT_READ, worker)
+        os.set_blocking(worker.stdout.fileno(), False)
+        self.selector.register(worker.stdout, selectors.EVENT_READ, worker)
         self.workers.append(worker)
         return worker
 
     def _drop(self, worker: _Worker) -> None:
         try:
-            self.selector.unregister(worker.proc.stdout)
+            self.selector.unregister(worker.stdout)
         except (KeyError, ValueError):
             pass
         self.workers.remove(worker)
@@ -108,10 +112,13 @@ class WorkerPool:
 
     def _expire(self) -> list[tuple[dict, dict]]:
         """Kill every worker whose task has run past ``timeout``; a failed result for each task."""
-        out = []
+        out: list[tuple[dict, dict]] = []
+        if self.timeout is None:
+            return out
         now = time.monotonic()
         for worker in [w for w in self.workers if w.task is not None and now - w.sent_at >= self.timeout]:
             task = worker.task
+            assert task is not None  # selected for it
             worker.kill()
             self._drop(worker)
             what = os.path.basename(str(task.get("path") or task.get("name") or task.get("op")))
@@ -164,7 +171,7 @@ class WorkerPool:
             for key, _mask in events:
                 worker: _Worker = key.data
                 try:
-                    data = os.read(worker.proc.stdout.fileno(), 65536)
+                    data = os.read(worker.stdout.fileno(), 65536)
                 except BlockingIOError:
                     continue
                 if not data:
@@ -183,7 +190,7 @@ class WorkerPool:
                     line, worker.buffer = worker.buffer.split(b"\n", 1)
                     result = worker.answer(line)
                     task, worker.task = worker.task, None
-                    if result is None:
+                    if result is None or task is None:  # answer() gives None when no task is out
                         out.extend(self._garbled(worker, task, line))
                         break
                     out.append((task, result))

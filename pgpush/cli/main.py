@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from pgpush import config
@@ -31,7 +33,7 @@ def run(argv: list[str], cfg: config.Config | None = None) -> int:
     return 0
 
 
-def _usage_error() -> type[Exception]:
+def _usage_error() -> Any:
     """The usage-error class of the click typer runs on: recent typer vendors its own copy
     (no ``click`` package is bundled), older typer uses ``click``; either way it is a base of
     the public ``typer.BadParameter``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from pgpush.config import format_size
 from pgpush.log import LOG
@@ -37,8 +38,8 @@ class Progress:
         self.bytes = 0
         self.started = time.monotonic()
         self._last_line = self.started
-        self._bar = None
-        self._task = None
+        self._bar: Any = None  # a rich Progress once started; rich is imported only then
+        self._task: Any = None
         self._use_bar = console_level != "off" and sys.stderr.isatty()
 
     def _start_bar(self) -> None:
