@@ -220,7 +220,7 @@ def _report(exc: BaseException, command: str | None) -> int:
         LOG.debug("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
         exc = unexpected(exc)
     code = exit_code_for(exc)
-    if exc.code != code:  # outside 2..125 (a bug): the line announces the status the process ends with
+    if isinstance(exc, PgPushError) and exc.code != code:  # outside 2..125 (a bug): the line says the status
         exc = PgPushError(exc.message, code)
     try:
         LOG.exception(exc)
