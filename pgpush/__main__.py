@@ -219,11 +219,14 @@ def _report(exc: BaseException, command: str | None) -> int:
         # TypeError escaped the guard as a traceback with exit 1 ("not in the archive").
         LOG.debug("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
         exc = unexpected(exc)
+    code = exit_code_for(exc)
+    if isinstance(exc, PgPushError) and exc.code != code:  # outside 2..125 (a bug): the line says the status
+        exc = PgPushError(exc.message, code)
     try:
         LOG.exception(exc)
     except Exception:  # noqa: BLE001 - no console and no log: the exit code still says it
         pass
-    return exit_code_for(exc)
+    return code
 
 
 if __name__ == "__main__":

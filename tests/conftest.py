@@ -7,6 +7,7 @@ Fixtures
                 bin_dir=DEFAULT_BIN_DIR, port=None, wal_segsize_mb=None) -> PgCluster
     pg_cluster  started PgCluster with archive_mode=on, archive_command='' (set yours + reload())
     sshd        started SshServer (user pgpush-backup, repo dir, client key usable by postgres)
+    module_sshd the same, one per test module, for tests that leave the server as they found it
     seaweed_server  session-scoped SeaweedServer (one per xdist worker), started on first use
     seaweed     a fresh bucket on it for one test (harness.seaweed.SeaweedBucket: .bucket,
                 .server, .endpoint, .pgpush_options(prefix), .storage(prefix, timeout)); a
@@ -30,6 +31,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -236,6 +238,24 @@ def sshd(work_dir: Path):
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_sshd(request: pytest.FixtureRequest):
+    """One started OpenSSH server shared by the tests of a module that never stop, freeze or fill
+    it (the parametrized bad-name cases): one start per case cost about a second each."""
+    _require_system()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.module.__name__.rsplit(".", 1)[-1])[:40]
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-sshd-", dir=_worker_base()))
+    os.chmod(path, 0o755)
+    _SESSION_DIRS.append(path)
+    server = SshServer(path / "sshd")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from pgpush import wal
 from pgpush.archive import spool
 from pgpush.archive.parent import AsyncParent
 from pgpush.errors import PgPushError
 from pgpush.log import LOG
+
+if TYPE_CHECKING:
+    from pgpush.archive.pool import WorkerPool
 
 LINGER = 10.0  # seconds a get parent waits for recovery's next request before exiting
 CRASH_RETRIES = 2  # fresh workers given a segment after a worker died on it, per request
@@ -44,6 +48,7 @@ class GetParent(AsyncParent):
         self.missing_at: str | None = None  # the first segment of the window the repo lacks
         self.inflight: set[str] = set()
         self.crashes: dict[str, int] = {}  # workers that died on each segment, since the current request
+        self.failed = False  # the repository failed us: hand out nothing more, leave when the workers are done
 
     def describe(self) -> str:
         return f"{super().describe()}, queue {self.window} segment(s)"
@@ -170,27 +175,41 @@ class GetParent(AsyncParent):
         """
         pool = self._pool()
         idle_since = time.monotonic()
-        failed = False
+        self.failed = False
         while True:
-            first = self.request()
-            if first is not None and self.request_text != self.done:
-                self.done = self.request_text
-                self.first, self.missing_at = first, None  # a new request: look again
-                self.crashes.clear()
-                self.clean(os.listdir(self.qdir))
+            new_request, busy = self.turn(pool)
+            if new_request or busy:
                 idle_since = time.monotonic()
-            if not failed:
-                self._submit(pool)
-            if pool.busy:
-                for task, result in pool.results(timeout=0.02):
-                    failed = not self._record(task, result) or failed
-                idle_since = time.monotonic()
+            if busy:
                 continue
-            if failed:
+            if self.failed:
                 return False
             if time.monotonic() - idle_since >= LINGER:
                 return True
             time.sleep(0.02)
+
+    def turn(self, pool: WorkerPool) -> tuple[bool, bool]:
+        """One pass of :meth:`work`'s loop, without its waiting: take a new request into account,
+        hand wanted segments to idle workers, book the answers that are ready.
+
+        A method of its own so that the ordering rules can be driven step by step with a scripted
+        pool (tests/unit/test_asyncget_window.py).  Returns (a new request came, workers were busy).
+        """
+        new_request = False
+        first = self.request()
+        if first is not None and self.request_text != self.done:
+            self.done = self.request_text
+            self.first, self.missing_at = first, None  # a new request: look again
+            self.crashes.clear()
+            self.clean(os.listdir(self.qdir))
+            new_request = True
+        if not self.failed:
+            self._submit(pool)
+        if not pool.busy:
+            return new_request, False
+        for task, result in pool.results(timeout=0.02):
+            self.failed = not self._record(task, result) or self.failed
+        return new_request, True
 
     def more_work(self) -> bool:
         first = self.request()

@@ -64,10 +64,9 @@ def _posix_backend(tmp_path: Path) -> Backend:
     return Backend("posix", lambda timeout=10: PosixStorage(str(root)), raw_names, plant, root=root)
 
 
-def _sftp_backend(request: pytest.FixtureRequest) -> Backend:
+def _sftp_backend(server) -> Backend:
     from pgpush.storage.sftp import SftpStorage
 
-    server = request.getfixturevalue("sshd")
     opts = server.pgpush_options()
     root = Path(opts["repo1-path"])
 
@@ -130,8 +129,23 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "posix":
         return _posix_backend(tmp_path)
     if request.param == "sftp":
-        return _sftp_backend(request)
+        return _sftp_backend(request.getfixturevalue("sshd"))
     return _s3_backend(request)
+
+
+@pytest.fixture(params=["posix", "sftp", "s3"])
+def shared_server_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """A storage on a server shared by the module (sftp: ``module_sshd``), for tests that leave it
+    as they found it: the nine bad-name cases started nine sshd."""
+    if request.param == "posix":
+        backend = _posix_backend(tmp_path)
+    elif request.param == "sftp":
+        backend = _sftp_backend(request.getfixturevalue("module_sshd"))
+    else:
+        backend = _s3_backend(request)
+    store = backend.make()
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -351,7 +365,8 @@ def test_delete_tree(backend: Backend, storage: Storage) -> None:
 
 
 @pytest.mark.parametrize("bad", ["../x", "/abs", "a/../b", "a//b", "./a", "a/.", "a/", f"x{TMP_MARK}", f"d/y{TMP_MARK}.1"])
-def test_bad_names_rejected(storage: Storage, bad: str) -> None:
+def test_bad_names_rejected(shared_server_storage: Storage, bad: str) -> None:
+    storage = shared_server_storage
     with pytest.raises(ValueError):
         storage.put(bad, [b"x"])
     with pytest.raises(ValueError):

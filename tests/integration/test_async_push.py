@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import faults, procs
 from harness.pg import DEFAULT_BIN_DIR, bin_dir_for
 from pgpush_env import Pgpush, archived_files, sha1_file
+
+from pgpush.storage.base import TMP_MARK
 
 pytestmark = pytest.mark.integration
 
@@ -227,8 +230,26 @@ def test_twenty_foreground_calls_start_exactly_one_parent(pg_factory, sshd, pgpu
     assert set(segs) <= set(archived_files(sshd.repo_dir))
 
 
+def _temporary_copies(repo_dir: Path) -> dict[Path, tuple[int, int]]:
+    """The temporary copies in the repository: (pid of the process writing it, size so far)
+    (storage.base.tmp_name: ``FINAL.pgpush.tmp.SPACE-PID.RANDOM``)."""
+    found = {}
+    for path in repo_dir.rglob(f"*{TMP_MARK}.*"):
+        m = re.search(rf"{re.escape(TMP_MARK)}\.[0-9a-f?]+-(\d+)\.[0-9a-f]+$", path.name)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # renamed meanwhile: complete
+            continue
+        if m:
+            found[path] = (int(m.group(1)), size)
+    return found
+
+
 @pytest.mark.parametrize("victim", ["parent", "worker"])
 def test_kill_9_mid_transfer_recovers_and_acknowledges_only_durable(pg_factory, sshd, pgpush_cmd, work_dir, victim):
+    """A worker (or its parent) SIGKILLed while the worker writes a segment into the repository:
+    only segments stored whole are acknowledged, the next calls archive the rest, and no temporary
+    copy is left on the backup host (a killed writer's is removed by the next put of the name)."""
     pp, pg = setup_async(pg_factory, pgpush_cmd, work_dir, repo=sshd.pgpush_options(), process_max=2,
                          compress_type="gz", compress_level=9)
     pg.set_conf({"archive_command": ""})
@@ -238,17 +259,22 @@ def test_kill_9_mid_transfer_recovers_and_acknowledges_only_durable(pg_factory, 
         (pg.wal_dir / "archive_status" / f"{s}.ready").touch()
     fg = subprocess.Popen(["runuser", "-u", "postgres", "--"] + pp.argv("push", f"pg_wal/{segs[-1]}"),
                           cwd=pg.datadir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    kind = "push-async" if victim == "parent" else "worker"
+    # caught mid-file: a worker of this test writing a temporary copy not half done (16 MB of random WAL)
     deadline = time.time() + 30
-    killed = None
-    while time.time() < deadline and killed is None:
-        found = pgpush_processes(kind, work_dir)
-        if found and (victim == "parent" or pgpush_processes("worker", work_dir)):
-            time.sleep(0.3)  # let transfers start
-            killed = found[0][0]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
-    assert killed is not None
+    caught = None
+    while caught is None:
+        assert time.time() < deadline, "no worker was seen writing into the repository"
+        workers = {pid for pid, _cmd in pgpush_processes("worker", work_dir)}
+        caught = next(((path, pid) for path, (pid, size) in _temporary_copies(sshd.repo_dir).items()
+                       if pid in workers and size < 8 << 20), None)
+        time.sleep(0.01)
+    copy, writer = caught
+    generation = {pid for pid, _cmd in pgpush_processes("worker", work_dir)}
+    killed = writer if victim == "worker" else faults.parent_of(writer)
+    assert victim == "worker" or killed in {pid for pid, _cmd in pgpush_processes("push-async", work_dir)}
+    os.kill(killed, signal.SIGKILL)
+    if victim == "worker":
+        assert copy.exists()  # what the kill left: the copy of a writer that is gone
     fg.wait(timeout=120)
     # every .ok must be backed by a complete, verified file in the repo
     def check_acknowledged():
@@ -264,5 +290,8 @@ def test_kill_9_mid_transfer_recovers_and_acknowledges_only_durable(pg_factory, 
         assert res.returncode == 0, res.stderr
     check_acknowledged()
     assert set(segs) <= set(archived_files(sshd.repo_dir))
-    assert not [p for p in sshd.repo_dir.rglob("*") if p.is_file() and ".pgpush.tmp" in p.name and
-                p.stat().st_mtime > time.time() + 1]
+    # the workers of the killed generation (a killed parent's finish their file) are gone: no writer
+    # of that time is left, so every temporary copy still there would stay for ever
+    procs.wait_for(lambda: not any(procs.pid_alive(pid) for pid in generation), 60,
+                   message="the workers of the killed generation to exit")
+    assert sorted(p.name for p in sshd.repo_dir.rglob(f"*{TMP_MARK}*")) == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
+from harness import procs
 from harness.pg import PG_MAJORS, bin_dir_for
 from pgpush_env import Pgpush, archived_files, sha1_file
 
@@ -71,8 +73,14 @@ def test_push_get_roundtrip_each_compression(pg_cluster, pgpush_cmd, work_dir, c
     assert res.returncode == 0, res.stderr
     assert dest.read_bytes() == wal.read_bytes()
     stored = next((work_dir / "repo" / "archive" / "main").glob(f"*/*/{seg}-*"))
-    assert stored.name.endswith({"none": seg[-1:] if False else "", "gz": ".gz", "zst": ".zst", "lz4": ".lz4"}[compress]) \
-        or compress == "none"
+    # the name is SEGMENT-SHA1 of the WAL, then the type's extension: none for "none"
+    extension, magic = {"none": ("", b""), "gz": (".gz", b"\x1f\x8b"), "zst": (".zst", b"\x28\xb5\x2f\xfd"),
+                        "lz4": (".lz4", b"\x04\x22\x4d\x18")}[compress]
+    assert stored.name == f"{seg}-{sha1_file(wal)}{extension}"
+    if compress == "none":
+        assert stored.read_bytes() == wal.read_bytes()  # stored as is
+    else:
+        assert stored.read_bytes()[:len(magic)] == magic  # a frame of that type
     assert oct(stored.stat().st_mode & 0o777) == "0o640"
 
 
@@ -162,8 +170,26 @@ def test_segment_of_another_cluster_is_refused(pg_factory, pgpush_cmd, work_dir)
     assert not list((work_dir / "repo").rglob(f"{seg}-*"))
     # and stanza-create for the other cluster is refused
     assert pp.run("stanza-create", f"--pg1-path={b.datadir}").returncode == 44
-    # and a get into the other cluster's data directory is refused
-    assert pp.run("push", str(a.wal_dir / a.generate_wal(1)[0])).returncode == 0
+    # and a get into the other cluster's data directory is refused (core.check_local_cluster),
+    # though the repository has the segment: WAL of one system never goes to another's recovery
+    archived = a.generate_wal(1)[0]
+    assert pp.run("push", str(a.wal_dir / archived)).returncode == 0
+    res = pp.run("get", archived, "pg_wal/RECOVERYXLOG", cwd=b.datadir)  # as PostgreSQL runs it: cwd, %p
+    assert res.returncode == 44, res.stderr
+    assert res.stderr.startswith(f"ERROR: [044]: the cluster in '{b.datadir}' is from PostgreSQL"), res.stderr
+    assert re.findall(r"^ERROR: \[(\d+)\]:", res.stderr, re.M) == ["044"] and "Traceback" not in res.stderr
+    assert not (b.datadir / "pg_wal" / "RECOVERYXLOG").exists()
+    assert pp.run("get", archived, str(work_dir / "into-a"), pg1_path=str(a.datadir)).returncode == 0  # a's own
+    # PostgreSQL as the client: b recovering from the stanza's archive (restore_command, no pg1-path)
+    b.stop()
+    b.set_conf({"restore_command": pp.restore_command()})
+    (b.datadir / "standby.signal").touch()
+    before = len(pp.log_text("archive-get"))
+    b.start()
+    procs.wait_for(lambda: "ERROR: [044]:" in pp.log_text("archive-get")[before:], 60,
+                   message="b's restore_command to be refused with 044")
+    b.stop()
+    assert " found " not in pp.log_text("archive-get")[before:]
 
 
 def test_get_missing_exits_1_and_corrupt_exits_42_leaving_nothing(pg_cluster, pgpush_cmd, work_dir):

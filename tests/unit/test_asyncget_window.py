@@ -1,5 +1,6 @@
-"""The async get parent's window logic (get_parent.GetParent) with a scripted pool: which segments are
-handed out in what order, and when a missing segment is marked ``.ok``.  The end-to-end behaviour
+"""The async get parent's window logic with a scripted pool: GetParent.turn, the body of the loop of
+GetParent.work, driven step by step; which segments are handed out in what order, and when a missing
+segment is marked ``.ok``.  The end-to-end behaviour
 with PostgreSQL is in tests/integration/test_async_get.py; these pin the ordering rules that an
 out-of-order pool (process-max > 1) makes hard to hit there on purpose."""
 
@@ -62,22 +63,11 @@ def _request(parent, n: int, tag: str) -> None:
     spool.write_atomic(parent.qdir, "request", f"{_name(n)} {tag}".encode())
 
 
-def _look(parent) -> None:
-    first = parent.request()
-    if first is not None and parent.request_text != parent.done:
-        parent.done = parent.request_text
-        parent.first, parent.missing_at = first, None
-        parent.clean(os.listdir(parent.qdir))
-    parent._submit(parent.pool)
-
-
 def _step(parent) -> None:
-    """Two passes of GetParent.work's loop (look, hand out, book results; look, hand out again),
+    """Two passes of GetParent.work's loop (GetParent.turn: look, hand out, book results),
     without its sleeping and lingering."""
-    _look(parent)
-    for task, result in parent.pool.results():
-        parent._record(task, result)
-    _look(parent)
+    parent.turn(parent.pool)
+    parent.turn(parent.pool)
 
 
 def test_requested_segment_first_then_the_window_in_order(tmp_path):
@@ -207,3 +197,23 @@ def test_an_answer_for_another_timeline_does_not_block_the_window(tmp_path):
     assert parent.missing_at is None
     assert new_tli in pool.submitted
     assert _name(0x70) + ".ok" not in os.listdir(parent.qdir) and _name(0x71) not in os.listdir(parent.qdir)
+
+
+def test_the_loop_ends_false_once_the_repository_failed_and_the_workers_are_done(tmp_path):
+    """GetParent.work itself: a global failure stops the hand-out; the parent leaves with False
+    (the foreground reads ``global.error``) instead of lingering."""
+
+    class FailingPool(ScriptedPool):
+        def results(self, timeout=None):
+            for task in list(self.running):
+                self.running.remove(task)
+                self.ready.append((task, {"ok": False, "code": 103, "message": "repository down", "global": True}))
+            return super().results(timeout)
+
+    parent, _ = _parent(tmp_path, process_max=2, window=4)
+    pool = FailingPool(2)
+    parent._pool = lambda: pool
+    _request(parent, 0x90, "a")
+    assert parent.work() is False
+    assert pool.submitted == [_name(0x90), _name(0x91)]  # nothing handed out after the failure
+    assert spool.read_status(os.path.join(parent.qdir, spool.GLOBAL_ERROR)) == "103\nrepository down"

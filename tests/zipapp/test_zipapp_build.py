@@ -280,6 +280,24 @@ def test_usage_error_in_a_cli_command_is_31_in_the_zipapp(zipapp: Path, zipapp_d
     assert proc.returncode == 0 and "Usage: pgpush" in proc.stdout, proc.stderr
 
 
+def test_the_zipapp_answers_as_the_guarded_main_does(zipapp: Path, zipapp_dir: Path):
+    """The same ``pgpush.__main__.main`` as ``python -m pgpush`` (tests/unit/test_guarded_entry.py):
+    a missing %p is 043 in sync and async mode, an async get whose spool refuses the request is one
+    047 line; the same status and stderr from both, no traceback."""
+    spool = Path(tempfile.mkdtemp(prefix="spool-", dir=zipapp_dir))
+    (spool / "archive" / "main" / "in" / "request.pgpush.tmp").mkdir(parents=True)
+    options = ["--stanza=main", f"--spool-path={spool}", "--log-level-file=off", "--archive-timeout=5",
+               f"--pg1-path={zipapp_dir / 'pg'}"]
+    env = {"HOME": "/nonexistent", "PGPUSH_CACHE": str(zipapp_dir / "guard-cache")}
+    module = {**env, "PYTHONPATH": str(REPO_ROOT)}
+    for argv, status in ((["push"], 43), (["--archive-async", "push"], 43), (["--archive-async", "get", "x"], 43),
+                         (["--archive-async", "get", "000000010000000000000002", str(zipapp_dir / "dest")], 47)):
+        proc = _run([str(zipapp), *options, *argv], env=env)
+        same = _run([sys.executable, "-m", "pgpush", *options, *argv], env=module)
+        assert (proc.returncode, proc.stderr) == (same.returncode, same.stderr), argv
+        assert proc.returncode == status and re.fullmatch(rf"ERROR: \[{status:03d}\]: [^\n]*\n", proc.stderr), argv
+
+
 @pytest.mark.skipif(not (_is_root() and shutil.which("runuser")), reason="needs root and runuser")
 def test_cache_taken_by_another_user_falls_back_to_a_private_directory(zipapp: Path):
     """Another user made /tmp/pgpush-<uid> first: the CLI still runs, from a private 0700 directory
