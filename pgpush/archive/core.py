@@ -9,6 +9,7 @@ import os
 from pgpush import fsutil, wal
 from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
 from pgpush.log import LOG
+from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
 from pgpush.storage.base import StorageError
 
@@ -32,7 +33,7 @@ def push_file(repo: Repository, path: str) -> str | None:
     wal.kind(name)
     _regular_file(path)
     try:
-        return with_retry(repo, repo.push_wal_file, name, path)
+        return with_retry(repo, walarchive.push_wal_file, repo, name, path)
     except FileNotFoundError:
         raise FileMissingError(f"WAL file '{path}' does not exist") from None
     except IsADirectoryError:
@@ -106,7 +107,7 @@ def fetch_to(repo: Repository, name: str, dest: str) -> None:
 
     def attempt() -> None:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            repo.get_wal_into(name, fh)
+            walarchive.get_wal_into(repo, name, fh)
             fh.flush()
             os.fsync(fh.fileno())
 

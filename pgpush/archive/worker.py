@@ -17,6 +17,7 @@ import sys
 from pgpush.archive import core
 from pgpush.errors import PgPushError, RepoInvalidError, WalNotFound
 from pgpush.log import LOG
+from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
 
 
@@ -56,7 +57,7 @@ class Worker:
     def drop(self, task: dict) -> dict:
         repo = self.repository()
         for name in task["names"]:
-            core.with_retry(repo, repo.record_dropped, name, task["reason"])
+            core.with_retry(repo, walarchive.record_dropped, repo, name, task["reason"])
         return {"ok": True}
 
     def refresh(self, task: dict) -> dict:

@@ -18,6 +18,7 @@ from pgpush.errors import ArchiveDisabledError, ArchiveTimeoutError, OptionInval
 from pgpush.log import LOG
 from pgpush.pg import pgconn
 from pgpush.pg.nudge import PrimaryNudge
+from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
 
 POLL = 0.2
@@ -46,7 +47,7 @@ def wait_archived(repo: Repository, segment: str, timeout: float, db: pgconn.PgC
     archive_id = repo.archive_id()
     started = time.monotonic()
     while True:
-        if repo.find_wal(archive_id, segment):
+        if walarchive.find_wal(repo, archive_id, segment):
             return time.monotonic() - started
         if time.monotonic() - started >= timeout:
             hint = ""

@@ -36,7 +36,8 @@ from pgpush.errors import FormatError, OptionInvalidValueError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repo import catalog, catalog_lock
 from pgpush.repo.catalog import DONE, WAITING, Catalog
-from pgpush.repo.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
+from pgpush.repo.repository import Repository
+from pgpush.repo.walarchive import ARCHIVED_RE, DROPPED_SUFFIX
 
 DIR_RE = re.compile(r"^[0-9A-F]{16}$")
 STALE_AFTER = 24 * 3600.0

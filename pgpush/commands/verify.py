@@ -26,7 +26,8 @@ from pgpush.errors import FileReadError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repo import catalog, manifest_check
 from pgpush.repo.catalog import Catalog
-from pgpush.repo.repository import ARCHIVED_RE, MAX_WAL_BYTES, Repository, history_problem
+from pgpush.repo.repository import MAX_WAL_BYTES, Repository
+from pgpush.repo.walarchive import ARCHIVED_RE, history_problem
 
 DIR_PATTERN = catalog.DIR_RE
 

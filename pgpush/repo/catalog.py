@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pgpush import wal
 from pgpush.errors import FileMissingError, FileReadError, PgPushError
 from pgpush.log import LOG
-from pgpush.repo.repository import ARCHIVED_RE, DROPPED_SUFFIX, Repository
+from pgpush.repo.repository import Repository
+from pgpush.repo.walarchive import ARCHIVED_RE, DROPPED_SUFFIX, wal_dir
 from pgpush.storage.base import FileInfo
 
 DONE = "DONE"
@@ -525,7 +526,7 @@ def archive_state(repo: Repository, archive_id: str, backups: list[dict]) -> Arc
 def segment_size_from_archive(repo: Repository, archive_id: str, archived: dict[str, FileInfo]) -> int | None:
     """Read the WAL segment size from the page header of one archived segment (first chunk only)."""
     for name in sorted(archived)[:1]:
-        path = f"{repo.wal_dir(archive_id, name)}/{archived[name].name}"
+        path = f"{wal_dir(repo, archive_id, name)}/{archived[name].name}"
         head = b""
         try:
             for chunk in repo.decode_bounded(path, f"WAL file '{name}'"):

@@ -11,6 +11,7 @@ from backup_env import backup, backups, info_json, pg_opts, setup_archiving, wai
 from harness import procs
 from pgpush_env import Pgpush
 
+from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
 
@@ -51,7 +52,7 @@ def test_hole_makes_backups_failed_and_info_reports_it(pg_cluster, pgpush_cmd, w
     lost_segments = pg.generate_wal(2)
     pg.wait_archived(lost_segments[-1])
     # Mark one of the lost segments as dropped, as the async parent does over queue-max.
-    _repo(pp).record_dropped(lost_segments[0], "archive queue exceeded 1MB")
+    walarchive.record_dropped(_repo(pp), lost_segments[0], "archive queue exceeded 1MB")
     procs.chown_tree(Path(pp.options["repo1-path"]), "postgres")
 
     pg.set_conf({"archive_command": pp.archive_command()})

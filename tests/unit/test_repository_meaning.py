@@ -18,7 +18,8 @@ import pytest
 from pgpush.commands import expire
 from pgpush.errors import ArchiveDuplicateError, FileReadError, FormatError, WalNotFound
 from pgpush.repo.catalog import DONE, FAILED, WAITING
-from pgpush.repo.repository import Repository, history_problem
+from pgpush.repo.repository import Repository
+from pgpush.repo.walarchive import get_wal, get_wal_into, history_problem, push_wal
 from pgpush.storage.posix import PosixStorage
 
 # Backup history files carry no page header, so any bytes make a valid one; the rule under test
@@ -64,7 +65,7 @@ def stored(root: Path) -> list[Path]:
 
 def push(repo: Repository, data: bytes) -> str:
     try:
-        repo.push_wal(NAME, data)
+        push_wal(repo, NAME, data)
         return "ok"
     except ArchiveDuplicateError:
         return "45"
@@ -97,7 +98,7 @@ def test_two_pushes_that_both_see_the_other_both_fail_and_leave_nothing(tmp_path
     retry_a, retry_b = make_repo(tmp_path), make_repo(tmp_path)
     assert push(retry_a, b"content A\n") == "ok"
     assert push(retry_b, b"content B\n") == "45"
-    assert retry_b.get_wal(NAME) == b"content A\n"
+    assert get_wal(retry_b, NAME) == b"content A\n"
 
 
 def test_two_pushes_that_both_land_before_either_looks_acknowledge_at_most_one(tmp_path):
@@ -118,7 +119,7 @@ def test_a_push_that_lands_while_another_is_writing_wins_and_the_writer_fails(tm
     results["a"] = push(a, b"content A\n")
     assert results == {"a": "45", "b": "ok"}
     assert [p.name.split("-")[1] for p in stored(tmp_path)] == [hashlib.sha1(b"content B\n").hexdigest()]
-    assert a.get_wal(NAME) == b"content B\n"
+    assert get_wal(a, NAME) == b"content B\n"
 
 
 def test_same_content_pushed_concurrently_succeeds_twice(tmp_path):
@@ -137,16 +138,16 @@ def test_same_content_pushed_concurrently_succeeds_twice(tmp_path):
 
 def test_get_refuses_a_name_stored_with_two_contents(tmp_path):
     repo = make_repo(tmp_path)
-    repo.push_wal(NAME, b"content A\n")
+    push_wal(repo, NAME, b"content A\n")
     first = stored(tmp_path)[0]
     other = hashlib.sha1(b"content B\n").hexdigest()
     first.with_name(f"{NAME}-{other}").write_bytes(b"content B\n")  # what a racing push left before the fix
     with pytest.raises(ArchiveDuplicateError, match="different checksums"):
-        repo.get_wal(NAME)
+        get_wal(repo, NAME)
     with open(tmp_path / "out", "wb") as fh, pytest.raises(ArchiveDuplicateError):
-        repo.get_wal_into(NAME, fh)
+        get_wal_into(repo, NAME, fh)
     with pytest.raises(ArchiveDuplicateError):  # and a new push of either content is refused too
-        repo.push_wal(NAME, b"content A\n")
+        push_wal(repo, NAME, b"content A\n")
 
 
 # -- history files ----------------------------------------------------------------------------------
@@ -176,14 +177,14 @@ def test_garbage_history_is_refused_on_push_and_on_get(tmp_path, data):
     name = "00000003.history"
     repo = make_repo(tmp_path)
     with pytest.raises(FormatError, match="history file"):
-        repo.push_wal(name, data)
+        push_wal(repo, name, data)
     with pytest.raises(WalNotFound):
-        repo.get_wal(name)
+        get_wal(repo, name)
     # One stored by an older version: get fails with 42 (a corrupt repository file), never 25.
     (tmp_path / "archive/main/15-1").mkdir(parents=True, exist_ok=True)
     (tmp_path / "archive/main/15-1" / name).write_bytes(data)
     with pytest.raises(FileReadError) as err:
-        repo.get_wal(name)
+        get_wal(repo, name)
     assert err.value.code == 42
 
 
