@@ -29,7 +29,7 @@ from harness.pg import PgCluster  # noqa: E402
 from pgpush_env import Pgpush  # noqa: E402
 
 from pgpush import safepath  # noqa: E402
-from pgpush.commands import datadir  # noqa: E402
+from pgpush.commands.restore import layout  # noqa: E402
 from pgpush.errors import FileReadError  # noqa: E402
 from pgpush.repo import manifest_check  # noqa: E402
 
@@ -122,11 +122,11 @@ def test_an_accepted_manifest_names_only_paths_beneath_its_roots(manifest):
         return
     links = {ln["name"]: ln["destination"] for ln in manifest.get("links", [])}
     try:
-        datadir.check_locations(PGDATA, links)
+        layout.check_locations(PGDATA, links)
     except FileReadError:
         return
     for entry in manifest["files"] + manifest["dirs"]:
-        root, parts = datadir.locate(PGDATA, entry["name"], links)
+        root, parts = layout.locate(PGDATA, entry["name"], links)
         path = os.path.join(root, *parts)
         assert path == root == PGDATA or _beneath(path, root), entry
         if root != PGDATA:

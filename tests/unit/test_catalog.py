@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pgpush import wal
-from pgpush.commands import expire, recovery, restore
+from pgpush.commands import expire
 from pgpush.commands.backup import choose_prior, make_label
+from pgpush.commands.restore import choose, recovery
 from pgpush.errors import BackupSetInvalidError, OptionInvalidValueError
 from pgpush.pg.pgdata import unlogged_skips
 from pgpush.repo import catalog
@@ -236,14 +237,14 @@ def test_prior_diff_is_last_full_incr_is_last_backup():
 
 def test_restore_chooses_latest_done_or_before_target_time():
     backups = chain()
-    assert restore.choose_backup(backups, None, "default", None)[0]["label"] == "F4"
-    b, why = restore.choose_backup(backups, None, "time", "2024-01-04 12:00:00+00")
+    assert choose.choose_backup(backups, None, "default", None)[0]["label"] == "F4"
+    b, why = choose.choose_backup(backups, None, "time", "2024-01-04 12:00:00+00")
     assert b["label"] == "F2_D1" and "before the target" in why
-    assert restore.choose_backup(backups, "F1", "default", None)[0]["label"] == "F1"
+    assert choose.choose_backup(backups, "F1", "default", None)[0]["label"] == "F1"
     with pytest.raises(BackupSetInvalidError):
-        restore.choose_backup(backups, "nope", "default", None)
+        choose.choose_backup(backups, "nope", "default", None)
     with pytest.raises(BackupSetInvalidError):
-        restore.choose_backup([rec("F", 1, 1, status=FAILED)], None, "default", None)
+        choose.choose_backup([rec("F", 1, 1, status=FAILED)], None, "default", None)
 
 
 # -- recovery settings --------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pgpush.commands import datadir, restore
-from pgpush.commands.restore import FileJob
+from pgpush.commands.restore import durability, files, recovery, remap
+from pgpush.commands.restore.files import FileJob
 
 
 def _job(name: str, size: int, repo_size: int | None) -> FileJob:
@@ -19,20 +19,20 @@ def test_plan_big_files_alone_largest_first_then_batches():
     jobs = [_job(f"small{i}", 8192, 500) for i in range(150)]
     jobs += [_job("seg", 1 << 30, 50 << 20), _job("idx", 64 << 20, 9 << 20), _job("no-repo-size", 100, None),
              _job("compressible", 100 << 20, 200 << 10), _job("medium", 2 << 20, 2 << 20)]
-    units = restore.plan(jobs)
-    singles = [u[0].name for u in units if len(u) == 1 and not restore._small(u[0])]
+    units = files.plan(jobs)
+    singles = [u[0].name for u in units if len(u) == 1 and not files._small(u[0])]
     assert singles == ["seg", "compressible", "idx", "medium", "no-repo-size"]
     assert [len(u) for u in units[:5]] == [1] * 5
     batches = units[5:]
-    assert all(restore._small(j) for u in batches for j in u)
-    assert all(len(u) <= restore.BATCH_FILES for u in batches)
+    assert all(files._small(j) for u in batches for j in u)
+    assert all(len(u) <= files.BATCH_FILES for u in batches)
     assert sorted(j.name for u in units for j in u) == sorted(j.name for j in jobs)
 
 
 def test_plan_batches_bounded_in_bytes():
     jobs = [_job(f"f{i}", 1536 << 10, 900 << 10) for i in range(30)]
-    units = restore.plan(jobs)
-    assert all(sum(j.size for j in u) <= restore.BATCH_BYTES for u in units)
+    units = files.plan(jobs)
+    assert all(sum(j.size for j in u) <= files.BATCH_BYTES for u in units)
     assert all(len(u) > 1 for u in units[:-1]) and sum(len(u) for u in units) == 30
 
 
@@ -56,9 +56,9 @@ def test_make_durable_falls_back_to_fsync_of_everything(tmp_path, monkeypatch):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(restore, "_syncfs", lambda path: False)
+    monkeypatch.setattr(durability, "_syncfs", lambda path: False)
     monkeypatch.setattr(os, "fsync", fsync)
-    restore.make_durable([str(root)])
+    durability.make_durable([str(root)])
     assert set(synced) == files | dirs
 
 
@@ -67,15 +67,15 @@ def test_make_durable_one_syncfs_per_file_system(tmp_path, monkeypatch):
     a.mkdir()
     b.mkdir()
     calls = []
-    real = restore._syncfs
+    real = durability._syncfs
 
     def syncfs(path):
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(restore, "_syncfs", syncfs)
+    monkeypatch.setattr(durability, "_syncfs", syncfs)
     monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("fsync called although syncfs exists"))
-    restore.make_durable([str(a), str(b)])  # same file system: one call
+    durability.make_durable([str(a), str(b)])  # same file system: one call
     assert calls == [str(a)]
 
 
@@ -91,7 +91,7 @@ def test_syncfs_error_is_raised(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: Libc())
     with pytest.raises(OSError) as info:
-        restore._syncfs(str(tmp_path))
+        durability._syncfs(str(tmp_path))
     assert info.value.errno == errno.EIO
 
 
@@ -100,8 +100,8 @@ def test_start_writeback_is_only_a_hint(tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         os.write(fd, b"x" * 100_000)
-        restore._start_writeback(fd, 0, 100_000)  # Linux: sync_file_range; elsewhere nothing
-        restore._start_writeback(fd, 50_000, 10**12)  # past the end: no error either
+        durability.start_writeback(fd, 0, 100_000)  # Linux: sync_file_range; elsewhere nothing
+        durability.start_writeback(fd, 50_000, 10**12)  # past the end: no error either
     finally:
         os.close(fd)
     assert path.read_bytes() == b"x" * 100_000
@@ -118,11 +118,11 @@ def _manifest_with_links(*oids: str) -> dict:
 
 def test_tablespace_map_all_and_one_override():
     manifest = _manifest_with_links("16390", "16391")
-    remapped = datadir.remap_tablespaces(_Cfg({"tablespace-map-all": "/new", "tablespace-map": "16391=/other/x/"}),
-                                         manifest)
+    remapped = remap.remap_tablespaces(_Cfg({"tablespace-map-all": "/new", "tablespace-map": "16391=/other/x/"}),
+                                       manifest)
     assert remapped == {"16390": "/new/16390", "16391": "/other/x"}
     assert [ln["destination"] for ln in manifest["links"]] == ["/new/16390", "/other/x"]
-    assert datadir.remap_tablespaces(_Cfg(), _manifest_with_links("1")) == {}
+    assert remap.remap_tablespaces(_Cfg(), _manifest_with_links("1")) == {}
 
 
 @pytest.mark.parametrize("value", ["16390", "16390=", "16390=rel", "x=/abs", "1=/abs", "16390=/a\nb"])
@@ -130,20 +130,31 @@ def test_tablespace_map_refuses_bad_values(value):
     from pgpush.errors import OptionInvalidValueError
 
     with pytest.raises(OptionInvalidValueError):
-        datadir.remap_tablespaces(_Cfg({"tablespace-map": value}), _manifest_with_links("16390"))
+        remap.remap_tablespaces(_Cfg({"tablespace-map": value}), _manifest_with_links("16390"))
 
 
 def test_tablespace_map_file_rewritten_for_remapped_entries_only(tmp_path):
     (tmp_path / "tablespace_map").write_text("16390 /old/a\n16391 /old/b\n")
     os.chmod(tmp_path / "tablespace_map", 0o600)
-    datadir.rewrite_tablespace_map(str(tmp_path), {"16391": "/new/with\\backslash"})
+    remap.rewrite_tablespace_map(str(tmp_path), {"16391": "/new/with\\backslash"})
     assert (tmp_path / "tablespace_map").read_text() == "16390 /old/a\n16391 /new/with\\\\backslash\n"
     assert os.stat(tmp_path / "tablespace_map").st_mode & 0o777 == 0o600
 
 
-def test_recovery_settings_never_write_through_a_link_left_at_the_temporary_name(tmp_path):
-    from pgpush.commands import recovery
+def test_tablespace_map_never_written_through_a_link_left_at_the_temporary_name(tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    (tmp_path / "tablespace_map").write_text("16390 /old/a\n")
+    os.chmod(tmp_path / "tablespace_map", 0o640)
+    os.symlink(outside, tmp_path / "tablespace_map.pgpush.tmp")
+    remap.rewrite_tablespace_map(str(tmp_path), {"16390": "/new/a"})
+    assert outside.read_text() == "keep"
+    assert (tmp_path / "tablespace_map").read_text() == "16390 /new/a\n"
+    assert os.stat(tmp_path / "tablespace_map").st_mode & 0o777 == 0o640  # the restored file's mode is kept
+    assert not os.path.lexists(tmp_path / "tablespace_map.pgpush.tmp")
 
+
+def test_recovery_settings_never_write_through_a_link_left_at_the_temporary_name(tmp_path):
     pgdata, outside = tmp_path / "data", tmp_path / "outside"
     pgdata.mkdir()
     outside.write_text("keep")

@@ -20,7 +20,7 @@ import os
 import shlex
 import time
 
-from pgpush.fsutil import self_command
+from pgpush.fsutil import self_command, write_atomic
 from pgpush.log import LOG
 from pgpush.options import BY_NAME
 
@@ -138,17 +138,13 @@ def write(pgdata: str, version: int, rtype: str, items: list[tuple[str, str]], u
 
 
 def _write(path: str, text: str, uid: int | None, gid: int | None) -> None:
-    tmp = path + ".pgpush.tmp"
-    _remove(tmp)  # whatever is there (a link too) is replaced, never written through
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with open(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    if uid is not None:
-        os.chown(tmp, uid, gid if gid is not None else -1)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``text``, 0600, owned by the cluster's owner when restoring as root.
+
+    Through a fresh temporary file (whatever is at its name, a link too, is replaced, never written
+    through), synced before the rename.
+    """
+    owner = None if uid is None else (uid, gid if gid is not None else -1)
+    write_atomic(path, text.encode("utf-8", "surrogateescape"), 0o600, owner=owner)
 
 
 def _remove(path: str) -> None:
