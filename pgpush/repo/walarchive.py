@@ -257,10 +257,9 @@ def _check_no_rival(repo: Repository, name: str, digest: str, target: str) -> No
 
 def _duplicate(repo: Repository, name: str, digest: str, existing: Stored) -> str:
     """The warning for a push of what is already stored; 45 when the stored content differs."""
+    old_digest: str | None = existing.sha1
     if wal.kind(name) == "history":
         old_digest = sha1_hex(repo.read_verified(existing.path, None, f"history file '{name}'"))
-    else:
-        old_digest = existing.sha1
     if old_digest != digest:
         raise ArchiveDuplicateError(
             f"WAL file '{name}' already exists in the archive with a different checksum: archived SHA1 "

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 WRITEBACK_EVERY = 32 * 1024 * 1024  # a big file's written bytes handed to the kernel's writeback at a time
-_sync_file_range = None  # libc's, resolved on first use; False where it does not exist
+_sync_file_range: Any = None  # libc's, resolved on first use; False where it does not exist
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:

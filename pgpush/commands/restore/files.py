@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from pgpush import safepath
 from pgpush.commands.restore.durability import WRITEBACK_EVERY, start_writeback
-from pgpush.commands.restore.layout import Owner, locate, owner_ids
+from pgpush.commands.restore.layout import Owner, id_args, locate, owner_ids
 from pgpush.errors import FileReadError, PathCreateError
 from pgpush.repo import readahead
 from pgpush.repo.catalog import Catalog
@@ -142,7 +142,7 @@ def _finish_dest(fd: int, job: FileJob) -> None:
     """Mode, owner and modification time on the open file (after its last write, which sets the time)."""
     os.fchmod(fd, job.mode)
     if job.uid is not None:
-        os.fchown(fd, job.uid, job.gid)
+        os.fchown(fd, *id_args(job.uid, job.gid))
     os.utime(fd, (job.mtime, job.mtime))
 
 

@@ -53,6 +53,11 @@ def owner_ids(entry: dict, fallback: Owner) -> Owner:
         return fallback
 
 
+def id_args(uid: int, gid: int | None) -> tuple[int, int]:
+    """(uid, gid) for ``chown``: a manifest entry with a user but no group keeps the file's group (-1)."""
+    return uid, -1 if gid is None else gid
+
+
 def make_dirs(pgdata: str, dirs: list[dict], links: dict[str, str], root_owner: Owner) -> None:
     """Directories, then tablespace links (their location created), then the directories inside them."""
     def under_link(name: str) -> bool:
@@ -84,8 +89,8 @@ def _make_link(pgdata: str, name: str, dest: str, root_owner: Owner) -> None:
             pass
         uid, gid = root_owner
         if uid is not None:
-            os.chown(dest, uid, gid)
-            os.chown(oid, uid, gid, dir_fd=fd, follow_symlinks=False)
+            os.chown(dest, *id_args(uid, gid))
+            os.chown(oid, *id_args(uid, gid), dir_fd=fd, follow_symlinks=False)
     finally:
         os.close(fd)
 
@@ -100,6 +105,6 @@ def _make_dir(root: str, parts: list[str], d: dict, root_owner: Owner) -> None:
         os.fchmod(fd, mode)
         uid, gid = owner_ids(d, root_owner)
         if uid is not None:
-            os.fchown(fd, uid, gid)
+            os.fchown(fd, *id_args(uid, gid))
     finally:
         os.close(fd)
