@@ -55,6 +55,19 @@ def self_command() -> list[str]:
     return [sys.executable, "-m", "pgpush"]
 
 
+def create_temporary(path: str, mode: int = 0o600) -> int:
+    """Create ``path`` + :data:`TMP_SUFFIX` afresh and return its descriptor, open for writing.
+
+    Whatever is there (a killed writer's leftover, a planted link) is removed first and the
+    file created with ``O_EXCL|O_NOFOLLOW``: a link is replaced, never written through.  The
+    caller streams into it, then renames it over ``path`` (and removes it on failure).
+    """
+    tmp = path + TMP_SUFFIX
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
 def write_atomic(path: str, content: bytes, mode: int = 0o600, *, durable: bool = True,
                  owner: tuple[int, int] | None = None) -> None:
     """Replace ``path`` with ``content`` so that a reader sees the old file or the new one, whole.
@@ -67,10 +80,8 @@ def write_atomic(path: str, content: bytes, mode: int = 0o600, *, durable: bool 
     one more at every retry) and the OSError propagates for the caller to give it its code.
     """
     tmp = path + TMP_SUFFIX
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = create_temporary(path, mode)
         try:
             view = memoryview(content)
             while view:

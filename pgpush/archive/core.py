@@ -13,8 +13,6 @@ from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
 from pgpush.storage.base import StorageError
 
-TMP_SUFFIX = ".pgpush.tmp"
-
 
 def with_retry(repo: Repository, fn, *args):
     """Run ``fn`` once more on a fresh connection when the connection was lost."""
@@ -97,16 +95,17 @@ def check_local_cluster(repo: Repository, pgdata: str) -> None:
 
 
 def fetch_to(repo: Repository, name: str, dest: str) -> None:
-    """Fetch WAL file ``name`` to ``dest`` through ``dest.pgpush.tmp``: verified, then renamed.
+    """Fetch WAL file ``name`` to ``dest`` through its temporary name: verified, then renamed.
 
     PostgreSQL (or the spool reader) never sees half a file or a corrupt one; on any
     failure the temporary file is removed.  The file is private (0600: WAL holds the
-    database's data) and durable before it is renamed, the rename durable after.
+    database's data) and durable before it is renamed, the rename durable after.  It is
+    streamed from the repository, not held in memory: hence not :func:`pgpush.fsutil.write_atomic`.
     """
-    tmp = dest + TMP_SUFFIX
+    tmp = dest + fsutil.TMP_SUFFIX
 
     def attempt() -> None:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        with open(fsutil.create_temporary(dest, 0o600), "wb") as fh:
             walarchive.get_wal_into(repo, name, fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -245,10 +245,10 @@ def _take(src: str, dest: str) -> bool:
             raise PathCreateError(f"unable to write WAL file '{dest}': {exc.strerror}") from None
     import shutil
 
-    tmp = dest + spool.TMP_SUFFIX
+    tmp = dest + fsutil.TMP_SUFFIX
     try:
         # 0600 whatever the caller's umask: WAL is the database's data
-        with open(src, "rb") as fin, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fout:
+        with open(src, "rb") as fin, open(fsutil.create_temporary(dest, 0o600), "wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
         os.replace(tmp, dest)
     except OSError as exc:

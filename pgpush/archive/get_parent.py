@@ -20,7 +20,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from pgpush import wal
+from pgpush import fsutil, wal
 from pgpush.archive import spool
 from pgpush.archive.parent import AsyncParent
 from pgpush.errors import PgPushError
@@ -76,8 +76,8 @@ class GetParent(AsyncParent):
                 continue
             if not wal.SEGMENT_RE.fullmatch(base):
                 continue
-            if name.endswith(spool.TMP_SUFFIX):
-                if name == base + spool.TMP_SUFFIX and base not in self.inflight:
+            if name.endswith(fsutil.TMP_SUFFIX):
+                if name == base + fsutil.TMP_SUFFIX and base not in self.inflight:
                     # left by a worker killed mid-file (protocol-timeout, a crash): nobody will
                     # finish it, and a segment's worth of spool would stay taken for ever
                     spool.remove(os.path.join(self.qdir, name))

@@ -8,13 +8,11 @@ Stdlib only: the hot path reads these.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
+from pgpush import fsutil
 from pgpush.errors import FormatError, PathCreateError, PgPushError
-from pgpush.fsutil import fsync_dir, makedirs_private
 
-TMP_SUFFIX = ".pgpush.tmp"
 GLOBAL_ERROR = "global.error"
 
 
@@ -22,12 +20,11 @@ def stanza_dir(spool_path: str, stanza: str) -> str:
     return os.path.join(spool_path, "archive", stanza)
 
 
-
 def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
     """Create (0750, parents too) and return ``SPOOL/archive/STANZA/{out,in}``."""
     path = os.path.join(stanza_dir(spool_path, stanza), direction)
     try:
-        makedirs_private(path)
+        fsutil.makedirs_private(path)
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied (not writable)", path)
     except OSError as exc:
@@ -36,27 +33,20 @@ def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
 
 
 def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = False) -> None:
-    """Write ``name`` via ``name.pgpush.tmp`` and a rename, so readers never see half a file
-    (``fsync``: and durably, the file synced before the rename and the directory after)."""
-    tmp = os.path.join(directory, name + TMP_SUFFIX)
+    """Write ``name`` through :func:`pgpush.fsutil.write_atomic`, so readers never see half a file.
+
+    Not durable unless ``fsync``: a status file lost in a crash only makes the foreground ask
+    again (a push is redone and found already archived, a get is fetched again), so a sync per
+    WAL file would cost every segment for nothing.  What must survive a crash (the record of
+    dropped WAL, which nothing else holds) asks for ``fsync``: the file synced before the
+    rename and the directory after.  A failure is the spool's error (047), and leaves no
+    temporary file behind to fill a full spool further at every retry.
+    """
+    path = os.path.join(directory, name)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            if content:
-                os.write(fd, content)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, os.path.join(directory, name))
-        if fsync:
-            fsync_dir(directory)
+        fsutil.write_atomic(path, content, 0o640, durable=fsync)
     except OSError as exc:
-        # A spool that is full (or a target that cannot be replaced) must not keep the half
-        # file: every retry would leave another one behind in the space that ran out.
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise PathCreateError(f"unable to write spool file '{os.path.join(directory, name)}': {exc.strerror}") from None
+        raise PathCreateError(f"unable to write spool file '{path}': {exc.strerror}") from None
 
 
 def write_ok(directory: str, name: str, warning: str | None = None) -> None:
