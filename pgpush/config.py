@@ -84,20 +84,10 @@ def _ascii_digits(text: str) -> bool:
     return bool(text) and text.isascii() and text.isdigit()
 
 
-def valid_stanza(name: str) -> bool:
+def is_valid_stanza(name: str) -> bool:
     """``[A-Za-z0-9_.-]+``, at most 64 characters, not ``.`` or ``..`` (checked without ``re``,
     which is slow to import): the name is a path component in the repository and the spool."""
     return 0 < len(name) <= MAX_STANZA and _STANZA_CHARS.issuperset(name) and name.strip(".") != ""
-
-
-class _StanzaMatcher:
-    def fullmatch(self, name: str) -> bool:
-        return valid_stanza(name)
-
-    match = fullmatch
-
-
-STANZA_RE = _StanzaMatcher()
 
 
 def format_size(size: int) -> str:
@@ -438,7 +428,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         raw, lineno = section_values("global")["stanza"]
         set_value(BY_NAME["stanza"], raw, f"in section [global] of {config_path} line {lineno}")
     stanza = values.get("stanza")
-    if stanza is not None and not valid_stanza(str(stanza)):
+    if stanza is not None and not is_valid_stanza(str(stanza)):
         raise OptionInvalidValueError(f"option 'stanza' has invalid value '{stanza}' {sources['stanza']}: "
                                        f"[A-Za-z0-9_.-]+, at most {MAX_STANZA} characters, not '.' or '..' is expected")
 
@@ -499,7 +489,7 @@ def _section_name(section: str, path: str, entries: dict[str, tuple[str, int]]) 
     """``global``, ``STANZA``, ``global:COMMAND`` or ``STANZA:COMMAND``, the alias resolved."""
     head, colon, cmd = section.partition(":")
     cmd = ALIASES.get(cmd, cmd)
-    if (head == "global" or valid_stanza(head)) and (not colon or cmd in COMMANDS and cmd != "help"):
+    if (head == "global" or is_valid_stanza(head)) and (not colon or cmd in COMMANDS and cmd != "help"):
         return f"{head}:{cmd}" if colon else head
     line = min((lineno for _raw, lineno in entries.values()), default=0)
     where = f" (its first option on line {line})" if line else ""

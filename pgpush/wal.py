@@ -24,28 +24,29 @@ def _hex(text: str, length: int) -> bool:
 
 
 def is_segment(name: str) -> bool:
+    """``TTTTTTTTXXXXXXXXYYYYYYYY``: a WAL segment's name."""
     return _hex(name, 24)
 
 
-class _KindMatcher:
-    """``SEGMENT_RE.fullmatch(name)``-style checks without importing ``re``."""
-
-    def __init__(self, kind_name: str):
-        self.kind_name = kind_name
-
-    def fullmatch(self, name: str) -> bool:
-        try:
-            return kind(name) == self.kind_name
-        except FormatError:
-            return False
-
-    match = fullmatch
+def is_partial(name: str) -> bool:
+    """A segment name then ``.partial``: the last, incomplete segment of a timeline."""
+    return name.endswith(".partial") and _hex(name[:-8], 24)
 
 
-SEGMENT_RE = _KindMatcher("segment")
-PARTIAL_RE = _KindMatcher("partial")
-HISTORY_RE = _KindMatcher("history")
-BACKUP_RE = _KindMatcher("backup")
+def is_timeline_history(name: str) -> bool:
+    """``TTTTTTTT.history``: the file that records where a timeline branched off."""
+    return name.endswith(".history") and _hex(name[:-8], 8)
+
+
+def is_backup_history(name: str) -> bool:
+    """``SEGMENT.XXXXXXXX.backup``: the file PostgreSQL writes at the end of a base backup."""
+    return len(name) == 40 and name.endswith(".backup") and name[24] == "." and _hex(name[:24], 24) and _hex(name[25:33], 8)
+
+
+def is_archive_dir(name: str) -> bool:
+    """``TTTTTTTTXXXXXXXX``: a directory of the repository's archive, as :func:`archive_dir` names them."""
+    return _hex(name, 16)
+
 
 # XLOG_PAGE_MAGIC per major version (src/include/access/xlog_internal.h).
 WAL_MAGIC = {
@@ -91,13 +92,13 @@ def __getattr__(name: str):
 
 def kind(name: str) -> str:
     """``segment``, ``partial``, ``history`` or ``backup``; FormatError otherwise."""
-    if _hex(name, 24):
+    if is_segment(name):
         return "segment"
-    if name.endswith(".partial") and _hex(name[:-8], 24):
+    if is_partial(name):
         return "partial"
-    if name.endswith(".history") and _hex(name[:-8], 8):
+    if is_timeline_history(name):
         return "history"
-    if name.endswith(".backup") and len(name) == 40 and name[24] == "." and _hex(name[:24], 24) and _hex(name[25:33], 8):
+    if is_backup_history(name):
         return "backup"
     raise FormatError(f"'{name}' is not a WAL file name (segment, .partial, .history or .backup)")
 
@@ -122,13 +123,6 @@ def segment_name(timeline: int, number: int, segment_size: int) -> str:
 
 def next_segment(name: str, segment_size: int) -> str:
     return segment_name(timeline_of(name), segment_number(name, segment_size) + 1, segment_size)
-
-
-def segment_range(first: str, last: str, segment_size: int) -> list[str]:
-    """Every segment name from ``first`` to ``last`` inclusive (timeline of ``first``)."""
-    a, b = segment_number(first, segment_size), segment_number(last, segment_size)
-    tli = timeline_of(first)
-    return [segment_name(tli, n, segment_size) for n in range(a, b + 1)]
 
 
 def lsn_to_int(lsn: str) -> int:

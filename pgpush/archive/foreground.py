@@ -272,7 +272,7 @@ def _refill_if_low(cfg: Config, sdir: str, qdir: str, name: str, pgdata: str) ->
     nxt = wal.next_segment(name, seg_size)
     _write_request(qdir, nxt)
     try:
-        ready = [n for n in os.listdir(qdir) if len(n) == 24]
+        ready = [n for n in os.listdir(qdir) if wal.is_segment(n)]
     except OSError:
         return
     window = max(1, int(cfg["archive-get-queue-max"]) // seg_size)

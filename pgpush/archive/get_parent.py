@@ -57,7 +57,7 @@ class GetParent(AsyncParent):
         """The requested segment, from ``in/request`` (``SEGMENT TAG``; the tag makes each call distinct)."""
         self.request_text = spool.read_status(os.path.join(self.qdir, "request")) or ""
         name = (self.request_text.split() or [""])[0]
-        return name if wal.SEGMENT_RE.fullmatch(name) else None
+        return name if wal.is_segment(name) else None
 
     def wanted(self, first: str) -> list[str]:
         names = [first]
@@ -74,7 +74,7 @@ class GetParent(AsyncParent):
             if name.endswith((".ok", ".error")) and name != spool.GLOBAL_ERROR:
                 spool.remove(os.path.join(self.qdir, name))
                 continue
-            if not wal.SEGMENT_RE.fullmatch(base):
+            if not wal.is_segment(base):
                 continue
             if name.endswith(fsutil.TMP_SUFFIX):
                 if name == base + fsutil.TMP_SUFFIX and base not in self.inflight:
@@ -117,7 +117,7 @@ class GetParent(AsyncParent):
         if any(self._wanted_now(n) and n < self.missing_at for n in self.inflight):
             return  # an earlier segment may be missing too: wait for it
         for other in os.listdir(self.qdir):  # prefetched beyond the hole: unusable for now
-            if wal.SEGMENT_RE.fullmatch(other) and other > self.missing_at and other[:8] == self.missing_at[:8]:
+            if wal.is_segment(other) and other > self.missing_at and other[:8] == self.missing_at[:8]:
                 spool.remove(os.path.join(self.qdir, other))
         marker = os.path.join(self.qdir, self.missing_at + ".ok")
         if spool.read_status(marker) != self.done:

@@ -27,7 +27,6 @@ without any kept backup no WAL is removed.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 
@@ -39,7 +38,6 @@ from pgpush.repo.catalog import DONE, WAITING, Catalog
 from pgpush.repo.repository import Repository
 from pgpush.repo.walarchive import ARCHIVED_RE, DROPPED_SUFFIX
 
-DIR_RE = re.compile(r"^[0-9A-F]{16}$")
 STALE_AFTER = 24 * 3600.0
 
 
@@ -95,7 +93,7 @@ def _segment_of(filename: str) -> str | None:
     m = ARCHIVED_RE.match(filename)
     if m:
         return m.group("wal")[:24]
-    if filename.endswith(DROPPED_SUFFIX) and wal.SEGMENT_RE.match(filename[: -len(DROPPED_SUFFIX)]):
+    if filename.endswith(DROPPED_SUFFIX) and wal.is_segment(filename[: -len(DROPPED_SUFFIX)]):
         return filename[:24]
     return None
 
@@ -106,7 +104,7 @@ def expire_wal(repo: Repository, archive_id: str, boundary: int, segment_size: i
     per = wal.segments_per_log(segment_size)
     removed = 0
     for d in sorted(repo.storage.list_dirs(base)):
-        if not DIR_RE.match(d):
+        if not wal.is_archive_dir(d):
             continue
         first = int(d[8:], 16) * per
         if first >= boundary:

@@ -29,7 +29,7 @@ def stanza_names(cfg) -> list[str]:
         return names
     storage = open_storage(cfg)
     try:
-        return sorted(d for d in storage.list_dirs("archive") if config.STANZA_RE.fullmatch(d))
+        return sorted(d for d in storage.list_dirs("archive") if config.is_valid_stanza(d))
     finally:
         storage.close()
 

@@ -29,8 +29,6 @@ from pgpush.repo.catalog import Catalog
 from pgpush.repo.repository import MAX_WAL_BYTES, Repository
 from pgpush.repo.walarchive import ARCHIVED_RE, history_problem
 
-DIR_PATTERN = catalog.DIR_RE
-
 
 def verify_file(repo: Repository, job: tuple) -> str | None:
     """Read one repository file; None when sound, else what is wrong.
@@ -66,10 +64,10 @@ def _archive_jobs(repo: Repository, archive_id: str) -> list[tuple]:
     base = f"{repo.archive_root}/{archive_id}"
     jobs = []
     for f in repo.storage.list(base):
-        if wal.HISTORY_RE.match(f.name):
+        if wal.is_timeline_history(f.name):
             jobs.append((f"{base}/{f.name}", None, None, f"history file {archive_id}/{f.name}", "history", f.size))
     for d in sorted(repo.storage.list_dirs(base)):
-        if not DIR_PATTERN.match(d):
+        if not wal.is_archive_dir(d):
             continue
         for f in repo.storage.list(f"{base}/{d}"):
             m = ARCHIVED_RE.match(f.name)

@@ -48,7 +48,6 @@ BACKUP_INFO = "backup.info"
 MANIFEST = "backup.manifest"
 STARTED = "backup.started"  # in a label directory until its manifest is written: a backup in progress
 LABEL_RE = re.compile(r"^\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?$")
-DIR_RE = re.compile(r"^[0-9A-F]{16}$")
 
 
 def iso_utc(ts: float, ceil: bool = False) -> str:
@@ -193,7 +192,7 @@ class ArchiveListing:
 
     def dirs(self) -> list[str]:
         if self._dirs is None:
-            self._dirs = sorted(d for d in self.repo.storage.list_dirs(self.base) if DIR_RE.match(d))
+            self._dirs = sorted(d for d in self.repo.storage.list_dirs(self.base) if wal.is_archive_dir(d))
         return self._dirs
 
     def files(self, directory: str) -> list[FileInfo]:
@@ -212,7 +211,7 @@ class ArchiveListing:
                     if seen is not None and ARCHIVED_RE.match(seen.name).group("sha") != m.group("sha"):
                         self.conflicts.add(m.group("wal"))
                     archived[m.group("wal")] = f
-                elif f.name.endswith(DROPPED_SUFFIX) and wal.SEGMENT_RE.match(f.name[: -len(DROPPED_SUFFIX)]):
+                elif f.name.endswith(DROPPED_SUFFIX) and wal.is_segment(f.name[: -len(DROPPED_SUFFIX)]):
                     dropped.add(f.name[: -len(DROPPED_SUFFIX)])
         return archived, dropped
 
@@ -264,7 +263,7 @@ def record_problem(entry: object) -> str | None:
     problem = None
     if entry["type"] not in ("full", "diff", "incr") or entry["status"] not in (DONE, WAITING, FAILED):
         problem = f"type={entry['type'][:16]!r} status={entry['status'][:32]!r}"
-    elif not all(wal.SEGMENT_RE.fullmatch(entry[k]) for k in ("wal_start", "wal_stop")):
+    elif not all(wal.is_segment(entry[k]) for k in ("wal_start", "wal_stop")):
         problem = f"wal_start={entry['wal_start'][:32]!r} wal_stop={entry['wal_stop'][:32]!r}"
     elif not _valid_segment_size(entry["segment_size"]):
         problem = f"segment_size={entry['segment_size']}"

@@ -37,10 +37,41 @@ def test_next_segment_wraps_log_at_segment_size():
     assert wal.next_segment("00000001000000000000003F", 64 << 20) == "000000010000000100000000"
 
 
-def test_segment_range_and_numbers():
-    names = wal.segment_range("0000000100000000000000FE", "000000010000000100000001", MB16)
+def test_segment_numbers_and_names_cross_a_log():
+    first = wal.segment_number("0000000100000000000000FE", MB16)
+    names = [wal.segment_name(1, n, MB16) for n in range(first, first + 4)]
     assert names == ["0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000",
                      "000000010000000100000001"]
+    assert wal.segment_number(names[-1], MB16) == first + 3
+
+
+PREDICATES = {"segment": wal.is_segment, "partial": wal.is_partial, "history": wal.is_timeline_history,
+              "backup": wal.is_backup_history}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["000000010000000000000001", "0000000100000001000000FF.partial", "00000002.history",
+     "000000010000000000000002.00000028.backup", "", "000000010000000000000001\n", "x.history",
+     "0000000100000000000000010", "000000010000000000000002.0000002g.backup", "0000000g.history"],
+)
+def test_each_predicate_says_yes_to_its_kind_only(name):
+    try:
+        expected = wal.kind(name)
+    except FormatError:
+        expected = None
+    assert [k for k, yes in PREDICATES.items() if yes(name)] == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("0000000100000000", True), ("00000001000000FF", True), ("00000001000000ff", False), ("0000000100000000\n", False),
+     ("000000010000000", False), ("00000001000000000", False), ("00000001", False), ("backup.info", False)],
+)
+def test_archive_dir_names(name, expected):
+    assert wal.is_archive_dir(name) is expected
+    if expected:
+        assert wal.archive_dir(name + "00000001") == name
 
 
 def test_lsn_segments_and_boundary_stop():
