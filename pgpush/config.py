@@ -12,6 +12,7 @@ own because ``configparser`` costs more at import than the whole fast path.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from pgpush.errors import CommandError, OptionInvalidError, OptionInvalidValueError, OptionRequiredError
 from pgpush.options import ALIASES, BY_NAME, COMMANDS, Option
@@ -57,6 +58,9 @@ MAX_INT = 2**31 - 1
 # relative repo1-path would even put the archive inside the data directory a restore rewrites).
 ABSOLUTE_PATHS = frozenset({"repo1-path", "spool-path", "log-path", "pg1-path", "pg1-socket-path"})
 MAX_STANZA = 64
+# Where a value came from (Config.sources): what a child must be told again is what came from these.
+_ON_CLI = "on the command line"
+_IN_ENV = "in environment variable "
 # Environment variables of ours that are not options (the zipapp bootstrap's).
 _ENV_NOT_OPTIONS = {"PGPUSH_CACHE", "PGPUSH_PYTHON", "PGPUSH_LOCK_FD"}
 
@@ -281,34 +285,45 @@ class Config:
             values[key.replace("_", "-")] = value
         return Config(self.command, list(self.args), values, dict(self.sources))
 
-    def to_argv(self, names: tuple[str, ...] | None = None) -> list[str]:
-        """Options that were set on the command line, to pass to a child.
+    def given(self, select: Callable[[str], bool] | None = None, *, environment: bool = False) -> list[str]:
+        """Names of the options set on the command line (with ``environment``: or by ``PGPUSH_*``), sorted,
+        that ``select`` keeps: what a pgpush started for this one must be told again."""
+        return sorted(name for name, source in self.sources.items()
+                      if (source == _ON_CLI or environment and source.startswith(_IN_ENV)) and (select is None or select(name)))
 
-        The child reads the environment and config file itself; only the
-        command line is lost across exec.  Secrets are never put on a command
-        line (they would show in ``ps``): they travel by environment.
+    def to_argv(self, select: Callable[[str], bool] | None = None, *, environment: bool = False) -> list[str]:
+        """The options of :meth:`given` as a command line: the one serialiser of options.
+
+        The child of a parent reads the environment and config file itself: only the command line
+        is lost across exec (``environment`` is for a command that runs elsewhere, such as the
+        restored cluster's ``restore_command``).  ``--config`` comes first when it was given, whatever
+        ``select`` says.  Secrets are never put on a command line (they would show in ``ps``, or be
+        written into a data directory): they travel by environment (:meth:`secret_env`), and
+        ``exec-id`` neither: each child is given its own.
         """
         out = []
-        for name, source in self.sources.items():
-            if source != "on the command line" or (names and name not in names):
-                continue
-            opt = BY_NAME[name]
-            if opt.secret or name in ("config", "exec-id"):  # exec-id: each child is given its own
-                continue
-            value = self.values[name]
-            if opt.type == "bool":
-                out.append(f"--{name}" if value else f"--no-{name}")
-            else:
-                out.append(f"--{name}={value}")
-        if "config" in self.sources and self.sources["config"] == "on the command line":
-            out.insert(0, f"--config={self.values['config']}")
+        for name in self.given(select, environment=environment):
+            if name not in ("config", "exec-id") and not BY_NAME[name].secret:
+                out.append(self.option_arg(name))
+        if "config" in self.given(environment=environment):
+            out.insert(0, self.option_arg("config"))
         return out
+
+    def option_arg(self, name: str) -> str:
+        """``--name=value`` (``--name`` or ``--no-name`` for a flag) that gives option ``name`` its value here."""
+        opt, value = BY_NAME[name], self.values[name]
+        if opt.type == "bool":
+            return f"--{name}" if value else f"--no-{name}"
+        if opt.type == "duration" and isinstance(value, (int, float)):  # the shortest text that reads back as the same float: 30, 0.1, 2.5
+            text = repr(float(value))
+            return f"--{name}={text[:-2] if text.endswith('.0') else text}"
+        return f"--{name}={value}"
 
     def secret_env(self) -> dict[str, str]:
         """Secrets given on the command line, as environment for a child."""
         env = {}
         for name, source in self.sources.items():
-            if source == "on the command line" and BY_NAME[name].secret:
+            if source == _ON_CLI and BY_NAME[name].secret:
                 env["PGPUSH_" + name.upper().replace("-", "_")] = str(self.values[name])
         return env
 
@@ -391,7 +406,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         opt = BY_NAME[key]
         if opt.commands and command not in opt.commands and command != "help":
             raise OptionInvalidError(f"option '{key}' is not valid for command '{command}' (on the command line)")
-        set_value(opt, raw, "on the command line")
+        set_value(opt, raw, _ON_CLI)
 
     env_values: dict[str, tuple[Option, str, str]] = {}
     for name, raw in environ.items():
@@ -401,7 +416,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         opt = BY_NAME.get(key)
         if opt is None:
             raise OptionInvalidValueError(f"invalid option '{key}' in environment variable {name}")
-        env_values[key] = (opt, raw, f"in environment variable {name}")
+        env_values[key] = (opt, raw, _IN_ENV + name)
 
     for key, (opt, raw, where) in env_values.items():
         if key not in values and (not opt.commands or command in opt.commands):

@@ -175,6 +175,30 @@ def test_secrets_never_on_child_command_line(tmp_path):
     assert cfg.secret_env() == {"PGPUSH_REPO1_CIPHER_PASS": "s3cret"}
 
 
+def test_one_serialiser_for_children_and_for_commands_run_elsewhere(tmp_path):
+    """``to_argv`` is what a parent gives its children (command line only) and what ``restore_command``
+    repeats (environment too, a selection of options): either way secrets and exec-id stay off it,
+    ``--config`` comes first, and every value reads back as itself."""
+    conf = tmp_path / "pgpush.conf"
+    conf.write_text("")
+    env = {"PGPUSH_ARCHIVE_TIMEOUT": "1234567.5", "PGPUSH_REPO1_S3_KEY_SECRET": "s3cret", "PGPUSH_LOG_LEVEL_FILE": "off"}
+    argv = ["--stanza=main", f"--config={conf}", "--repo1-path=/r e/po", "--repo1-cipher-pass=s3cret", "--no-archive-async",
+            "--protocol-timeout=30", "--exec-id=1-abcdef01", "get", "x", "y"]
+    cfg = config.load(argv, env)
+    assert cfg.to_argv() == [f"--config={conf}", "--no-archive-async", "--protocol-timeout=30", "--repo1-path=/r e/po",
+                             "--stanza=main"]
+    keep = lambda name: name.startswith(("repo1-", "log-")) or name == "archive-timeout"  # noqa: E731
+    elsewhere = cfg.to_argv(keep, environment=True)
+    assert elsewhere == [f"--config={conf}", "--archive-timeout=1234567.5", "--log-level-file=off", "--repo1-path=/r e/po"]
+    assert [n for n in cfg.given(keep, environment=True) if n.endswith(("-pass", "-secret"))] == [
+        "repo1-cipher-pass", "repo1-s3-key-secret"]
+    again = config.load([*elsewhere, "--stanza=main", "get", "x", "y"], {})
+    assert all(again[n] == cfg[n] for n in ("archive-timeout", "log-level-file", "repo1-path"))
+    for given, shown in (("0.1", "0.1"), ("60.0", "60"), ("2.50", "2.5")):
+        assert config.load([f"--archive-timeout={given}", "push", "x"], {}).option_arg("archive-timeout") == (
+            f"--archive-timeout={shown}")
+
+
 def test_secret_value_redacted_in_errors():
     with pytest.raises(OptionInvalidValueError) as err:
         config.load(["push", "x"], {"PGPUSH_REPO1_CIPHER_PASS": ""})
