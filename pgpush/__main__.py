@@ -190,18 +190,18 @@ def _status(rc: object, command: str | None) -> int:
         return 0
     if rc == 1 and command == "get":
         return 1
-    from pgpush.errors import AssertError
+    from pgpush.errors import UnexpectedError
 
     if not isinstance(rc, int):
-        return _report(AssertError(f"command ended with a non-numeric status {rc!r}"), command)
+        return _report(UnexpectedError(f"command ended with a non-numeric status {rc!r}"), command)
     if rc == 1:
-        return _report(AssertError("command failed without saying why (exit status 1)"), command)
+        return _report(UnexpectedError("command failed without saying why (exit status 1)"), command)
     return min(max(rc, 2), 125)
 
 
 def _report(exc: BaseException, command: str | None) -> int:
     """Report ``exc`` as one ``ERROR: [NNN]:`` line and return its exit code."""
-    from pgpush.errors import PgPushError, TermError, WalNotFound, exit_code_for, unexpected
+    from pgpush.errors import PgPushError, TermError, UnexpectedError, WalNotFound, exit_code_for, unexpected
     from pgpush.log import LOG
 
     if isinstance(exc, WalNotFound) and command == "get":
@@ -209,7 +209,7 @@ def _report(exc: BaseException, command: str | None) -> int:
     if isinstance(exc, SystemExit):
         if isinstance(exc.code, int) or exc.code is None:
             return _status(exc.code, command)
-        exc = PgPushError(" ".join(str(exc.code).split()), 25)
+        exc = UnexpectedError(" ".join(str(exc.code).split()))
     elif isinstance(exc, KeyboardInterrupt):
         exc = TermError("terminated on signal [SIGINT]")
     elif not isinstance(exc, PgPushError):

@@ -278,13 +278,6 @@ class Config:
     def stanza(self) -> str:
         return self.require("stanza")
 
-    def with_values(self, **overrides) -> Config:
-        """A copy with some values replaced (keys use ``_`` for ``-``)."""
-        values = dict(self.values)
-        for key, value in overrides.items():
-            values[key.replace("_", "-")] = value
-        return Config(self.command, list(self.args), values, dict(self.sources))
-
     def given(self, select: Callable[[str], bool] | None = None, *, environment: bool = False) -> list[str]:
         """Names of the options set on the command line (with ``environment``: or by ``PGPUSH_*``), sorted,
         that ``select`` keeps: what a pgpush started for this one must be told again."""

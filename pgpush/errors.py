@@ -28,12 +28,8 @@ class PgPushError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def render(self) -> str:
-        """The console form: ``ERROR: [082]: message`` (first line only)."""
-        return f"ERROR: [{self.code:03d}]: {self.message}"
 
-
-class AssertError(PgPushError):
+class UnexpectedError(PgPushError):
     """An unexpected error: a bug in pgpush, or an OS error nobody expected (one ``ERROR: [025]: Type: message``
     line; the traceback is in the log at debug level)."""
 
@@ -216,7 +212,7 @@ def unexpected(exc: BaseException) -> PgPushError:
     """Wrap an exception that is not a pgpush error (a bug, or an OS error nobody expected)
     as code 25, on one line: the console must show exactly one ``ERROR: [025]:`` line."""
     text = " ".join(str(exc).split())
-    return AssertError(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+    return UnexpectedError(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def error_from_text(text: str) -> PgPushError:

@@ -140,7 +140,3 @@ class Logger:
 
 LOG = Logger()
 
-
-def console_error(exc) -> None:
-    """Report an error that happened before logging was configured."""
-    LOG.exception(exc)

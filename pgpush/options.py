@@ -13,7 +13,6 @@ COMMANDS = (
     # internal: the background parents, started by the foreground push/get
     "push-async", "get-async", "worker",
 )
-INTERNAL_COMMANDS = ("push-async", "get-async", "worker")
 ALIASES = {"archive-push": "push", "archive-get": "get"}
 
 SECTION_HELP = {

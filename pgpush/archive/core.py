@@ -146,7 +146,7 @@ def get(cfg, name: str, dest: str) -> int:
 def run_command(cfg) -> int:
     """``push``/``get`` without the CLI layer: PostgreSQL runs these once per WAL file, and typer
     and rich would add their import time to every call for nothing (no help, no progress bars)."""
-    from pgpush.errors import CommandError, exit_code_for
+    from pgpush.errors import CommandError, exit_code_for, unexpected
 
     try:
         if cfg.command == "push":
@@ -166,6 +166,6 @@ def run_command(cfg) -> int:
         import traceback
 
         LOG.debug(traceback.format_exc())
-        err = PgPushError(f"{type(exc).__name__}: {exc}", 25)
+        err = unexpected(exc)
         LOG.exception(err)
         return exit_code_for(err)

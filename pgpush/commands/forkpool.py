@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pgpush.errors import AssertError, PathCreateError, PgPushError, RepoInvalidError
+from pgpush.errors import PathCreateError, PgPushError, RepoInvalidError, UnexpectedError
 from pgpush.log import LOG
 from pgpush.repo.repository import Repository
 
@@ -187,7 +187,7 @@ class _Proc:
         self.proc.join(1.0)
         code = self.proc.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-        return AssertError(f"worker process {self.proc.pid} died ({how}) while working on '{describe(self.job)}'")
+        return UnexpectedError(f"worker process {self.proc.pid} died ({how}) while working on '{describe(self.job)}'")
 
 
 class _Pool:

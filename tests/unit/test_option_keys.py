@@ -4,8 +4,7 @@
 operator set a value. Both are typos no type checker sees (the key is a string), and the line may run only on a
 rare path (a retry, an error message), so the code is read here instead of run: subscripts and ``get`` /
 ``require`` calls on a configuration (any name or attribute ending in ``cfg``, its ``values`` and ``sources``,
-and in ``config.py`` the local ``values``/``sources`` tables), ``"key" in cfg.sources``, ``BY_NAME[...]``, and the
-keywords of ``Config.with_values`` (``process_max=`` is ``process-max``).
+and in ``config.py`` the local ``values``/``sources`` tables), ``"key" in cfg.sources`` and ``BY_NAME[...]``.
 """
 
 from __future__ import annotations
@@ -51,8 +50,6 @@ def option_keys(path: Path, shown: str) -> list[tuple[str, str]]:
             is_table = _is_config(owner, in_config) or (isinstance(owner, ast.Name) and owner.id == "BY_NAME")
             if method in ("get", "require") and is_table and node.args:
                 keys.append(_literal(node.args[0]))
-            elif method == "with_values":
-                keys.extend(kw.arg.replace("_", "-") for kw in node.keywords if kw.arg)
         elif isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.In, ast.NotIn)):
             if _is_config(node.comparators[0], in_config):
                 keys.append(_literal(node.left))
@@ -90,14 +87,13 @@ def test_the_scan_sees_every_spelling_of_a_typo(tmp_path):
         "    c = scfg.require('pg1-pth')\n"
         "    d = cfg.values.get('log-pth')\n"
         "    e = 'type-x' in cfg.sources\n"
-        "    g = cfg.with_values(process_maxx=1)\n"
         "    h = BY_NAME['stanzaa']\n"
         "    ok = cfg['repo1-path'], cfg.get('stanza'), other['not-an-option'], cfg[name]\n"
     )
     (root / "config.py").write_text("def load():\n    values = {}\n    return values.get('confg')\n")
     found = "\n".join(unknown_keys(root))
     for line, key in ((2, "repo1-pth"), (3, "spool-pth"), (4, "pg1-pth"), (5, "log-pth"), (6, "type-x"),
-                      (7, "process-maxx"), (8, "stanzaa")):
+                      (7, "stanzaa")):
         assert f"pgpush/mod.py:{line}: option {key!r}" in found
     assert "pgpush/config.py:3: option 'confg'" in found
     assert "repo1-path" not in found and "not-an-option" not in found
