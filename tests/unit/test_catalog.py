@@ -264,15 +264,11 @@ def test_auto_conf_rewrite_replaces_our_block_and_disables_others():
 
 
 def test_recovery_settings_per_type():
-    class Cfg:
-        stanza = "main"
-        sources = {"repo1-path": "on the command line", "repo1-cipher-pass": "on the command line",
-                   "pg1-port": "on the command line", "archive-timeout": "in environment variable PGPUSH_ARCHIVE_TIMEOUT"}
-        values = {"repo1-path": "/r e/po", "repo1-cipher-pass": "secret", "pg1-port": 5433, "archive-timeout": 30.0}
+    from pgpush import config
 
-        def __getitem__(self, key):
-            return self.values[key]
-
+    cfg = config.load(["--stanza=main", "--repo1-path=/r e/po", "--repo1-cipher-pass=secret", "--pg1-port=5433", "restore"],
+                      environ={"PGPUSH_ARCHIVE_TIMEOUT": "30"})
+    Cfg = lambda: cfg  # noqa: E731
     cmd = recovery.restore_command(Cfg())
     assert cmd.endswith(' get %f "%p"')
     assert "'--repo1-path=/r e/po'" in cmd and "--archive-timeout=30" in cmd and "--stanza=main" in cmd

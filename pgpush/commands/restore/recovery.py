@@ -20,6 +20,7 @@ import os
 import shlex
 import time
 
+from pgpush.config import Config
 from pgpush.fsutil import self_command, write_atomic
 from pgpush.log import LOG
 from pgpush.options import BY_NAME
@@ -41,27 +42,10 @@ def _propagated(name: str) -> bool:
     return name.startswith(("repo1-", "log-")) or name in PROPAGATED
 
 
-def restore_command(cfg) -> str:
+def restore_command(cfg: Config) -> str:
     """The shell command PostgreSQL runs to fetch WAL: ``... get %f "%p"``."""
-    argv = self_command() + [f"--stanza={cfg.stanza}"]
-    if cfg.sources.get("config"):
-        argv.append(f"--config={cfg['config']}")
-    skipped = []
-    for name in sorted(cfg.sources):
-        source = cfg.sources[name]
-        if not _propagated(name) or not (source == "on the command line" or source.startswith("in environment")):
-            continue
-        opt = BY_NAME[name]
-        if opt.secret:
-            skipped.append(name)
-            continue
-        value = cfg[name]
-        if opt.type == "bool":
-            argv.append(f"--{name}" if value else f"--no-{name}")
-        elif opt.type == "duration":
-            argv.append(f"--{name}={float(value):g}")
-        else:
-            argv.append(f"--{name}={value}")
+    argv = self_command() + [f"--stanza={cfg.stanza}"] + cfg.to_argv(_propagated, environment=True)
+    skipped = [name for name in cfg.given(_propagated, environment=True) if BY_NAME[name].secret]
     if skipped:
         LOG.warn(f"restore_command does not carry {', '.join(skipped)}: PostgreSQL's pgpush get must find "
                  "them in the config file or the server's environment")
