@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pgpush.errors import RepoInvalidError
+from pgpush.fsutil import TMP_SUFFIX
 
-TMP_MARK = ".pgpush.tmp"
 CHUNK = 1024 * 1024
 
 
@@ -54,7 +54,7 @@ def tmp_name(final: str) -> str:
     (SIGKILL past ``protocol-timeout``, the OOM killer: no clean-up runs) from one still being
     written (see :func:`left_by_dead_writer`).
     """
-    return f"{final}{TMP_MARK}.{PROCESS_SPACE}-{os.getpid()}.{os.urandom(3).hex()}"
+    return f"{final}{TMP_SUFFIX}.{PROCESS_SPACE}-{os.getpid()}.{os.urandom(3).hex()}"
 
 
 def left_by_dead_writer(entry: str, final_base: str) -> bool:
@@ -64,7 +64,7 @@ def left_by_dead_writer(entry: str, final_base: str) -> bool:
     Only then is removing it safe: a writer on another host, or one still alive, is never
     touched (a leftover of theirs stays until their own next ``put`` of the name).
     """
-    prefix = f"{final_base}{TMP_MARK}.{PROCESS_SPACE}-"
+    prefix = f"{final_base}{TMP_SUFFIX}.{PROCESS_SPACE}-"
     if not entry.startswith(prefix):
         return False
     pid = entry[len(prefix):].split(".", 1)[0]
@@ -101,7 +101,7 @@ def check_name(name: str) -> str:
     if not name or name.startswith("/") or "\\" in name or "\0" in name:
         raise ValueError(f"invalid repository path {name!r}")
     parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts) or TMP_MARK in parts[-1]:
+    if any(p in ("", ".", "..") for p in parts) or TMP_SUFFIX in parts[-1]:
         raise ValueError(f"invalid repository path {name!r}")
     return name
 

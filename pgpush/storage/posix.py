@@ -15,10 +15,9 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 
-from pgpush.fsutil import fsync_dir
+from pgpush.fsutil import TMP_SUFFIX, fsync_dir
 from pgpush.storage.base import (
     CHUNK,
-    TMP_MARK,
     FileInfo,
     Storage,
     StorageError,
@@ -57,7 +56,7 @@ class PosixStorage(Storage):
         try:
             with os.scandir(path) as it:
                 for entry in it:
-                    if TMP_MARK in entry.name or not entry.is_file(follow_symlinks=False):
+                    if TMP_SUFFIX in entry.name or not entry.is_file(follow_symlinks=False):
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)

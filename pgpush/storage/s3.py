@@ -62,8 +62,9 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 
 from pgpush.errors import OptionInvalidValueError, OptionRequiredError
+from pgpush.fsutil import TMP_SUFFIX
 from pgpush.log import LOG
-from pgpush.storage.base import CHUNK, TMP_MARK, FileInfo, Storage, StorageError, check_name
+from pgpush.storage.base import CHUNK, FileInfo, Storage, StorageError, check_name
 
 PART_SIZE = 16 * 1024 * 1024  # objects up to this size go up in one PUT
 TRIES = 4
@@ -637,7 +638,7 @@ class S3Storage(Storage):
         for page in self._list_pages(prefix, "/", f"list '{directory}'"):
             for item in _children(page, "Contents"):
                 name = _text(item, "Key")[len(prefix):]
-                if name and "/" not in name and TMP_MARK not in name:
+                if name and "/" not in name and TMP_SUFFIX not in name:
                     out.append(FileInfo(name, int(_text(item, "Size", "0") or 0), _iso_time(_text(item, "LastModified"))))
         return out
 

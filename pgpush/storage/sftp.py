@@ -59,11 +59,11 @@ from paramiko.sftp import (
 )
 from paramiko.sftp_attr import SFTPAttributes
 
+from pgpush.fsutil import TMP_SUFFIX
 from pgpush.log import LOG
 from pgpush.storage import sftp_upload
 from pgpush.storage.base import (
     CHUNK,
-    TMP_MARK,
     FileInfo,
     Storage,
     StorageError,
@@ -322,7 +322,7 @@ class SftpStorage(Storage):
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._oserror(exc, f"list '{directory}'") from None
         return [FileInfo(e.filename, e.st_size, e.st_mtime) for e in entries
-                if stat.S_ISREG(e.st_mode or 0) and TMP_MARK not in e.filename]
+                if stat.S_ISREG(e.st_mode or 0) and TMP_SUFFIX not in e.filename]
 
     def list_dirs(self, directory: str) -> list[str]:
         sftp = self._connect()
