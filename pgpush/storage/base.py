@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pgpush.errors import RepoInvalidError
@@ -79,6 +80,25 @@ def left_by_dead_writer(entry: str, final_base: str) -> bool:
     except OSError:  # alive, owned by another user
         return False
     return False
+
+
+def remove_dead_copies(final: str, listdir: Callable[[str], list[str]], unlink: Callable[[str], None]) -> None:
+    """:meth:`Storage.remove_leftovers` for a backend whose temporary files are visible (posix, sftp).
+
+    ``final`` is the backend's own ``/``-separated path of the name; ``listdir`` gives every raw
+    name in a directory (temporary ones too), ``unlink`` removes one path and never raises.  The
+    policy (which entries are dead writers' copies, see :func:`left_by_dead_writer`) is here once;
+    the backends only say how to list and remove.  Best effort: a directory that cannot be
+    listed leaves everything as it is.
+    """
+    directory, base = posixpath.split(final)
+    try:
+        entries = listdir(directory)
+    except Exception:  # noqa: BLE001 - best effort (a lost connection, a missing directory)
+        return
+    for entry in entries:
+        if left_by_dead_writer(entry, base):
+            unlink(posixpath.join(directory, entry))
 
 
 class StorageError(RepoInvalidError):

@@ -22,7 +22,7 @@ from pgpush.storage.base import (
     Storage,
     StorageError,
     check_name,
-    left_by_dead_writer,
+    remove_dead_copies,
     tmp_name,
 )
 
@@ -89,15 +89,7 @@ class PosixStorage(Storage):
         return FileInfo(name.rsplit("/", 1)[-1], st.st_size)
 
     def remove_leftovers(self, name: str) -> None:
-        final = self._path(name)
-        directory, base = os.path.split(final)
-        try:
-            entries = os.listdir(directory)
-        except OSError:
-            return
-        for entry in entries:
-            if left_by_dead_writer(entry, base):
-                _unlink_quiet(os.path.join(directory, entry))
+        remove_dead_copies(self._path(name), os.listdir, _unlink_quiet)
 
     def put(self, name: str, chunks: Iterable[bytes], overwrite: bool = False) -> int:
         final = self._path(name)
