@@ -76,7 +76,7 @@ from pgpush.storage.base import FileInfo, Storage, StorageError
 
 BACKOFF_FIRST = 0.1  # seconds before the second try
 BACKOFF_MAX = 5.0  # the longest single wait
-REPLAY_MAX = 32 * 1024 * 1024  # bytes of a one-shot put source kept for another try
+REPLAY_MAX = 20 * 1024 * 1024  # bytes of a one-shot put source kept for another try (a 16 MiB segment, any encoding)
 
 T = TypeVar("T")
 
