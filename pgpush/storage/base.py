@@ -131,12 +131,12 @@ class Storage:
 
     description = "repository"
 
-    def list(self, directory: str) -> list[FileInfo]:
-        """Files (not directories) directly in ``directory``; empty if it does not exist."""
+    def list_dirs(self, directory: str) -> list[str]:  # before ``list``: below it, ``list`` names the method
+        """Names of the subdirectories of ``directory``; empty if it does not exist."""
         raise NotImplementedError
 
-    def list_dirs(self, directory: str) -> list[str]:
-        """Names of the subdirectories of ``directory``; empty if it does not exist."""
+    def list(self, directory: str) -> list[FileInfo]:
+        """Files (not directories) directly in ``directory``; empty if it does not exist."""
         raise NotImplementedError
 
     def info(self, name: str) -> FileInfo | None:

@@ -50,6 +50,16 @@ class PosixStorage(Storage):
                 continue
             fsync_dir(os.path.dirname(directory))
 
+    def list_dirs(self, directory: str) -> list[str]:  # before ``list``: below it, ``list`` names the method
+        path = self.root if directory in ("", ".") else self._path(directory)
+        try:
+            with os.scandir(path) as it:
+                return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._fail(exc, f"list '{path}'") from None
+
     def list(self, directory: str) -> list[FileInfo]:
         path = self.root if directory in ("", ".") else self._path(directory)
         out = []
@@ -68,16 +78,6 @@ class PosixStorage(Storage):
         except OSError as exc:
             raise self._fail(exc, f"list '{path}'") from None
         return out
-
-    def list_dirs(self, directory: str) -> list[str]:
-        path = self.root if directory in ("", ".") else self._path(directory)
-        try:
-            with os.scandir(path) as it:
-                return [e.name for e in it if e.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise self._fail(exc, f"list '{path}'") from None
 
     def info(self, name: str) -> FileInfo | None:
         try:

@@ -205,11 +205,11 @@ class RetryingStorage(Storage):
                 if not tries.again(exc):
                     raise
 
+    def list_dirs(self, directory: str) -> list[str]:  # before ``list``: below it, ``list`` names the method
+        return self._call(f"list '{directory}'", self.backend.list_dirs, directory)
+
     def list(self, directory: str) -> list[FileInfo]:
         return self._call(f"list '{directory}'", self.backend.list, directory)
-
-    def list_dirs(self, directory: str) -> list[str]:
-        return self._call(f"list '{directory}'", self.backend.list_dirs, directory)
 
     def info(self, name: str) -> FileInfo | None:
         return self._call(f"stat '{name}'", self.backend.info, name)

@@ -174,6 +174,16 @@ class SftpStorage(Storage):
 
     # -- operations -------------------------------------------------------
 
+    def list_dirs(self, directory: str) -> list[str]:  # before ``list``: below it, ``list`` names the method
+        sftp = self._connect()
+        try:
+            entries = sftp.listdir_attr(self._dir_path(directory))
+        except FileNotFoundError:
+            return []
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"list '{directory}'") from None
+        return [e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0)]
+
     def list(self, directory: str) -> list[FileInfo]:
         sftp = self._connect()
         try:
@@ -184,16 +194,6 @@ class SftpStorage(Storage):
             raise self._oserror(exc, f"list '{directory}'") from None
         return [FileInfo(e.filename, e.st_size, e.st_mtime) for e in entries
                 if stat.S_ISREG(e.st_mode or 0) and TMP_SUFFIX not in e.filename]
-
-    def list_dirs(self, directory: str) -> list[str]:
-        sftp = self._connect()
-        try:
-            entries = sftp.listdir_attr(self._dir_path(directory))
-        except FileNotFoundError:
-            return []
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._oserror(exc, f"list '{directory}'") from None
-        return [e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0)]
 
     def info(self, name: str) -> FileInfo | None:
         sftp = self._connect()

@@ -135,16 +135,6 @@ class S3Storage(Storage):
             if xml_text(root, "IsTruncated").lower() != "true" or not token:
                 return
 
-    def list(self, directory: str) -> list[FileInfo]:
-        prefix = self._dir_prefix(directory)
-        out = []
-        for page in self._list_pages(prefix, "/", f"list '{directory}'"):
-            for item in xml_children(page, "Contents"):
-                name = xml_text(item, "Key")[len(prefix):]
-                if name and "/" not in name and TMP_SUFFIX not in name:
-                    out.append(FileInfo(name, int(xml_text(item, "Size", "0") or 0), _iso_time(xml_text(item, "LastModified"))))
-        return out
-
     def list_dirs(self, directory: str) -> list[str]:
         prefix = self._dir_prefix(directory)
         out = []
@@ -400,6 +390,19 @@ class S3Storage(Storage):
             raise StorageError(self.client.scrub(
                 f"unable to {what}: {len(errors)} objects not deleted, e.g. '{xml_text(first, 'Key')}': "
                 f"{xml_text(first, 'Code')} {xml_text(first, 'Message')} ({self.description})"))
+
+
+    # -- listing, at the end: below ``def list`` the name ``list`` in an annotation is the method
+
+    def list(self, directory: str) -> list[FileInfo]:
+        prefix = self._dir_prefix(directory)
+        out = []
+        for page in self._list_pages(prefix, "/", f"list '{directory}'"):
+            for item in xml_children(page, "Contents"):
+                name = xml_text(item, "Key")[len(prefix):]
+                if name and "/" not in name and TMP_SUFFIX not in name:
+                    out.append(FileInfo(name, int(xml_text(item, "Size", "0") or 0), _iso_time(xml_text(item, "LastModified"))))
+        return out
 
 
 def _iso_time(text: str) -> float | None:
