@@ -148,8 +148,9 @@ class _Source:
     def __init__(self, chunks: Iterable[bytes], limit: int):
         self.limit = limit
         self.failed = False  # the caller's iterator raised: never retried
-        self._again: Iterable[bytes] | None = None if iter(chunks) is chunks else chunks
-        self._once: Iterator[bytes] = iter(chunks)
+        first = iter(chunks)
+        self._again: Iterable[bytes] | None = None if first is chunks else chunks  # re-iterable: read afresh
+        self._once: Iterator[bytes] | None = first  # the first try's iterator (a one-shot's only one)
         self._kept: list[bytes] | None = []  # what a one-shot iterator gave so far; None past limit
         self._kept_bytes = 0
         self._ended = False
@@ -160,10 +161,10 @@ class _Source:
     def chunks(self) -> Iterator[bytes]:
         """The content from its start: read afresh, or what was kept then the rest of the iterator."""
         if self._again is not None:
-            source: Iterator[bytes] = iter(self._again)
+            source, self._once = self._once or iter(self._again), None
         else:
             yield from list(self._kept or ())
-            if self._ended:
+            if self._ended or self._once is None:
                 return
             source = self._once
         while True:
@@ -247,7 +248,7 @@ class RetryingStorage(Storage):
                         raise
                     continue
                 if size is None:
-                    raise
+                    raise exists
                 LOG.debug(f"{self.description}: write '{name}': a try whose answer was lost had stored it")
                 return size
             except StorageError as exc:

@@ -209,9 +209,21 @@ def test_put_replays_a_one_shot_source(fake: Fake, clock: Clock) -> None:
 
 
 def test_put_reads_a_reiterable_source_again(fake: Fake, clock: Clock) -> None:
-    fake.faults = [lost(), None]
-    assert wrap(fake, clock).put("f", [b"x", b"y"]) == 2
+    class Reopened:
+        """Starts over at each iteration, as a file opened again would."""
+
+        def __init__(self) -> None:
+            self.opened = 0
+
+        def __iter__(self) -> Iterator[bytes]:
+            self.opened += 1
+            return iter([b"x", b"y"])
+
+    source = Reopened()
+    fake.fail_put_after_chunks = 1
+    assert wrap(fake, clock).put("f", source) == 2
     assert fake.files["f"] == b"xy"
+    assert source.opened == 2  # once per try, nothing kept in memory
 
 
 def test_put_of_a_source_too_big_to_keep_is_not_retried(fake: Fake, clock: Clock) -> None:
