@@ -5,7 +5,7 @@ VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 PYTEST_N  ?= 2
 # mypy errors tolerated while issue #13 moves the code (scripts/typecheck.py): only ever lowered, to 0.
-MYPY_MAX_ERRORS ?= 59
+MYPY_MAX_ERRORS ?= 43
 
 .PHONY: setup test unit property integration lint typecheck zipapp bench demo docs clean
 

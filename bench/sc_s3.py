@@ -50,7 +50,7 @@ class S3Repo:
     kind = "s3"
 
     def __init__(self, env, bucket: str = BUCKET):
-        from pgpush.storage.s3 import S3Storage
+        from pgpush.storage.s3.storage import S3Storage
 
         self.env = env
         server = env.s3()
@@ -80,11 +80,11 @@ class S3Repo:
 
     def keys(self, prefix: str) -> list[tuple[str, int]]:
         """(key, size) of every object below ``prefix/``."""
-        from pgpush.storage.s3 import _children, _text
+        from pgpush.storage.s3.client import xml_children, xml_text
 
         out = []
         for page in self.storage._list_pages(prefix.strip("/") + "/", None, f"list '{prefix}'"):
-            out += [(_text(c, "Key"), int(_text(c, "Size", "0") or 0)) for c in _children(page, "Contents")]
+            out += [(xml_text(c, "Key"), int(xml_text(c, "Size", "0") or 0)) for c in xml_children(page, "Contents")]
         return out
 
     def size_mb(self, tool: str, obj, stanza: str) -> float:

@@ -11,18 +11,6 @@ from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFoun
 from pgpush.log import LOG
 from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
-from pgpush.storage.base import StorageError
-
-
-def with_retry(repo: Repository, fn, *args):
-    """Run ``fn`` once more on a fresh connection when the connection was lost."""
-    try:
-        return fn(*args)
-    except StorageError as exc:
-        if not exc.transient:
-            raise
-        repo.storage.close()
-        return fn(*args)
 
 
 def push_file(repo: Repository, path: str) -> str | None:
@@ -31,7 +19,7 @@ def push_file(repo: Repository, path: str) -> str | None:
     wal.kind(name)
     _regular_file(path)
     try:
-        return with_retry(repo, walarchive.push_wal_file, repo, name, path)
+        return walarchive.push_wal_file(repo, name, path)  # transient repository failures: retried by the storage layer
     except FileNotFoundError:
         raise FileMissingError(f"WAL file '{path}' does not exist") from None
     except IsADirectoryError:
@@ -101,17 +89,14 @@ def fetch_to(repo: Repository, name: str, dest: str) -> None:
     failure the temporary file is removed.  The file is private (0600: WAL holds the
     database's data) and durable before it is renamed, the rename durable after.  It is
     streamed from the repository, not held in memory: hence not :func:`pgpush.fsutil.write_atomic`.
+    A lost connection is retried by the storage layer (pgpush/storage/retry.py), mid-file too.
     """
     tmp = dest + fsutil.TMP_SUFFIX
-
-    def attempt() -> None:
+    try:
         with open(fsutil.create_temporary(dest, 0o600), "wb") as fh:
             walarchive.get_wal_into(repo, name, fh)
             fh.flush()
             os.fsync(fh.fileno())
-
-    try:
-        with_retry(repo, attempt)
         os.replace(tmp, dest)
         fsutil.fsync_dir(os.path.dirname(os.path.abspath(dest)))
     except BaseException as exc:

@@ -57,7 +57,7 @@ class Worker:
     def drop(self, task: dict) -> dict:
         repo = self.repository()
         for name in task["names"]:
-            core.with_retry(repo, walarchive.record_dropped, repo, name, task["reason"])
+            walarchive.record_dropped(repo, name, task["reason"])
         return {"ok": True}
 
     def refresh(self, task: dict) -> dict:

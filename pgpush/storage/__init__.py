@@ -1,6 +1,8 @@
 """Storage backends: plain file stores that know nothing of WAL or backups.
 
-:func:`open_storage` picks the backend from ``repo1-type``; the heavy
+:func:`open_storage` picks the backend from ``repo1-type`` and wraps it in the one retry
+layer (:mod:`pgpush.storage.retry`), so every caller (push, get, backup, restore, verify,
+expire, info) gets the same handling of transient failures without code of its own.  The heavy
 backends (paramiko, S3) are imported only when chosen.
 """
 
@@ -10,6 +12,12 @@ from pgpush.storage.base import Storage
 
 
 def open_storage(cfg) -> Storage:
+    from pgpush.storage.retry import RetryingStorage, policy_for
+
+    return RetryingStorage(_backend(cfg), policy_for(cfg))
+
+
+def _backend(cfg) -> Storage:
     kind = cfg["repo1-type"]
     if kind == "posix":
         from pgpush.storage.posix import PosixStorage
@@ -20,7 +28,7 @@ def open_storage(cfg) -> Storage:
 
         return SftpStorage.from_config(cfg)
     if kind == "s3":
-        from pgpush.storage.s3 import S3Storage
+        from pgpush.storage.s3.storage import S3Storage
 
         return S3Storage.from_config(cfg)
     raise AssertionError(kind)

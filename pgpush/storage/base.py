@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pgpush.errors import RepoInvalidError
+from pgpush.fsutil import TMP_SUFFIX
 
-TMP_MARK = ".pgpush.tmp"
 CHUNK = 1024 * 1024
 
 
@@ -54,7 +55,7 @@ def tmp_name(final: str) -> str:
     (SIGKILL past ``protocol-timeout``, the OOM killer: no clean-up runs) from one still being
     written (see :func:`left_by_dead_writer`).
     """
-    return f"{final}{TMP_MARK}.{PROCESS_SPACE}-{os.getpid()}.{os.urandom(3).hex()}"
+    return f"{final}{TMP_SUFFIX}.{PROCESS_SPACE}-{os.getpid()}.{os.urandom(3).hex()}"
 
 
 def left_by_dead_writer(entry: str, final_base: str) -> bool:
@@ -64,7 +65,7 @@ def left_by_dead_writer(entry: str, final_base: str) -> bool:
     Only then is removing it safe: a writer on another host, or one still alive, is never
     touched (a leftover of theirs stays until their own next ``put`` of the name).
     """
-    prefix = f"{final_base}{TMP_MARK}.{PROCESS_SPACE}-"
+    prefix = f"{final_base}{TMP_SUFFIX}.{PROCESS_SPACE}-"
     if not entry.startswith(prefix):
         return False
     pid = entry[len(prefix):].split(".", 1)[0]
@@ -79,6 +80,25 @@ def left_by_dead_writer(entry: str, final_base: str) -> bool:
     except OSError:  # alive, owned by another user
         return False
     return False
+
+
+def remove_dead_copies(final: str, listdir: Callable[[str], list[str]], unlink: Callable[[str], None]) -> None:
+    """:meth:`Storage.remove_leftovers` for a backend whose temporary files are visible (posix, sftp).
+
+    ``final`` is the backend's own ``/``-separated path of the name; ``listdir`` gives every raw
+    name in a directory (temporary ones too), ``unlink`` removes one path and never raises.  The
+    policy (which entries are dead writers' copies, see :func:`left_by_dead_writer`) is here once;
+    the backends only say how to list and remove.  Best effort: a directory that cannot be
+    listed leaves everything as it is.
+    """
+    directory, base = posixpath.split(final)
+    try:
+        entries = listdir(directory)
+    except Exception:  # noqa: BLE001 - best effort (a lost connection, a missing directory)
+        return
+    for entry in entries:
+        if left_by_dead_writer(entry, base):
+            unlink(posixpath.join(directory, entry))
 
 
 class StorageError(RepoInvalidError):
@@ -101,7 +121,7 @@ def check_name(name: str) -> str:
     if not name or name.startswith("/") or "\\" in name or "\0" in name:
         raise ValueError(f"invalid repository path {name!r}")
     parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts) or TMP_MARK in parts[-1]:
+    if any(p in ("", ".", "..") for p in parts) or TMP_SUFFIX in parts[-1]:
         raise ValueError(f"invalid repository path {name!r}")
     return name
 
@@ -111,12 +131,12 @@ class Storage:
 
     description = "repository"
 
-    def list(self, directory: str) -> list[FileInfo]:
-        """Files (not directories) directly in ``directory``; empty if it does not exist."""
+    def list_dirs(self, directory: str) -> list[str]:  # before ``list``: below it, ``list`` names the method
+        """Names of the subdirectories of ``directory``; empty if it does not exist."""
         raise NotImplementedError
 
-    def list_dirs(self, directory: str) -> list[str]:
-        """Names of the subdirectories of ``directory``; empty if it does not exist."""
+    def list(self, directory: str) -> list[FileInfo]:
+        """Files (not directories) directly in ``directory``; empty if it does not exist."""
         raise NotImplementedError
 
     def info(self, name: str) -> FileInfo | None:

@@ -15,15 +15,14 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 
-from pgpush.fsutil import fsync_dir
+from pgpush.fsutil import TMP_SUFFIX, fsync_dir
 from pgpush.storage.base import (
     CHUNK,
-    TMP_MARK,
     FileInfo,
     Storage,
     StorageError,
     check_name,
-    left_by_dead_writer,
+    remove_dead_copies,
     tmp_name,
 )
 
@@ -51,13 +50,23 @@ class PosixStorage(Storage):
                 continue
             fsync_dir(os.path.dirname(directory))
 
+    def list_dirs(self, directory: str) -> list[str]:  # before ``list``: below it, ``list`` names the method
+        path = self.root if directory in ("", ".") else self._path(directory)
+        try:
+            with os.scandir(path) as it:
+                return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._fail(exc, f"list '{path}'") from None
+
     def list(self, directory: str) -> list[FileInfo]:
         path = self.root if directory in ("", ".") else self._path(directory)
         out = []
         try:
             with os.scandir(path) as it:
                 for entry in it:
-                    if TMP_MARK in entry.name or not entry.is_file(follow_symlinks=False):
+                    if TMP_SUFFIX in entry.name or not entry.is_file(follow_symlinks=False):
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
@@ -70,16 +79,6 @@ class PosixStorage(Storage):
             raise self._fail(exc, f"list '{path}'") from None
         return out
 
-    def list_dirs(self, directory: str) -> list[str]:
-        path = self.root if directory in ("", ".") else self._path(directory)
-        try:
-            with os.scandir(path) as it:
-                return [e.name for e in it if e.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise self._fail(exc, f"list '{path}'") from None
-
     def info(self, name: str) -> FileInfo | None:
         try:
             st = os.stat(self._path(name))
@@ -90,15 +89,7 @@ class PosixStorage(Storage):
         return FileInfo(name.rsplit("/", 1)[-1], st.st_size)
 
     def remove_leftovers(self, name: str) -> None:
-        final = self._path(name)
-        directory, base = os.path.split(final)
-        try:
-            entries = os.listdir(directory)
-        except OSError:
-            return
-        for entry in entries:
-            if left_by_dead_writer(entry, base):
-                _unlink_quiet(os.path.join(directory, entry))
+        remove_dead_copies(self._path(name), os.listdir, _unlink_quiet)
 
     def put(self, name: str, chunks: Iterable[bytes], overwrite: bool = False) -> int:
         final = self._path(name)

@@ -1,11 +1,9 @@
 """Repository on a backup host over SSH/SFTP (paramiko); the host needs only
 an SSH account with SFTP.
 
-- Host keys are checked against ``repo1-host-known-hosts``; an unknown or
-  changed key is refused unless ``repo1-host-accept-new`` allows trust on
-  first use (a *changed* key is refused always).
-- ``repo1-host-timeout`` bounds connect, authentication and every I/O, so a
-  frozen host gives an error, never a hang.
+- Connecting (host keys, keys, timeouts, the transport's tuning for throughput)
+  is :mod:`pgpush.storage.sftp_connect`'s; ``repo1-host-timeout`` bounds connect,
+  authentication and every I/O, so a frozen host gives an error, never a hang.
 - Durable writes: temporary name, every WRITE's status read and checked,
   ``fsync@openssh.com``, the stored size compared with the bytes sent (see
   :mod:`pgpush.storage.sftp_upload`: paramiko's own pipelined writes lose
@@ -13,27 +11,19 @@ an SSH account with SFTP.
   implements with ``link()`` and so never overwrites.  A full backup host
   fails the put with "No space left on device" (103); the temporary file is
   removed.
-- A lost connection is reported as transient (103); the next call opens a
-  new connection, so a caller's retry works without special code.
-- Throughput: paramiko does its SSH packet work in Python, so the cost is per
-  packet.  The connection prefers AES-GCM (one AEAD pass instead of AES-CTR plus
-  a separate HMAC, and cheap for sshd too), a 16 MiB window and 128 KiB
-  packets, and SFTP reads and writes of up to 127 KiB when the server's
-  ``limits@openssh.com`` allows them (32 KiB, the protocol's minimum,
-  otherwise).  Measured here: a 16 MB file moves in about half the time of
-  paramiko's defaults.
+- A lost connection is reported as transient (103) and dropped; the next call
+  opens a new connection, which is how the retry layer
+  (:mod:`pgpush.storage.retry`) tries again.
 """
 
 from __future__ import annotations
 
 import errno
 import getpass
-import logging
 import os
 import posixpath
 import socket
 import stat
-import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -41,8 +31,6 @@ import paramiko
 from paramiko.sftp import (
     CMD_CLOSE,
     CMD_DATA,
-    CMD_EXTENDED,
-    CMD_EXTENDED_REPLY,
     CMD_FSETSTAT,
     CMD_HANDLE,
     CMD_OPEN,
@@ -59,87 +47,22 @@ from paramiko.sftp import (
 )
 from paramiko.sftp_attr import SFTPAttributes
 
-from pgpush.log import LOG
-from pgpush.storage import sftp_upload
+from pgpush.fsutil import TMP_SUFFIX
+from pgpush.storage import sftp_connect, sftp_upload
 from pgpush.storage.base import (
     CHUNK,
-    TMP_MARK,
     FileInfo,
     Storage,
     StorageError,
     check_name,
-    left_by_dead_writer,
+    remove_dead_copies,
     tmp_name,
 )
 from pgpush.storage.sftp_upload import WriteFailed
 
 _CONNECTION_ERRORS = (EOFError, paramiko.SSHException, socket.timeout, ConnectionError, TimeoutError)
-DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
-PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-WINDOW_SIZE = 16 << 20
-MAX_PACKET_SIZE = 128 << 10
-IO_SIZE_MAX = 127 << 10  # an SFTP read/write request plus its header fits one 128 KiB packet
-IO_SIZE_MIN = 32 << 10  # what every SFTP server must accept
-
-
-class _ParamikoToLog(logging.Handler):
-    """paramiko logs its transport thread's failures (a banner that never came, a traceback)
-    through :mod:`logging`; with no handler Python prints them raw on stderr, which is the log
-    file of a parent or worker and PostgreSQL's log for a foreground call.  They become debug
-    lines of our own log instead: the error that matters is reported by us, with its code."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            LOG.debug(f"paramiko: {record.getMessage()}")
-        except Exception:  # noqa: BLE001 - logging must never break a transfer
-            pass
-
-
-_paramiko_log = logging.getLogger("paramiko")
-_paramiko_log.addHandler(_ParamikoToLog())
-_paramiko_log.propagate = False
-
-
-def _transport(sock, disabled_algorithms=None) -> paramiko.Transport:
-    """A transport that prefers AES-GCM and big windows and packets (see the module docstring)."""
-    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms,
-                                   default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
-    options = transport.get_security_options()
-    offered = options.ciphers
-    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in offered) + tuple(
-        c for c in offered if c not in PREFERRED_CIPHERS)
-    return transport
-
-
-def _io_size(sftp: paramiko.SFTPClient) -> int:
-    """The largest read/write request the server takes, up to IO_SIZE_MAX (``limits@openssh.com``)."""
-    try:
-        kind, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
-        if kind != CMD_EXTENDED_REPLY or len(msg.asbytes()) - msg.packet.tell() < 32:  # four uint64
-            return IO_SIZE_MIN
-        msg.get_int64()  # max packet length
-        read_len, write_len = msg.get_int64(), msg.get_int64()
-    except (OSError, paramiko.SSHException, EOFError, struct.error):
-        return IO_SIZE_MIN
-    if not read_len or not write_len:  # 0: not announced; OpenSSH's own client then keeps 32 KiB too
-        return IO_SIZE_MIN
-    return max(IO_SIZE_MIN, min(IO_SIZE_MAX, read_len, write_len))
 READ_MANY_WINDOW = 32  # files in flight on one connection in read_many
 READ_MAX = 255 * 1024  # largest read OpenSSH's sftp-server answers in one reply (SFTP_MAX_READ_LENGTH)
-
-
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Trust on first use: record an unknown key in known_hosts (``repo1-host-accept-new``)."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def missing_host_key(self, client, hostname, key):
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        entry = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-        with open(self.path, "a", encoding="ascii") as fh:
-            fh.write(entry)
-        client.get_host_keys().add(hostname, key.get_name(), key)
 
 
 class _Pending:
@@ -191,7 +114,7 @@ class SftpStorage(Storage):
         self.accept_new = accept_new
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
-        self._io_size = IO_SIZE_MIN
+        self._io_size = sftp_connect.IO_SIZE_MIN
         self.description = f"{self.user}@{host}:{port}"
 
     @classmethod
@@ -212,74 +135,12 @@ class SftpStorage(Storage):
     def _unreachable(self, reason: str, transient: bool = True) -> StorageError:
         return StorageError(f"unable to find a valid repository:\nrepo1: {reason} ({self.description})", transient)
 
-    def _key_files(self) -> list[str]:
-        if self.key_file:
-            return [os.path.expanduser(self.key_file)]
-        home = os.path.expanduser("~/.ssh")
-        return [p for p in (os.path.join(home, k) for k in DEFAULT_KEYS) if os.path.exists(p)]
-
     def _connect(self) -> paramiko.SFTPClient:
-        if self._sftp is not None:
-            return self._sftp
-        client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(self.known_hosts)
-        except FileNotFoundError:
-            if not self.accept_new:
-                raise self._unreachable(f"known hosts file '{self.known_hosts}' does not exist", False) from None
-        except (OSError, paramiko.SSHException) as exc:
-            raise self._unreachable(f"unable to read known hosts file '{self.known_hosts}': {exc}", False) from None
-        client.set_missing_host_key_policy(_AcceptNewPolicy(self.known_hosts) if self.accept_new else paramiko.RejectPolicy())
-        keys = self._key_files()
-        if not keys:
-            raise self._unreachable("no SSH private key: set repo1-host-key-file", False)
-        hostport = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-        try:
-            # Our own socket: a refused or timed-out connect reads as the OS says it
-            # ("[Errno 111] Connection refused"), as operators know it from pgBackRest.
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-            client.connect(
-                self.host, port=self.port, sock=sock, username=self.user, key_filename=keys, timeout=self.timeout,
-                banner_timeout=self.timeout, auth_timeout=self.timeout, channel_timeout=self.timeout,
-                allow_agent=False, look_for_keys=False, transport_factory=_transport,
-            )
-            transport = client.get_transport()
-            transport.set_keepalive(max(1, int(self.timeout // 2)))
-            sftp = client.open_sftp()
-            sftp.get_channel().settimeout(self.timeout)
-            self._io_size = _io_size(sftp)
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise self._unreachable(
-                f"host key for {hostport} does not match known hosts file '{self.known_hosts}' "
-                f"(got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}): refusing to connect", False) from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise self._unreachable(f"authentication failed for user '{self.user}': {exc}", False) from None
-        except paramiko.SSHException as exc:
-            client.close()
-            text = str(exc)
-            if "not found in known_hosts" in text:
-                raise self._unreachable(
-                    f"host key for {hostport} is not in known hosts file '{self.known_hosts}': add it with "
-                    f"'ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}' after checking its fingerprint, "
-                    "or set repo1-host-accept-new=y", False) from None
-            if text == "No existing session":
-                # paramiko's start_client gives up silently after `timeout` and auth then finds
-                # no session: the host accepted the TCP connection but never answered (frozen).
-                text = f"timeout after {self.timeout:g}s waiting for the SSH server to answer"
-            raise self._unreachable(text or type(exc).__name__) from None
-        except TimeoutError:
-            client.close()
-            raise self._unreachable(f"timeout after {self.timeout:g}s connecting") from None
-        except OSError as exc:
-            client.close()
-            raise self._unreachable(f"[Errno {exc.errno}] {exc.strerror or exc}") from None
-        except EOFError:
-            client.close()
-            raise self._unreachable("connection closed by the host") from None
-        self._client, self._sftp = client, sftp
-        return sftp
+        if self._sftp is None:
+            target = sftp_connect.Target(self.host, self.port, self.user, self.key_file, self.known_hosts,
+                                         self.timeout, self.accept_new)
+            self._client, self._sftp, self._io_size = sftp_connect.connect(target, self._unreachable)
+        return self._sftp
 
     def close(self) -> None:
         if self._client is not None:
@@ -313,6 +174,16 @@ class SftpStorage(Storage):
 
     # -- operations -------------------------------------------------------
 
+    def list_dirs(self, directory: str) -> list[str]:  # before ``list``: below it, ``list`` names the method
+        sftp = self._connect()
+        try:
+            entries = sftp.listdir_attr(self._dir_path(directory))
+        except FileNotFoundError:
+            return []
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._oserror(exc, f"list '{directory}'") from None
+        return [e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0)]
+
     def list(self, directory: str) -> list[FileInfo]:
         sftp = self._connect()
         try:
@@ -322,17 +193,7 @@ class SftpStorage(Storage):
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._oserror(exc, f"list '{directory}'") from None
         return [FileInfo(e.filename, e.st_size, e.st_mtime) for e in entries
-                if stat.S_ISREG(e.st_mode or 0) and TMP_MARK not in e.filename]
-
-    def list_dirs(self, directory: str) -> list[str]:
-        sftp = self._connect()
-        try:
-            entries = sftp.listdir_attr(self._dir_path(directory))
-        except FileNotFoundError:
-            return []
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._oserror(exc, f"list '{directory}'") from None
-        return [e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0)]
+                if stat.S_ISREG(e.st_mode or 0) and TMP_SUFFIX not in e.filename]
 
     def info(self, name: str) -> FileInfo | None:
         sftp = self._connect()
@@ -365,16 +226,7 @@ class SftpStorage(Storage):
                     raise StorageError(f"unable to create directory '{directory}' ({self.description})") from None
 
     def remove_leftovers(self, name: str) -> None:
-        final = self._path(name)
-        directory, base = posixpath.split(final)
-        try:
-            sftp = self._connect()
-            entries = sftp.listdir(directory)
-        except (OSError, EOFError, paramiko.SSHException, StorageError):
-            return
-        for entry in entries:
-            if left_by_dead_writer(entry, base):
-                self._remove_quiet(posixpath.join(directory, entry))
+        remove_dead_copies(self._path(name), lambda directory: self._connect().listdir(directory), self._remove_quiet)
 
     def put(self, name: str, chunks: Iterable[bytes], overwrite: bool = False) -> int:
         final = self._path(name)

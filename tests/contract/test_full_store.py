@@ -21,7 +21,8 @@ import pytest
 from harness.seaweed import SeaweedBucket, SeaweedServer
 from harness.tmpfs import fill, tmpfs
 
-from pgpush.storage.base import TMP_MARK, Storage, StorageError
+from pgpush.fsutil import TMP_SUFFIX
+from pgpush.storage.base import Storage, StorageError
 from pgpush.storage.posix import PosixStorage
 
 MiB = 1024 * 1024
@@ -111,7 +112,7 @@ def test_put_larger_than_free_space_raises_and_leaves_nothing(full_store: FullSt
         assert store.info("d/big") is None
         assert [i.name for i in store.list("d")] == ["first"]
         if full_store.kind != "s3":  # a file system: no temporary file left, its space free again
-            assert [n for n in os.listdir(full_store.fs / "d") if TMP_MARK in n] == []
+            assert [n for n in os.listdir(full_store.fs / "d") if TMP_SUFFIX in n] == []
             assert free_bytes(full_store.fs) >= free - 256 * 1024
     finally:
         filler.unlink()

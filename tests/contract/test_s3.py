@@ -1,5 +1,6 @@
-"""The S3 backend beyond the shared contract: signing, endpoints, options, retries, the
-If-None-Match fallback, TLS and error messages.
+"""The S3 backend beyond the shared contract: signing, endpoints, options, retries (the retry
+layer over S3's transient answers, and the client's one re-send on a stale keep-alive
+connection), the If-None-Match fallback, TLS and error messages.
 
 Most of it runs against a scripted HTTP stub (so failures can be injected exactly); what a real
 store must say (bad credentials, missing bucket, damaged body) runs against SeaweedFS.
@@ -26,16 +27,10 @@ from pgpush.config import load
 from pgpush.errors import OptionInvalidValueError, OptionRequiredError
 from pgpush.storage import open_storage
 from pgpush.storage.base import StorageError
-from pgpush.storage.s3 import (
-    EMPTY_SHA256,
-    Credentials,
-    Endpoint,
-    S3Client,
-    S3Error,
-    S3Storage,
-    Signer,
-    parse_endpoint,
-)
+from pgpush.storage.retry import Policy, RetryingStorage
+from pgpush.storage.s3.client import Endpoint, S3Client, S3Error, parse_endpoint
+from pgpush.storage.s3.sigv4 import EMPTY_SHA256, Credentials, Signer
+from pgpush.storage.s3.storage import S3Storage
 
 MiB = 1024 * 1024
 KEY, SECRET = "AKIDSTUBKEY123", "stub/secret+value=42"
@@ -117,9 +112,18 @@ class Stub:
 
     def storage(self, scheme: str = "http", **kw) -> S3Storage:
         kw.setdefault("timeout", 5)
-        st = S3Storage(f"{scheme}://127.0.0.1:{self.port}", "bkt", "repo", key=KEY, secret=SECRET, uri_style="path", **kw)
-        st.client.sleep = lambda s: sleeps.append(s)  # no real waiting in these tests
-        return st
+        return S3Storage(f"{scheme}://127.0.0.1:{self.port}", "bkt", "repo", key=KEY, secret=SECRET, uri_style="path", **kw)
+
+    def retrying(self, budget: float = 30.0, **kw) -> RetryingStorage:
+        """The backend inside the retry layer, as open_storage makes it, on a clock of its own:
+        each wait is recorded in ``sleeps`` and moves that clock on, nothing really waits."""
+        clock = [0.0]
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            clock[0] += seconds
+
+        return RetryingStorage(self.storage(**kw), Policy(budget, sleep=sleep, clock=lambda: clock[0]))
 
     def methods(self) -> list[str]:
         return [f"{r.method} {r.path}" for r in self.requests]
@@ -216,9 +220,11 @@ def test_from_config(monkeypatch: pytest.MonkeyPatch) -> None:
     st = open_storage(_cfg({"PGPUSH_REPO1_S3_KEY": "k", "PGPUSH_REPO1_S3_KEY_SECRET": "s", "PGPUSH_REPO1_PATH": "/pg/repo/",
                             "PGPUSH_REPO1_STORAGE_PORT": "9443", "PGPUSH_REPO1_HOST_TIMEOUT": "7",
                             "PGPUSH_REPO1_S3_URI_STYLE": "path", "PGPUSH_REPO1_S3_REGION": "eu-west-1"}))
-    assert isinstance(st, S3Storage)
-    assert st.client.endpoint == Endpoint("https", "s3.example.com", 9443)
-    assert (st.prefix, st.client.timeout, st.client.uri_style, st.client.region) == ("pg/repo/", 7.0, "path", "eu-west-1")
+    assert isinstance(st, RetryingStorage) and st.policy.budget == 7.0  # the retry budget is repo1-host-timeout
+    s3 = st.backend
+    assert isinstance(s3, S3Storage)
+    assert s3.client.endpoint == Endpoint("https", "s3.example.com", 9443)
+    assert (s3.prefix, s3.client.timeout, s3.client.uri_style, s3.client.region) == ("pg/repo/", 7.0, "path", "eu-west-1")
     with pytest.raises(OptionRequiredError):  # no credentials anywhere
         open_storage(_cfg({}))
     with pytest.raises(OptionRequiredError):  # half a pair
@@ -234,10 +240,10 @@ def test_credentials_from_aws_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "envtoken")
     st = open_storage(_cfg({}))
-    creds = st.client._signer.credentials
+    creds = st.backend.client._signer.credentials
     assert (creds.key, creds.secret, creds.token) == ("envkey", "envsecret", "envtoken")
     st = open_storage(_cfg({"PGPUSH_REPO1_S3_KEY": "k", "PGPUSH_REPO1_S3_KEY_SECRET": "s"}))
-    creds = st.client._signer.credentials
+    creds = st.backend.client._signer.credentials
     assert (creds.key, creds.secret, creds.token) == ("k", "s", None)  # options win; no stray token
 
 
@@ -273,44 +279,67 @@ def test_put_sends_md5_and_signed_payload_hash(stub_factory) -> None:
 def test_retries_5xx_and_slowdown_with_backoff(stub_factory) -> None:
     replies = [xml_error(503, "SlowDown", "reduce your request rate"), xml_error(500, "InternalError"), ok(EMPTY_LIST)]
     stub = stub_factory(lambda r: replies.pop(0))
-    assert stub.storage().list("d") == []
+    assert stub.retrying().list("d") == []
     assert len(stub.requests) == 3
-    assert len(sleeps) == 2 and 0.05 <= sleeps[0] <= 0.1 and 0.2 <= sleeps[1] <= 0.4
+    assert len(sleeps) == 2 and 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2
 
 
 def test_retries_429(stub_factory) -> None:
     replies = [xml_error(429, "TooManyRequests"), ok(EMPTY_LIST)]
     stub = stub_factory(lambda r: replies.pop(0))
-    assert stub.storage().list("d") == []
+    assert stub.retrying().list("d") == []
     assert len(stub.requests) == 2
 
 
-def test_gives_up_after_four_tries(stub_factory) -> None:
+def test_the_client_itself_does_not_retry_a_5xx(stub_factory) -> None:
+    """One layer retries (pgpush/storage/retry.py): the backend reports a 5xx once, transient."""
     stub = stub_factory(lambda r: xml_error(503, "ServiceUnavailable", "try later"))
     with pytest.raises(StorageError) as err:
         stub.storage().info("x")
-    assert len(stub.requests) == 4 and len(sleeps) == 3
+    assert len(stub.requests) == 1
     assert err.value.transient is True and err.value.code == 103
+
+
+def test_gives_up_when_the_budget_is_spent(stub_factory) -> None:
+    stub = stub_factory(lambda r: xml_error(503, "ServiceUnavailable", "try later"))
+    with pytest.raises(StorageError) as err:
+        stub.retrying(budget=2.0).info("x")
+    assert sum(sleeps) == pytest.approx(2.0)  # waits end with the budget, the last one cut short
+    assert len(stub.requests) == len(sleeps) + 1 and len(sleeps) >= 5
+    assert err.value.transient is True and err.value.code == 103 and "ServiceUnavailable" in str(err.value)
 
 
 @pytest.mark.parametrize("status,code", [(400, "InvalidArgument"), (403, "AccessDenied"), (404, "NoSuchBucket"), (409, "Conflict")])
 def test_no_retry_on_other_4xx(stub_factory, status: int, code: str) -> None:
     stub = stub_factory(lambda r: xml_error(status, code, "nope"))
     with pytest.raises(StorageError) as err:
-        stub.storage().list("d")
+        stub.retrying().list("d")
     assert len(stub.requests) == 1 and sleeps == []
     assert err.value.transient is False and err.value.code == 103
     assert code in str(err.value)
 
 
-def test_stale_keepalive_connection_is_retried_at_once(stub_factory) -> None:
+def test_stale_keepalive_connection_is_sent_again_at_once(stub_factory) -> None:
+    """The one re-send the client keeps: the server closed the kept-alive connection, no answer came."""
     replies: list[Reply] = [ok(EMPTY_LIST), "drop", ok(EMPTY_LIST)]
     stub = stub_factory(lambda r: replies.pop(0))
     st = stub.storage()
     st.list("a")
     assert st.list("b") == []
-    assert len(stub.requests) == 3 and sleeps == []
+    assert len(stub.requests) == 3
     assert stub.connections == 2
+
+
+def test_a_dropped_fresh_connection_is_the_retry_layers(stub_factory) -> None:
+    """A new connection that fails is no stale keep-alive: the client reports it, the retry layer waits and retries."""
+    replies: list[Reply] = ["drop", ok(EMPTY_LIST)]
+    stub = stub_factory(lambda r: replies.pop(0))
+    with pytest.raises(StorageError) as err:
+        stub.storage().list("a")
+    assert err.value.transient is True and len(stub.requests) == 1
+    replies[:] = ["drop", ok(EMPTY_LIST)]
+    assert stub.retrying().list("a") == []
+    assert len(stub.requests) == 3 and len(sleeps) == 1
 
 
 def test_error_messages_never_show_secrets(stub_factory) -> None:
@@ -332,7 +361,7 @@ def test_connection_refused_is_transient_and_bounded() -> None:
     assert str(err.value).startswith("unable to find a valid repository:\nrepo1: [Errno 111] Connection refused")
 
 
-def test_read_timeout_is_not_retried(stub_factory) -> None:
+def test_read_timeout_is_not_sent_again_by_the_client(stub_factory) -> None:
     def slow(req: Req) -> Reply:
         time.sleep(1.5)
         return ok(EMPTY_LIST)
@@ -389,20 +418,41 @@ def test_if_none_match_rejected_with_400_message(stub_factory) -> None:
 
 
 def test_lost_answer_then_412_is_our_own_write(stub_factory) -> None:
-    """The first PUT is stored but its answer is lost; the retry gets 412: the ETag says it is ours."""
+    """The PUT went out on a stale kept-alive connection and is sent again; its first send was
+    stored and the second gets 412: the ETag says it is ours."""
     data = b"payload"
     etag = hashlib.md5(data).hexdigest()
-    replies: list[Reply] = ["drop", xml_error(412, "PreconditionFailed"), ok(etag=f'"{etag}"', content_length=str(len(data)))]
+    replies: list[Reply] = [ok(EMPTY_LIST), "drop", xml_error(412, "PreconditionFailed"),
+                            ok(etag=f'"{etag}"', content_length=str(len(data)))]
     stub = stub_factory(lambda r: replies.pop(0))
-    stub.storage().put("x", [data])
-    assert [r.method for r in stub.requests] == ["PUT", "PUT", "HEAD"]
+    st = stub.storage()
+    st.list("d")
+    st.put("x", [data])
+    assert [r.method for r in stub.requests] == ["GET", "PUT", "PUT", "HEAD"]
 
 
 def test_412_after_lost_answer_with_other_content_is_exists(stub_factory) -> None:
-    replies: list[Reply] = ["drop", xml_error(412, "PreconditionFailed"), ok(etag='"0123"', content_length="3")]
+    replies: list[Reply] = [ok(EMPTY_LIST), "drop", xml_error(412, "PreconditionFailed"), ok(etag='"0123"', content_length="3")]
     stub = stub_factory(lambda r: replies.pop(0))
+    st = stub.storage()
+    st.list("d")
     with pytest.raises(FileExistsError):
-        stub.storage().put("x", [b"payload"])
+        st.put("x", [b"payload"])
+
+
+@pytest.mark.parametrize("stored,ours", [(b"payload", True), (b"another", False)])
+def test_retried_put_finds_the_name_taken(stub_factory, stored: bytes, ours: bool) -> None:
+    """The retry layer's view of a lost answer: the next try is refused (412); the stored object,
+    read back, is ours (success) or not (FileExistsError)."""
+    replies: list[Reply] = ["drop", xml_error(412, "PreconditionFailed"), ok(stored)]
+    stub = stub_factory(lambda r: replies.pop(0))
+    st = stub.retrying()
+    if ours:
+        assert st.put("x", iter([b"pay", b"load"])) == 7
+    else:
+        with pytest.raises(FileExistsError):
+            st.put("x", iter([b"pay", b"load"]))
+    assert [r.method for r in stub.requests] == ["PUT", "PUT", "GET"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,16 +499,29 @@ def _multipart_store(fail_part: int | None = None, error_body_on_complete: int =
 
 
 def test_multipart_upload_parts_and_complete(stub_factory) -> None:
-    store, state = _multipart_store(error_body_on_complete=1)
+    store, state = _multipart_store()
     stub = stub_factory(store)
     st = stub.storage(part_size=5 * MiB)
     data = bytes(range(256)) * (12 * MiB // 256)
     assert st.put("big", [data[i:i + 1000_000] for i in range(0, len(data), 1000_000)]) == len(data)
     assert [len(state["parts"][n]) for n in sorted(state["parts"])] == [5 * MiB, 5 * MiB, 2 * MiB]
     assert b"".join(state["parts"][n] for n in sorted(state["parts"])) == data
-    assert state["completes"] == 2  # a 200 carrying <Error> is retried
+    assert state["completes"] == 1
     assert state["complete_headers"]["if-none-match"] == "*"
     assert not state["aborted"]
+
+
+def test_multipart_complete_with_error_body_is_retried_whole(stub_factory) -> None:
+    """A 200 carrying <Error> on Complete is a transient failure: the upload is aborted, and the
+    retry layer sends the object again (its chunks kept in memory, it is small enough)."""
+    store, state = _multipart_store(error_body_on_complete=1)
+    stub = stub_factory(store)
+    st = stub.retrying(part_size=5 * MiB)
+    data = bytes(range(256)) * (12 * MiB // 256)
+    assert st.put("big", (data[i:i + 1000_000] for i in range(0, len(data), 1000_000))) == len(data)
+    assert b"".join(state["parts"][n] for n in sorted(state["parts"])) == data
+    assert state["completes"] == 2 and state["aborted"]  # the first upload aborted, the second completed
+    assert len(sleeps) == 1
 
 
 def test_multipart_object_shorter_than_sent_is_removed_and_fails(stub_factory) -> None:
@@ -588,7 +651,7 @@ def test_open_storage_from_options(seaweed) -> None:
     env = {f"PGPUSH_{k.upper().replace('-', '_')}": v for k, v in seaweed.pgpush_options("/some/prefix").items()}
     cfg = load(["info", f"--config={EMPTY_CONFIG}"], environ=env)
     with open_storage(cfg) as st:
-        assert isinstance(st, S3Storage)
+        assert isinstance(st.backend, S3Storage)
         st.put("archive/main/archive.info", [b"{}"])
         assert st.read("archive/main/archive.info") == b"{}"
         assert st.list_dirs("archive") == ["main"]

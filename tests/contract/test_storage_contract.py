@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from pgpush.storage.base import TMP_MARK, Storage, StorageError
+from pgpush.fsutil import TMP_SUFFIX
+from pgpush.storage.base import Storage, StorageError
 from pgpush.storage.posix import PosixStorage
 
 MiB = 1024 * 1024
@@ -173,7 +174,7 @@ def payload(size: int, seed: str = "") -> bytes:
 
 def no_leftovers(backend: Backend, directory: str) -> None:
     raw = backend.raw_names(directory)
-    assert not [n for n in raw if TMP_MARK in n], raw
+    assert not [n for n in raw if TMP_SUFFIX in n], raw
     if backend.incomplete_uploads is not None:
         assert backend.incomplete_uploads() == []
 
@@ -304,7 +305,7 @@ def test_list_files_and_dirs(backend: Backend, storage: Storage) -> None:
     storage.put("top/sub/c", [b"333"])
     storage.put("top/sub/deeper/d", [b"4444"])
     storage.put("top/sub2/e", [b"5"])
-    backend.plant(f"top/x{TMP_MARK}.123.abc", b"junk")
+    backend.plant(f"top/x{TMP_SUFFIX}.123.abc", b"junk")
     files = sorted((i.name, i.size) for i in storage.list("top"))
     assert files == [("a", 1), ("b", 2)]
     assert sorted(storage.list_dirs("top")) == ["sub", "sub2"]
@@ -364,7 +365,7 @@ def test_delete_tree(backend: Backend, storage: Storage) -> None:
     assert storage.read("t/a") == b"again"
 
 
-@pytest.mark.parametrize("bad", ["../x", "/abs", "a/../b", "a//b", "./a", "a/.", "a/", f"x{TMP_MARK}", f"d/y{TMP_MARK}.1"])
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/../b", "a//b", "./a", "a/.", "a/", f"x{TMP_SUFFIX}", f"d/y{TMP_SUFFIX}.1"])
 def test_bad_names_rejected(shared_server_storage: Storage, bad: str) -> None:
     storage = shared_server_storage
     with pytest.raises(ValueError):
@@ -375,7 +376,7 @@ def test_bad_names_rejected(shared_server_storage: Storage, bad: str) -> None:
         list(storage.read_chunks(bad))
     with pytest.raises(ValueError):
         storage.delete(bad)
-    if TMP_MARK not in bad:
+    if TMP_SUFFIX not in bad:
         with pytest.raises(ValueError):
             storage.list(bad)
         with pytest.raises(ValueError):

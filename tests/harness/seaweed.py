@@ -202,7 +202,7 @@ class SeaweedServer:
             if self.proc is None or self.proc.poll() is not None:
                 return f"weed exited with status {self.proc.returncode if self.proc else '?'}"
             if procs.port_accepts(self.s3_port, timeout=0.5):
-                client = self.client(f"pgpush-probe-{uuid.uuid4().hex[:8]}", tries=1, timeout=5)
+                client = self.client(f"pgpush-probe-{uuid.uuid4().hex[:8]}", timeout=5)
                 try:
                     client.create_bucket()
                     client.request("PUT", "probe", body=b"ok")
@@ -322,12 +322,13 @@ class SeaweedServer:
 
     # -- S3 helpers ------------------------------------------------------------------------------
 
-    def client(self, bucket: str, timeout: float = 10, tries: int = 4):
-        """A pgpush S3Client (path style) for ``bucket`` on this server."""
-        from pgpush.storage.s3 import Credentials, S3Client, parse_endpoint
+    def client(self, bucket: str, timeout: float = 10):
+        """A pgpush S3Client (path style) for ``bucket`` on this server (no retries: the raw exchange)."""
+        from pgpush.storage.s3.client import S3Client, parse_endpoint
+        from pgpush.storage.s3.sigv4 import Credentials
 
         return S3Client(parse_endpoint(self.endpoint), bucket, Credentials(self.access_key, self.secret_key),
-                        uri_style="path", timeout=timeout, tries=tries)
+                        uri_style="path", timeout=timeout)
 
     def create_bucket(self, name: str) -> None:
         client = self.client(name)
@@ -338,7 +339,7 @@ class SeaweedServer:
 
     def delete_bucket(self, name: str) -> None:
         """Delete a bucket and everything in it (SeaweedFS allows deleting a non-empty bucket)."""
-        from pgpush.storage.s3 import S3Error
+        from pgpush.storage.s3.client import S3Error
 
         client = self.client(name)
         try:
@@ -382,8 +383,8 @@ class SeaweedBucket:
         return self.server.pgpush_options(self.bucket, prefix)
 
     def storage(self, prefix: str = "/repo", timeout: float = 10, **kw):
-        """An S3Storage on this bucket (path style, http)."""
-        from pgpush.storage.s3 import S3Storage
+        """An S3Storage on this bucket (path style, http): the backend itself, without the retry layer."""
+        from pgpush.storage.s3.storage import S3Storage
 
         return S3Storage(self.endpoint, self.bucket, prefix, key=self.server.access_key,
                          secret=self.server.secret_key, uri_style="path", timeout=timeout, **kw)

@@ -15,7 +15,7 @@ from harness import faults, procs
 from harness.pg import DEFAULT_BIN_DIR, bin_dir_for
 from pgpush_env import Pgpush, archived_files, sha1_file
 
-from pgpush.storage.base import TMP_MARK
+from pgpush.fsutil import TMP_SUFFIX
 
 pytestmark = pytest.mark.integration
 
@@ -234,8 +234,8 @@ def _temporary_copies(repo_dir: Path) -> dict[Path, tuple[int, int]]:
     """The temporary copies in the repository: (pid of the process writing it, size so far)
     (storage.base.tmp_name: ``FINAL.pgpush.tmp.SPACE-PID.RANDOM``)."""
     found = {}
-    for path in repo_dir.rglob(f"*{TMP_MARK}.*"):
-        m = re.search(rf"{re.escape(TMP_MARK)}\.[0-9a-f?]+-(\d+)\.[0-9a-f]+$", path.name)
+    for path in repo_dir.rglob(f"*{TMP_SUFFIX}.*"):
+        m = re.search(rf"{re.escape(TMP_SUFFIX)}\.[0-9a-f?]+-(\d+)\.[0-9a-f]+$", path.name)
         try:
             size = path.stat().st_size
         except FileNotFoundError:  # renamed meanwhile: complete
@@ -294,4 +294,4 @@ def test_kill_9_mid_transfer_recovers_and_acknowledges_only_durable(pg_factory, 
     # of that time is left, so every temporary copy still there would stay for ever
     procs.wait_for(lambda: not any(procs.pid_alive(pid) for pid in generation), 60,
                    message="the workers of the killed generation to exit")
-    assert sorted(p.name for p in sshd.repo_dir.rglob(f"*{TMP_MARK}*")) == []
+    assert sorted(p.name for p in sshd.repo_dir.rglob(f"*{TMP_SUFFIX}*")) == []

@@ -17,7 +17,8 @@ import pytest
 from harness import faults, procs
 from pgpush_env import Pgpush, sha1_file
 
-from pgpush.storage.base import PROCESS_SPACE, TMP_MARK
+from pgpush.fsutil import TMP_SUFFIX
+from pgpush.storage.base import PROCESS_SPACE
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ def _plant_dead_writers_copy(repo_dir, pp: Pgpush, pg, seg: str):
     directory = repo_dir / "archive" / pp.stanza / f"{major}-1" / seg[:16]
     directory.mkdir(parents=True, exist_ok=True)
     final = f"{seg}-{sha1_file(pg.wal_dir / seg)}.zst"
-    (directory / f"{final}{TMP_MARK}.{PROCESS_SPACE}-{gone.pid}.000000").write_bytes(b"\0" * 65536)
+    (directory / f"{final}{TMP_SUFFIX}.{PROCESS_SPACE}-{gone.pid}.000000").write_bytes(b"\0" * 65536)
     procs.chown_tree(repo_dir, "postgres")
 
 

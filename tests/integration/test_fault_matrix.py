@@ -30,7 +30,7 @@ from harness import faults, procs
 from harness.faults import Fault
 from pgpush_env import Pgpush, sha1_file
 
-from pgpush.storage.base import TMP_MARK
+from pgpush.fsutil import TMP_SUFFIX
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +157,7 @@ def _assert_archive_whole(pp, pg, backend, segments: list[str]) -> None:
     with backend.reader() as storage:
         root = getattr(storage, "root", None)  # posix and sftp: the repository's disk, read directly
     if root is not None:  # a copy cut off mid-file is removed by the next attempt at that file
-        assert sorted(str(p) for p in Path(root, "archive").rglob(f"*{TMP_MARK}*")) == []
+        assert sorted(str(p) for p in Path(root, "archive").rglob(f"*{TMP_SUFFIX}*")) == []
 
 
 @pytest.mark.parametrize(("backend_name", "fault", "mode"), CELLS)

@@ -1,4 +1,4 @@
-"""sftp.py's transport tuning: AES-GCM first, and SFTP request sizes from limits@openssh.com or the safe minimum."""
+"""sftp_connect.py's transport tuning: AES-GCM first, and SFTP request sizes from limits@openssh.com or the safe minimum."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import paramiko
 
-from pgpush.storage import sftp
+from pgpush.storage import sftp_connect as sftp
 
 
 class _Sftp:
@@ -24,20 +24,20 @@ class _Sftp:
 
 
 def test_io_size_follows_the_servers_limits():
-    assert sftp._io_size(_Sftp([256 * 1024, 255 * 1024, 255 * 1024, 0])) == sftp.IO_SIZE_MAX
-    assert sftp._io_size(_Sftp([64 * 1024, 60 * 1024, 48 * 1024, 0])) == 48 * 1024
-    assert sftp._io_size(_Sftp([0, 0, 0, 0])) == sftp.IO_SIZE_MIN  # 0: not announced, as OpenSSH reads it
+    assert sftp.io_size(_Sftp([256 * 1024, 255 * 1024, 255 * 1024, 0])) == sftp.IO_SIZE_MAX
+    assert sftp.io_size(_Sftp([64 * 1024, 60 * 1024, 48 * 1024, 0])) == 48 * 1024
+    assert sftp.io_size(_Sftp([0, 0, 0, 0])) == sftp.IO_SIZE_MIN  # 0: not announced, as OpenSSH reads it
 
 
 def test_io_size_without_the_extension_is_the_protocol_minimum():
-    assert sftp._io_size(_Sftp(error=OSError("Operation unsupported"))) == sftp.IO_SIZE_MIN
-    assert sftp._io_size(_Sftp([1])) == sftp.IO_SIZE_MIN  # a short reply
+    assert sftp.io_size(_Sftp(error=OSError("Operation unsupported"))) == sftp.IO_SIZE_MIN
+    assert sftp.io_size(_Sftp([1])) == sftp.IO_SIZE_MIN  # a short reply
 
 
 def test_transport_prefers_aes_gcm_and_keeps_the_others():
     a, b = socket.socketpair()
     try:
-        transport = sftp._transport(a)
+        transport = sftp.make_transport(a)
         ciphers = transport.get_security_options().ciphers
         assert ciphers[:2] == sftp.PREFERRED_CIPHERS
         assert set(ciphers) == set(paramiko.Transport._preferred_ciphers)
