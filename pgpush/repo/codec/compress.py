@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from pgpush.repo.codec.chunks import ChunkBuffer
+
 EXTENSIONS = {"none": "", "gz": ".gz", "zst": ".zst", "lz4": ".lz4"}
 DEFAULT_LEVEL = {"none": 0, "gz": 6, "zst": 3, "lz4": 1}
 BY_EXTENSION = {ext: kind for kind, ext in EXTENSIONS.items() if ext}
@@ -183,16 +185,8 @@ def _zstd_pieces(chunks: Iterable[bytes]) -> Iterator[bytes]:
     A truncated frame is passed on as it is (the decoder reports it); anything after the frame,
     or a frame that is not zstd's (a skippable frame could hide a second one), is refused.
     """
-    it = iter(chunks)
-    buf = bytearray()
-
-    def fill(n: int) -> bool:
-        while len(buf) < n:
-            chunk = next(it, None)
-            if chunk is None:
-                return False
-            buf.extend(chunk)
-        return True
+    stream = ChunkBuffer(chunks)
+    buf, fill = stream.buf, stream.fill
 
     if not fill(5):
         yield bytes(buf)
@@ -213,6 +207,6 @@ def _zstd_pieces(chunks: Iterable[bytes]) -> Iterator[bytes]:
             yield bytes(buf[:pos])
             del buf[:pos]
             pos, blocks = 0, 0
-    if fill(pos + 1) or any(it):
+    if fill(pos + 1) or stream.more():
         raise ValueError("zst: data after the end of the stream")
     yield bytes(buf)

@@ -19,6 +19,8 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 
+from pgpush.repo.codec.chunks import ChunkBuffer
+
 MAGIC = b"PGPE1"
 RECORD = 1024 * 1024
 TAG = 16  # AES-GCM's tag, after each record's ciphertext
@@ -63,17 +65,9 @@ def decrypt(chunks: Iterable[bytes], key: bytes) -> Iterator[bytes]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     aead = AESGCM(key)
-    buf = bytearray()
-    it = iter(chunks)
+    stream = ChunkBuffer(chunks)
+    buf, fill = stream.buf, stream.fill
     header = len(MAGIC) + 8
-
-    def fill(n: int) -> bool:
-        while len(buf) < n:
-            chunk = next(it, None)
-            if chunk is None:
-                return False
-            buf.extend(chunk)
-        return True
 
     if not fill(header) or bytes(buf[: len(MAGIC)]) != MAGIC:
         raise ValueError("not an encrypted pgpush file (or wrong repo1-cipher-type)")
