@@ -9,7 +9,7 @@ import os
 from pgpush import fsutil, wal
 from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
 from pgpush.log import LOG
-from pgpush.repo import walarchive
+from pgpush.repo import catalog, walarchive
 from pgpush.repo.repository import Repository
 
 
@@ -62,10 +62,6 @@ def push(cfg, wal_path: str) -> None:
 
 def _refresh_backups(repo: Repository) -> None:
     """Mark WAITING_FOR_WALS backups DONE once their WAL is in (docs/operations.md, "Backup status")."""
-    try:
-        from pgpush.repo import catalog
-    except ImportError:  # backups not built into this version
-        return
     try:
         catalog.refresh_status(repo)
     except PgPushError as exc:  # never fail a push for book-keeping
