@@ -9,7 +9,7 @@ import os
 from pgpush import fsutil, wal
 from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
 from pgpush.log import LOG
-from pgpush.repo import walarchive
+from pgpush.repo import catalog, walarchive
 from pgpush.repo.repository import Repository
 
 
@@ -62,10 +62,6 @@ def push(cfg, wal_path: str) -> None:
 
 def _refresh_backups(repo: Repository) -> None:
     """Mark WAITING_FOR_WALS backups DONE once their WAL is in (docs/operations.md, "Backup status")."""
-    try:
-        from pgpush.repo import catalog
-    except ImportError:  # backups not built into this version
-        return
     try:
         catalog.refresh_status(repo)
     except PgPushError as exc:  # never fail a push for book-keeping
@@ -130,27 +126,13 @@ def get(cfg, name: str, dest: str) -> int:
 
 def run_command(cfg) -> int:
     """``push``/``get`` without the CLI layer: PostgreSQL runs these once per WAL file, and typer
-    and rich would add their import time to every call for nothing (no help, no progress bars)."""
-    from pgpush.errors import CommandError, exit_code_for, unexpected
+    and rich would add their import time to every call for nothing (no help, no progress bars).
 
-    try:
-        if cfg.command == "push":
-            if len(cfg.args) != 1:
-                raise CommandError("push requires exactly one argument: the WAL file path (%p)")
-            LOG.configure(cfg, "archive-push")
-            push(cfg, cfg.args[0])
-            return 0
-        if len(cfg.args) != 2:
-            raise CommandError("get requires two arguments: the WAL file name (%f) and the destination path (%p)")
-        LOG.configure(cfg, "archive-get")
-        return get(cfg, cfg.args[0], cfg.args[1])
-    except PgPushError as exc:
-        LOG.exception(exc)
-        return exit_code_for(exc)
-    except Exception as exc:  # noqa: BLE001 - a bug: reported with its code (025), the traceback in the log
-        import traceback
-
-        LOG.debug(traceback.format_exc())
-        err = unexpected(exc)
-        LOG.exception(err)
-        return exit_code_for(err)
+    The guarded entry (:func:`pgpush.__main__.main`) has checked the arguments (043 when %p or
+    %f is missing) and turns whatever this raises into its exit code and one ``ERROR:`` line."""
+    if cfg.command == "push":
+        LOG.configure(cfg, "archive-push")
+        push(cfg, cfg.args[0])
+        return 0
+    LOG.configure(cfg, "archive-get")
+    return get(cfg, cfg.args[0], cfg.args[1])

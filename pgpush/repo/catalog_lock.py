@@ -27,12 +27,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pgpush.errors import PgPushError
+from pgpush.errors import LockAcquireError
 from pgpush.log import LOG
 from pgpush.repo.repository import Repository
 
 LOCK_NAME = "catalog.lock"
-LOCK_ERROR = 50
 POLL = 0.2
 
 
@@ -105,8 +104,8 @@ def catalog_lock(cfg, repo: Repository, command: str) -> Iterator[None]:
         except FileExistsError:
             _break_if_stale(repo, path, limit)
         if time.monotonic() >= deadline:
-            raise PgPushError(f"unable to acquire the catalog lock of stanza '{repo.stanza}' within {2 * limit:g}s: "
-                              f"another backup or expire holds it ({path})", LOCK_ERROR)
+            raise LockAcquireError(f"unable to acquire the catalog lock of stanza '{repo.stanza}' within "
+                                   f"{2 * limit:g}s: another backup or expire holds it ({path})")
         time.sleep(POLL)
     try:
         yield

@@ -380,7 +380,7 @@ def test_store_killed_mid_async_push_global_error_then_resumes(pg_factory, seawe
 
 
 def test_store_frozen_mid_backup_fails_with_103_then_backup_succeeds(pg_factory, seaweed, pgpush_cmd, work_dir):
-    # repo1-host-timeout bounds the connect and every socket read/write of the S3 client (s3.py).
+    # repo1-host-timeout bounds the connect and every socket read/write of the S3 client (storage/s3/client.py).
     pp = s3_pgpush(pgpush_cmd, work_dir, seaweed, repo1_host_timeout=5)
     pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
     setup_archiving(pp, pg)

@@ -77,3 +77,22 @@ def test_every_code_given_by_number_is_in_the_exit_code_table():
                for path in sorted((ROOT / "pgpush").rglob("*.py")) for line, code in _codes_given_by_number(path)
                if code not in documented]
     assert not missing, "codes with no class in pgpush/errors.py (so no row in docs/operations.md):\n" + "\n".join(missing)
+
+
+def test_every_error_class_is_used_by_the_code():
+    """A row of the exit-code table that nothing raises documents a code pgpush never exits with (the
+    catalog lock once raised its 50 by number while ``LockAcquireError`` stood unused)."""
+    from pgpush import errors
+
+    names = [name for name, value in vars(errors).items()
+             if isinstance(value, type) and issubclass(value, (errors.PgPushError, errors.WalNotFound))
+             and value is not errors.PgPushError]
+    used: set[str] = set()
+    for path in (ROOT / "pgpush").rglob("*.py"):
+        if path.name in ("errors.py", "docgen.py") and path.parent.name in ("pgpush", "cli"):
+            continue
+        used |= {node.id if isinstance(node, ast.Name) else node.attr
+                 for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, (ast.Name, ast.Attribute))}
+    unused = [name for name in names if name not in used]
+    assert not unused, f"error classes nothing in pgpush/ raises: {unused}"

@@ -117,3 +117,26 @@ def test_the_console_script_and_the_zipapp_start_the_same_guarded_main():
     assert ("pgpush.__main__", ["main"]) in imports
     exits = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "sys.exit"]
     assert [ast.unparse(n.args[0]) for n in exits] == ["main(bootstrap=_bootstrap)"]
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+@pytest.mark.parametrize("argv", [["push", f"pg_wal/{SEGMENT}"], ["get", SEGMENT, "/nonexistent/dest"]],
+                         ids=["push", "get"])
+def test_a_bug_in_sync_push_or_get_is_one_025_line_the_traceback_in_the_log_only_at_debug(tmp_path, monkeypatch,
+                                                                                         argv, level):
+    """The synchronous push/get core has no guard of its own: a bug below it reaches the one guarded
+    entry, which says 025 on one line and writes the traceback to the log file at debug level only."""
+    from pgpush.archive import core
+
+    def bug(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(core, argv[0], bug)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = entry.main(["--stanza=main", f"--repo1-path={tmp_path / 'repo'}", f"--log-path={tmp_path / 'log'}",
+                         f"--log-level-file={level}", *argv])
+    assert (rc, err.getvalue()) == (25, "ERROR: [025]: RuntimeError: a bug\n")
+    log = (tmp_path / "log" / f"main-archive-{argv[0]}.log").read_text()
+    assert "ERROR: [025]: RuntimeError: a bug" in log
+    assert ("Traceback (most recent call last)" in log) == (level == "debug"), log
