@@ -53,7 +53,7 @@ class AsyncParent:
     def run(self, lock_fd: int) -> int:
         held: int | None = lock_fd
         try:
-            while True:
+            while held is not None:  # None: another parent took the lock over
                 succeeded = self.work()
                 # The lock is freed before the (idle) pool winds down, after a failure too: a
                 # foreground that comes next must be able to start a fresh try at once rather
@@ -63,8 +63,7 @@ class AsyncParent:
                 if not succeeded or not self.more_work():
                     return 0
                 held = lock.try_lock(self.lock_path)
-                if held is None:
-                    return 0  # another parent took over
+            return 0
         finally:
             if self.pool is not None:
                 self.pool.close()

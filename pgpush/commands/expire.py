@@ -177,7 +177,8 @@ def running_starts(running: dict[str, dict | None], archive_id: str) -> list[dic
     must keep it.  A backup that has not yet got its start LSN from PostgreSQL could start anywhere.
     """
     out = []
-    for label, marker in running.items():
+    for label, seen in running.items():
+        marker = seen or {}  # no marker (yet): its start is not known
         try:
             if marker["archive_id"] != archive_id:
                 continue

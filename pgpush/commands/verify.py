@@ -62,7 +62,7 @@ def verify_file(repo: Repository, job: tuple) -> str | None:
 
 def _archive_jobs(repo: Repository, archive_id: str) -> list[tuple]:
     base = f"{repo.archive_root}/{archive_id}"
-    jobs = []
+    jobs: list[tuple] = []
     for f in repo.storage.list(base):
         if wal.is_timeline_history(f.name):
             jobs.append((f"{base}/{f.name}", None, None, f"history file {archive_id}/{f.name}", "history", f.size))

@@ -202,15 +202,16 @@ class ArchiveListing:
 
     def _scan(self, directories: Iterable[str]) -> tuple[dict[str, FileInfo], set[str]]:
         archived: dict[str, FileInfo] = {}
+        shas: dict[str, str] = {}  # segment -> SHA-1 in the name of the copy in ``archived``
         dropped: set[str] = set()
         for d in directories:
             for f in self.files(d):
                 m = ARCHIVED_RE.match(f.name)
                 if m and len(m.group("wal")) == 24:
-                    seen = archived.get(m.group("wal"))
-                    if seen is not None and ARCHIVED_RE.match(seen.name).group("sha") != m.group("sha"):
-                        self.conflicts.add(m.group("wal"))
-                    archived[m.group("wal")] = f
+                    segment, sha = m.group("wal"), m.group("sha")
+                    if shas.get(segment, sha) != sha:
+                        self.conflicts.add(segment)
+                    archived[segment], shas[segment] = f, sha
                 elif f.name.endswith(DROPPED_SUFFIX) and wal.is_segment(f.name[: -len(DROPPED_SUFFIX)]):
                     dropped.add(f.name[: -len(DROPPED_SUFFIX)])
         return archived, dropped

@@ -29,6 +29,7 @@ from pgpush.errors import (
     FileMissingError,
     FileReadError,
     OptionInvalidValueError,
+    UnexpectedError,
 )
 from pgpush.repo.codec import compress, crypto
 from pgpush.storage.base import Storage
@@ -208,14 +209,19 @@ class Repository:
         kind = self.compress_type if compress_type is None else compress_type
         out = compress.compress(chunks, kind, self.compress_level)
         if self.cipher_type != "none":
-            self.load_archive_info()
-            out = crypto.encrypt(out, self._key)
+            out = crypto.encrypt(out, self._cipher_key())
         return out
+
+    def _cipher_key(self) -> bytes:
+        """The key of this encrypted repository: derived, and checked against archive.info, when it is read."""
+        self.load_archive_info()
+        if self._key is None:  # _check_cipher sets it for every cipher but "none"
+            raise UnexpectedError(f"no key derived for repo1-cipher-type '{self.cipher_type}'")
+        return self._key
 
     def decode(self, chunks: Iterable[bytes], filename: str) -> Iterator[bytes]:
         if self.cipher_type != "none":
-            self.load_archive_info()
-            chunks = crypto.decrypt(chunks, self._key)
+            chunks = crypto.decrypt(chunks, self._cipher_key())
         return compress.decompress(chunks, compress.type_of(filename))
 
     def decode_bounded(self, path: str, what: str, limit: int = MAX_WAL_BYTES) -> Iterator[bytes]:

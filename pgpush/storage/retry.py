@@ -68,7 +68,7 @@ import hashlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TypeVar
 
 from pgpush.log import LOG
@@ -303,7 +303,7 @@ class RetryingStorage(Storage):
                 if close is not None:
                     close()
 
-    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Generator[tuple[str, bytes], None, None]:
         todo = iter(files)
         pending: deque[tuple[str, int | None]] = deque()  # given to the backend, not yet delivered
         tries = _Tries(self, "read files")
