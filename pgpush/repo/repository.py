@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 
+from pgpush.config import Config
 from pgpush.errors import (
     ArchiveMismatchError,
     FileMissingError,
@@ -87,7 +88,7 @@ class Repository:
         self._archive_info: dict | None = None
 
     @classmethod
-    def from_config(cls, cfg, storage: Storage | None = None) -> Repository:
+    def from_config(cls, cfg: Config, storage: Storage | None = None) -> Repository:
         from pgpush.storage import open_storage
 
         if cfg["repo1-cipher-type"] != "none" and not cfg.get("repo1-cipher-pass"):

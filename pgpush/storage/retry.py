@@ -71,6 +71,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TypeVar
 
+from pgpush.config import Config
 from pgpush.log import LOG
 from pgpush.storage.base import FileInfo, Storage, StorageError
 
@@ -101,7 +102,7 @@ class Policy:
         return random.uniform(ceiling / 2, ceiling)
 
 
-def policy_for(cfg) -> Policy:
+def policy_for(cfg: Config) -> Policy:
     """The budget is ``repo1-host-timeout`` (see the module docstring for why)."""
     return Policy(float(cfg["repo1-host-timeout"]))
 

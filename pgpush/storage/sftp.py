@@ -47,6 +47,7 @@ from paramiko.sftp import (
 )
 from paramiko.sftp_attr import SFTPAttributes
 
+from pgpush.config import Config
 from pgpush.fsutil import TMP_SUFFIX
 from pgpush.storage import sftp_connect, sftp_upload, sftp_wire
 from pgpush.storage.base import (
@@ -118,7 +119,7 @@ class SftpStorage(Storage):
         self.description = f"{self.user}@{host}:{port}"
 
     @classmethod
-    def from_config(cls, cfg) -> SftpStorage:
+    def from_config(cls, cfg: Config) -> SftpStorage:
         return cls(
             host=cfg.require("repo1-host"),
             root=str(cfg["repo1-path"]),
