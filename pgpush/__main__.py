@@ -21,6 +21,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+# Not typing's: the hot path starts here and never imports typing (config.py does the same).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
+
 
 def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = None) -> int:
     """Run one pgpush command and return its exit status (see the module docstring)."""
@@ -83,7 +88,7 @@ def _flush_stdout(report: bool = True) -> bool:
     return True
 
 
-def _flush_or_silence(stream: object, fd: int) -> None:
+def _flush_or_silence(stream: TextIO, fd: int) -> None:
     """Flush ``stream``; when that fails, point descriptor ``fd`` at ``/dev/null`` and re-raise.
 
     Left to the interpreter's exit, a failed flush (``> /dev/full``, a closed pipe) ends the
@@ -149,10 +154,12 @@ def _dispatch(argv: list[str], bootstrap: Callable[[], None] | None, seen: dict[
         # The background parents only hand out names and write status files: the
         # stdlib suffices, so they never pay for (or hold in memory) paramiko & co.
         if cfg.command == "push-async":
-            from pgpush.archive import push_parent as parent
-        else:
-            from pgpush.archive import get_parent as parent
-        return parent.run(cfg)
+            from pgpush.archive import push_parent
+
+            return push_parent.run(cfg)
+        from pgpush.archive import get_parent
+
+        return get_parent.run(cfg)
     if cfg.command == "worker":
         _bootstrap(bootstrap)
         from pgpush.archive import worker  # repository work, but no CLI (typer, rich)

@@ -12,7 +12,7 @@ own because ``configparser`` costs more at import than the whole fast path.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pgpush.errors import CommandError, OptionInvalidError, OptionInvalidValueError, OptionRequiredError
 from pgpush.options import ALIASES, BY_NAME, COMMANDS, Option
@@ -375,7 +375,7 @@ def split_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, str], 
     return command, args, raw, want_help
 
 
-def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+def load(argv: list[str], environ: Mapping[str, str] | None = None) -> Config:
     """Parse argv and resolve every option with its precedence."""
     environ = os.environ if environ is None else environ
     command, args, raw_cli, want_help = split_argv(argv)
@@ -406,10 +406,10 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         if not name.startswith("PGPUSH_") or name in _ENV_NOT_OPTIONS:
             continue
         key = name[7:].lower().replace("_", "-")
-        opt = BY_NAME.get(key)
-        if opt is None:
+        env_opt = BY_NAME.get(key)
+        if env_opt is None:
             raise OptionInvalidValueError(f"invalid option '{key}' in environment variable {name}")
-        env_values[key] = (opt, raw, _IN_ENV + name)
+        env_values[key] = (env_opt, raw, _IN_ENV + name)
 
     for key, (opt, raw, where) in env_values.items():
         if key not in values and (not opt.commands or command in opt.commands):

@@ -49,7 +49,7 @@ def makedirs_private(path: str, mode: int = 0o750) -> None:
 
 def self_command() -> list[str]:
     """How to start this same pgpush again: the zipapp (whatever its file name), or ``python -m pgpush``."""
-    archive = getattr(__loader__, "archive", None)  # set when imported from a zip
+    archive = getattr(globals().get("__loader__"), "archive", None)  # a zipimporter's: set when run from a zip
     if archive:
         return [sys.executable, "-IS", os.path.abspath(archive)]
     return [sys.executable, "-m", "pgpush"]

@@ -14,6 +14,11 @@ import os
 import sys
 import time
 
+# Not typing's: the hot path logs through this module and never imports typing (see config.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pgpush.config import Config
+
 LEVELS = {"off": 0, "error": 1, "warn": 2, "info": 3, "detail": 4, "debug": 5}
 _NAMES = {1: "ERROR", 2: "WARN", 3: "INFO", 4: "DETAIL", 5: "DEBUG"}
 
@@ -59,7 +64,7 @@ class Logger:
         self._fd = None
         self.console = None  # None: whatever sys.stderr is when a line is written
 
-    def configure(self, cfg, group: str, exec_id: str | None = None, console: bool = True) -> None:
+    def configure(self, cfg: Config, group: str, exec_id: str | None = None, console: bool = True) -> None:
         """Set levels from ``cfg`` and open ``LOG-PATH/STANZA-GROUP.log``.
 
         A log file that cannot be opened is a warning, not a failure (as in
@@ -132,7 +137,7 @@ class Logger:
     def debug(self, message: str) -> None:
         self._emit(5, message)
 
-    def exception(self, exc) -> None:
+    def exception(self, exc: BaseException) -> None:
         """Log a PgPushError as ``[NNN]: message``."""
         code = getattr(exc, "code", 25)
         self._emit(1, f"[{code:03d}]: {exc}")

@@ -15,6 +15,11 @@ import os
 
 from pgpush.errors import FormatError, VersionNotSupportedError
 
+# Not typing's: the hot path imports this module (see config.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import struct
+
 _HEX = frozenset("0123456789ABCDEF")
 
 
@@ -80,7 +85,7 @@ XLP_LONG_HEADER = 0x0002
 LONG_HEADER_FORMAT = "<HHIQI4xQII"  # magic, info, tli, pageaddr, rem_len, (pad), sysid, seg_size, blcksz
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> struct.Struct:
     """``LONG_HEADER`` (a ``struct.Struct``) on first use: ``struct`` costs the hot path ~1 ms it never needs."""
     if name == "LONG_HEADER":
         import struct

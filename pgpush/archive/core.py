@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from pgpush import fsutil, wal
+from pgpush.config import Config
 from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repo import catalog, walarchive
@@ -45,7 +46,7 @@ def _regular_file(path: str) -> None:
         raise FormatError(f"WAL file '{path}' is not a regular file")
 
 
-def push(cfg, wal_path: str) -> None:
+def push(cfg: Config, wal_path: str) -> None:
     name = os.path.basename(wal_path)
     wal.kind(name)  # refuse bad names before touching anything
     path = os.path.join(os.getcwd(), wal_path)  # not abspath: 'x/../f' must not be collapsed
@@ -107,7 +108,7 @@ def fetch_to(repo: Repository, name: str, dest: str) -> None:
         raise
 
 
-def get(cfg, name: str, dest: str) -> int:
+def get(cfg: Config, name: str, dest: str) -> int:
     """Restore WAL file ``name`` to ``dest``: 0 found, 1 not in the archive."""
     wal.kind(name)
     repo = Repository.from_config(cfg)
@@ -124,7 +125,7 @@ def get(cfg, name: str, dest: str) -> int:
         repo.storage.close()
 
 
-def run_command(cfg) -> int:
+def run_command(cfg: Config) -> int:
     """``push``/``get`` without the CLI layer: PostgreSQL runs these once per WAL file, and typer
     and rich would add their import time to every call for nothing (no help, no progress bars).
 

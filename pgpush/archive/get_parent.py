@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from pgpush import fsutil, wal
 from pgpush.archive import spool
 from pgpush.archive.parent import AsyncParent
+from pgpush.config import Config
 from pgpush.errors import PgPushError
 from pgpush.log import LOG
 
@@ -37,7 +38,7 @@ class GetParent(AsyncParent):
     group = "archive-get-async"
     direction = "in"
 
-    def __init__(self, cfg, pgdata: str):
+    def __init__(self, cfg: Config, pgdata: str):
         super().__init__(cfg)
         self.pgdata = pgdata
         self.segment_size = wal.control_segment_size(pgdata)
@@ -216,6 +217,6 @@ class GetParent(AsyncParent):
         return first is not None and self.request_text != self.done
 
 
-def run(cfg) -> int:
+def run(cfg: Config) -> int:
     """``get-async PGDATA [NAME]``: the background parent's entry."""
     return GetParent.main(cfg, os.path.abspath(cfg.args[0]))

@@ -14,6 +14,7 @@ import time
 
 from pgpush.archive import lock, spool
 from pgpush.archive.pool import WorkerPool
+from pgpush.config import Config
 from pgpush.fsutil import self_command
 from pgpush.log import LOG
 
@@ -22,7 +23,7 @@ class AsyncParent:
     group = ""  # log group, e.g. archive-push-async
     direction = ""  # spool queue: out (push) or in (get)
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.sdir = spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza)
         self.qdir = spool.queue_dir(str(cfg["spool-path"]), cfg.stanza, self.direction)
@@ -53,7 +54,7 @@ class AsyncParent:
     def run(self, lock_fd: int) -> int:
         held: int | None = lock_fd
         try:
-            while True:
+            while held is not None:  # None: another parent took the lock over
                 succeeded = self.work()
                 # The lock is freed before the (idle) pool winds down, after a failure too: a
                 # foreground that comes next must be able to start a fresh try at once rather
@@ -63,8 +64,7 @@ class AsyncParent:
                 if not succeeded or not self.more_work():
                     return 0
                 held = lock.try_lock(self.lock_path)
-                if held is None:
-                    return 0  # another parent took over
+            return 0
         finally:
             if self.pool is not None:
                 self.pool.close()
@@ -72,7 +72,7 @@ class AsyncParent:
                 lock.release(held)
 
     @classmethod
-    def main(cls, cfg, *args) -> int:
+    def main(cls, cfg: Config, *args) -> int:
         """Entry of ``push-async``/``get-async``: take the handed-over lock (or the free one) and run."""
         LOG.configure(cfg, cls.group, console=False)
         parent = cls(cfg, *args)

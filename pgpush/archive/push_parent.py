@@ -19,7 +19,7 @@ import time
 
 from pgpush.archive import spool
 from pgpush.archive.parent import AsyncParent
-from pgpush.config import format_size
+from pgpush.config import Config, format_size
 from pgpush.errors import PgPushError
 from pgpush.log import LOG
 
@@ -41,7 +41,7 @@ class PushParent(AsyncParent):
     direction = "out"
     ROUND_MAX = 64  # files pushed before the backup status is refreshed and the drop list written
 
-    def __init__(self, cfg, pg_wal: str):
+    def __init__(self, cfg: Config, pg_wal: str):
         super().__init__(cfg)
         self.pg_wal = pg_wal
         self.status_dir = os.path.join(pg_wal, "archive_status")
@@ -184,6 +184,6 @@ class PushParent(AsyncParent):
         return bool(self.pending())
 
 
-def run(cfg) -> int:
+def run(cfg: Config) -> int:
     """``push-async PG_WAL_DIR [NAME]``: the background parent's entry."""
     return PushParent.main(cfg, os.path.abspath(cfg.args[0]))

@@ -53,7 +53,7 @@ def write_ok(directory: str, name: str, warning: str | None = None) -> None:
     write_atomic(directory, name + ".ok", f"0\n{warning}".encode() if warning else b"")
 
 
-def write_error(directory: str, name: str, exc: PgPushError) -> None:
+def write_error(directory: str, name: str | None, exc: PgPushError) -> None:
     """``name`` is a WAL file name, or None for ``global.error``."""
     target = GLOBAL_ERROR if name is None else name + ".error"
     write_atomic(directory, target, f"{exc.code}\n{exc.message}".encode())

@@ -15,6 +15,7 @@ import os
 import sys
 
 from pgpush.archive import core
+from pgpush.config import Config
 from pgpush.errors import PgPushError, RepoInvalidError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repo import walarchive
@@ -22,7 +23,7 @@ from pgpush.repo.repository import Repository
 
 
 class Worker:
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.repo: Repository | None = None
         self.checked: str | None = None  # the data directory found to be the stanza's cluster
@@ -74,7 +75,7 @@ class Worker:
             return {"ok": False, "code": 25, "message": f"{type(exc).__name__}: {exc}", "global": False}
 
 
-def run(cfg) -> int:
+def run(cfg: Config) -> int:
     group = "archive-push-async" if cfg.args[:1] == ["push"] else "archive-get-async"
     LOG.configure(cfg, group, exec_id=cfg.get("exec-id"), console=False)
     worker = Worker(cfg)

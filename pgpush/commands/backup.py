@@ -23,10 +23,13 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Iterator
+from typing import cast
 
 from pgpush import __version__, wal
 from pgpush.commands import forkpool
 from pgpush.commands.progress import Progress
+from pgpush.config import Config
 from pgpush.errors import (
     ArchiveDisabledError,
     BackupWaitTimeout,
@@ -37,8 +40,9 @@ from pgpush.errors import (
 from pgpush.log import LOG
 from pgpush.pg import pgconn, pgdata
 from pgpush.pg.nudge import PrimaryNudge
-from pgpush.repo import catalog, catalog_lock, readahead
+from pgpush.repo import catalog, catalog_lock, manifest_check, readahead
 from pgpush.repo.catalog import DONE, FAILED, WAITING, ArchiveListing, Catalog
+from pgpush.repo.records import BackupRecord, Manifest, ManifestFile, ManifestPath
 from pgpush.repo.repository import Repository
 from pgpush.storage.base import CHUNK, StorageError
 
@@ -63,7 +67,7 @@ def sha1_file(path: str) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def backup_file(repo: Repository, job: tuple) -> dict | None:
+def backup_file(repo: Repository, job: tuple[str, str, str, ManifestFile | None]) -> ManifestFile | None:
     """Store one file (or reference the prior backup's copy); None when it vanished meanwhile.
 
     ``job`` = (manifest name, absolute path, label dir, prior entry or None).
@@ -85,7 +89,7 @@ def backup_file(repo: Repository, job: tuple) -> dict | None:
     counted = [0]
     vanished = [False]
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         try:
             fh = open(path, "rb")
         except FileNotFoundError:
@@ -113,7 +117,7 @@ def backup_file(repo: Repository, job: tuple) -> dict | None:
     return {"name": name, "size": counted[0], "sha1": h.hexdigest(), "ext": ext, "repo_size": written, "reference": None}
 
 
-def store_bytes(repo: Repository, label_dir: str, name: str, data: bytes) -> dict:
+def store_bytes(repo: Repository, label_dir: str, name: str, data: bytes) -> ManifestFile:
     """Store a file produced by the stop call (``backup_label``, ``tablespace_map``)."""
     written = repo.storage.put(f"{label_dir}/{name}{repo.extension()}", repo.encode([data]), overwrite=True)
     return {"name": name, "size": len(data), "sha1": hashlib.sha1(data).hexdigest(), "ext": repo.extension(),
@@ -131,7 +135,7 @@ def make_label(btype: str, full_label: str | None, now: float) -> str:
     return f"{full_label}_{stamp}{'D' if btype == 'diff' else 'I'}"
 
 
-def choose_prior(backups: list[dict], btype: str, archive_id: str, system_id: int) -> dict | None:
+def choose_prior(backups: list[BackupRecord], btype: str, archive_id: str, system_id: int) -> BackupRecord | None:
     """diff: the latest full; incr: the latest backup — of the same cluster, any status (files are what count)."""
     same = [b for b in backups if b["archive_id"] == archive_id and int(b["system_id"]) == system_id]
     if btype == "diff":
@@ -139,17 +143,18 @@ def choose_prior(backups: list[dict], btype: str, archive_id: str, system_id: in
     return same[-1] if same else None
 
 
-def prior_files(manifest: dict) -> dict[str, dict]:
+def prior_files(manifest: Manifest) -> dict[str, ManifestFile]:
     """Prior manifest's files with the label that holds each one's content."""
     label = manifest["backup"]["label"]
-    return {f["name"]: {"size": f["size"], "sha1": f["sha1"], "ext": f["ext"], "repo_size": f["repo_size"],
-                        "reference": f.get("reference") or label} for f in manifest["files"]}
+    return {f["name"]: {"name": f["name"], "size": f["size"], "sha1": f["sha1"], "ext": f["ext"],
+                        "repo_size": f["repo_size"], "reference": f.get("reference") or label}
+            for f in manifest["files"]}
 
 
 # -- the database side ------------------------------------------------------------------------------
 
 
-def check_cluster(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str) -> tuple[bool, int]:
+def check_cluster(cfg: Config, repo: Repository, db: pgconn.PgConn, pgdata_path: str) -> tuple[bool, int]:
     """pg1 must be the stanza's cluster, at ``pg1-path``, with WAL archived; returns (standby, system id)."""
     if db.version < 10:
         raise VersionNotSupportedError(f"PostgreSQL {db.version} is not supported (10 or later is required)")
@@ -200,7 +205,7 @@ def _timelines(db: pgconn.PgConn, standby: bool, label_file: str, stop_lsn: str)
 # -- the command ------------------------------------------------------------------------------------
 
 
-def run(cfg) -> dict:
+def run(cfg: Config) -> BackupRecord:
     """Take the backup; returns its final record.  Raises BackupWaitTimeout (3) when ``--wait-timeout`` expires."""
     pgdata_path = os.path.abspath(str(cfg.require("pg1-path")))
     btype = cfg.get("type") or "full"
@@ -224,8 +229,8 @@ def run(cfg) -> dict:
         repo.storage.close()
 
 
-def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str, standby: bool,
-          system_id: int, segment_size: int, nudger: PrimaryNudge | None) -> dict:
+def _take(cfg: Config, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str, standby: bool,
+          system_id: int, segment_size: int, nudger: PrimaryNudge | None) -> BackupRecord:
     cat = Catalog(repo)
     catalog.evaluate_all(repo, cat.reconciled())  # settle statuses before choosing (outside the lock)
     archive_id = repo.archive_id()
@@ -254,22 +259,22 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
         if wal.segment_number(wal_stop, segment_size) < wal.segment_number(wal_start, segment_size):
             wal_stop = wal.segment_name(stop_tli, wal.segment_number(wal_start, segment_size), segment_size)
         own = [f for f in files if not f.get("reference")]
-        record = {
+        record: BackupRecord = {
             "label": label, "type": btype, "prior": prior["label"] if prior else None, "status": WAITING,
             "status_detail": None, "from_standby": standby, "timeline": start_tli, "stop_timeline": stop_tli,
             "start_lsn": start_lsn, "stop_lsn": stop_lsn, "wal_start": wal_start, "wal_stop": wal_stop,
             "start_time": catalog.iso_utc(start_time), "stop_time": catalog.iso_utc(stop_time, ceil=True),
             "size": sum(f["size"] for f in files), "repo_size": sum(f["repo_size"] for f in own),
             "backup_size": sum(f["size"] for f in own), "file_count": len(files),
-            "reference": sorted({f["reference"] for f in files if f.get("reference")}),
+            "reference": sorted({ref for f in files if (ref := f.get("reference"))}),
             "archive_id": archive_id, "pg_version": db.version, "system_id": system_id,
             "segment_size": segment_size, "pgpush_version": __version__,
         }
         if nudger is not None:
             nudger.nudge()
         ev = catalog.evaluate(record, ArchiveListing(repo, archive_id).window([record], segment_size))
-        record["status"], record["status_detail"] = ev.status, ev.detail()
-        manifest = {"format": 1, "backup": record, "files": sorted(files, key=lambda f: f["name"]),
+        record = catalog.with_status(record, ev)
+        manifest: Manifest = {"format": 1, "backup": record, "files": sorted(files, key=lambda f: f["name"]),
                     "dirs": dirs, "links": links}
         _commit(cfg, cat, label, manifest)
     except BaseException:
@@ -284,7 +289,7 @@ def _take(cfg, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str
 
 
 def _claim(cat: Catalog, btype: str, archive_id: str,
-           system_id: int) -> tuple[str, dict | None, dict[str, dict], str]:
+           system_id: int) -> tuple[str, BackupRecord | None, dict[str, ManifestFile], str]:
     """Choose the prior, read its files, take a free label and make its directory exist.
 
     Returns (type, prior, prior's files, label).
@@ -299,7 +304,10 @@ def _claim(cat: Catalog, btype: str, archive_id: str,
         if prior is None:
             LOG.warn(f"no prior backup exists, {btype} backup has been changed to full")
             btype = "full"
-    prior_index = prior_files(cat.read_manifest(prior["label"])) if prior else {}
+    prior_index = {}
+    if prior is not None:
+        checked = manifest_check.check(cat.read_manifest(prior["label"]), prior["label"], "no backup was taken")
+        prior_index = prior_files(checked)
     labels = {b["label"] for b in backups} | set(cat.storage.list_dirs(cat.repo.backup_root))
     while True:
         label = make_label(btype, prior["label"][:16] if prior else None, time.time())
@@ -310,7 +318,7 @@ def _claim(cat: Catalog, btype: str, archive_id: str,
     return btype, prior, prior_index, label
 
 
-def _commit(cfg, cat: Catalog, label: str, manifest: dict) -> None:
+def _commit(cfg: Config, cat: Catalog, label: str, manifest: Manifest) -> None:
     """Write the manifest (the commit point), only if the label directory is still ours.
 
     Under the catalog lock, so ``expire`` either removed the directory before (the marker is
@@ -330,8 +338,8 @@ def _check_still_ours(cat: Catalog, label: str) -> None:
                                "ran (by expire, or by hand): nothing is recorded")
 
 
-def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
-          prior_index: dict[str, dict], start: dict) -> tuple[list[dict], list[dict], list[dict]]:
+def _copy(cfg: Config, repo: Repository, pgdata_path: str, label_dir: str, major: int,
+          prior_index: dict[str, ManifestFile], start: dict) -> tuple[list[ManifestFile], list[ManifestPath], list[ManifestPath]]:
     """Copy every file (pg_control last), refreshing the in-progress marker (``start``); returns manifest
     files, dirs and links."""
     entries = pgdata.scan(pgdata_path, major)
@@ -343,11 +351,11 @@ def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
     regular.sort(key=lambda e: -e.size)
     progress = Progress(f"backup {label_dir.rsplit('/', 1)[-1]}", len(regular) + 1,
                         sum(e.size for e in regular) + control.size, str(cfg["log-level-console"]))
-    files: list[dict] = []
+    files: list[ManifestFile] = []
     label = label_dir.rsplit("/", 1)[-1]
     beat = [time.monotonic()]
 
-    def collect(job: tuple, result: dict | None) -> None:
+    def collect(job: tuple, result: ManifestFile | None) -> None:
         entry = by_name[job[0]]
         progress.advance(entry.size)
         if time.monotonic() - beat[0] >= HEARTBEAT:  # still alive: expire must not take it for a crashed one
@@ -358,7 +366,8 @@ def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
         if result is None:
             LOG.detail(f"file '{entry.path}' was removed during the backup")
             return
-        result.update(mode=f"{entry.mode:04o}", mtime=entry.mtime, user=entry.user, group=entry.group)
+        result["mode"], result["mtime"] = f"{entry.mode:04o}", entry.mtime
+        result["user"], result["group"] = entry.user, entry.group
         files.append(result)
 
     jobs = [(e.name, e.path, label_dir, prior_index.get(e.name)) for e in regular]
@@ -368,12 +377,13 @@ def _copy(cfg, repo: Repository, pgdata_path: str, label_dir: str, major: int,
         collect(job, backup_file(repo, job))
     finally:
         progress.close()
-    dirs = [e.as_dict() for e in entries if e.kind == "dir"]
-    links = [e.as_dict() for e in entries if e.kind == "link"]
+    # as_dict builds ManifestPath entries; pg/ may not import repo/, so it cannot say so itself
+    dirs = [cast("ManifestPath", e.as_dict()) for e in entries if e.kind == "dir"]
+    links = [cast("ManifestPath", e.as_dict()) for e in entries if e.kind == "link"]
     return files, dirs, links
 
 
-def settle(cfg, repo: Repository, record: dict, nudger: PrimaryNudge | None) -> dict:
+def settle(cfg: Config, repo: Repository, record: BackupRecord, nudger: PrimaryNudge | None) -> BackupRecord:
     """Report the status; with ``--wait`` poll (nudging the primary) until DONE or ``--wait-timeout``.
 
     Evaluated again right away: WAL archived between the backup's first
@@ -390,7 +400,7 @@ def settle(cfg, repo: Repository, record: dict, nudger: PrimaryNudge | None) -> 
         ev = catalog.evaluate(record, ArchiveListing(repo, record["archive_id"]).window([record], size))
         if ev.status != record["status"]:
             cat.set_statuses({record["label"]: (record["status"], ev)})
-            record = dict(record, status=ev.status, status_detail=ev.detail())
+            record = catalog.with_status(record, ev)
         if ev.status == DONE:
             return record
         now = time.monotonic()

@@ -14,6 +14,7 @@ import os
 import time
 
 from pgpush import wal
+from pgpush.config import Config
 from pgpush.errors import ArchiveDisabledError, ArchiveTimeoutError, OptionInvalidValueError
 from pgpush.log import LOG
 from pgpush.pg import pgconn
@@ -62,7 +63,7 @@ def wait_archived(repo: Repository, segment: str, timeout: float, db: pgconn.PgC
         time.sleep(POLL)
 
 
-def run(cfg) -> str:
+def run(cfg: Config) -> str:
     repo = Repository.from_config(cfg)
     try:
         info = repo.load_archive_info()

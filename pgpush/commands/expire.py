@@ -28,13 +28,15 @@ without any kept backup no WAL is removed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pgpush import wal
+from pgpush.config import Config
 from pgpush.errors import FormatError, OptionInvalidValueError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repo import catalog, catalog_lock
 from pgpush.repo.catalog import DONE, WAITING, Catalog
+from pgpush.repo.records import BackupRecord, WalStart
 from pgpush.repo.repository import Repository
 from pgpush.repo.walarchive import ARCHIVED_RE, DROPPED_SUFFIX
 
@@ -50,7 +52,8 @@ def label_time(label: str) -> float | None:
         return None
 
 
-def plan(backups: list[dict], retention: int, running: Iterable[str] = ()) -> tuple[list[dict], list[dict]]:
+def plan(backups: list[BackupRecord], retention: int,
+         running: Iterable[str] = ()) -> tuple[list[BackupRecord], list[BackupRecord]]:
     """(kept, removed) backups, both oldest first.  Pure: ``backups`` sorted oldest first.
 
     ``running`` are labels of backups in progress: a diff or incr may already
@@ -80,7 +83,7 @@ def plan(backups: list[dict], retention: int, running: Iterable[str] = ()) -> tu
     return [b for b in backups if b["label"] in keep], [b for b in backups if b["label"] not in keep]
 
 
-def wal_boundary(kept: list[dict], archive_id: str) -> tuple[str, int] | None:
+def wal_boundary(kept: Sequence[WalStart], archive_id: str) -> tuple[str, int] | None:
     """(wal_start, segment size) of the kept backup of ``archive_id`` needing the oldest WAL; below it none is needed."""
     same = [b for b in kept if b["archive_id"] == archive_id]
     if not same:
@@ -148,7 +151,8 @@ def in_progress(cat: Catalog, known: set[str]) -> tuple[dict[str, dict | None], 
     return running, stale
 
 
-def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict], list[str], dict[str, dict | None]]:
+def decide(cfg: Config, repo: Repository,
+           retention: int) -> tuple[list[BackupRecord], list[BackupRecord], list[str], dict[str, dict | None]]:
     """Plan under the catalog lock and commit the removals (entries, then manifests) before releasing it.
 
     Returns (kept, removed, incomplete label directories, running backups with their markers).  Statuses are settled first, without
@@ -169,15 +173,16 @@ def decide(cfg, repo: Repository, retention: int) -> tuple[list[dict], list[dict
     return kept, removed, stale, running
 
 
-def running_starts(running: dict[str, dict | None], archive_id: str) -> list[dict] | None:
+def running_starts(running: dict[str, dict | None], archive_id: str) -> list[WalStart] | None:
     """Running backups of ``archive_id`` as records for :func:`wal_boundary`; None when one's start is not known yet.
 
     A backup's WAL starts at its start LSN, which may be older than every kept backup's (a standby
     starts from its last restartpoint; a long full started before a newer full finished): expire
     must keep it.  A backup that has not yet got its start LSN from PostgreSQL could start anywhere.
     """
-    out = []
-    for label, marker in running.items():
+    out: list[WalStart] = []
+    for label, seen in running.items():
+        marker = seen or {}  # no marker (yet): its start is not known
         try:
             if marker["archive_id"] != archive_id:
                 continue
@@ -200,7 +205,7 @@ def _remove_incomplete(cat: Catalog, label: str) -> None:
         LOG.warn(f"unable to remove incomplete backup {label}: {exc}")
 
 
-def run(cfg) -> str:
+def run(cfg: Config) -> str:
     retention = cfg.get("repo1-retention-full")
     if retention is None:
         LOG.warn("option 'repo1-retention-full' is not set: no backup and no WAL expired\n"
@@ -218,7 +223,7 @@ def run(cfg) -> str:
             cat.storage.delete_tree(cat.label_dir(b["label"]))
         archive_id = repo.archive_id()
         starts = running_starts(running, archive_id)
-        boundary = None if starts is None else wal_boundary(kept + starts, archive_id)
+        boundary = None if starts is None else wal_boundary([*kept, *starts], archive_id)
         wal_removed = 0
         if boundary is None:
             if starts is not None:

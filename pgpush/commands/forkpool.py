@@ -30,6 +30,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pgpush.config import Config
 from pgpush.errors import PathCreateError, PgPushError, RepoInvalidError, UnexpectedError
 from pgpush.log import LOG
 from pgpush.repo.repository import Repository
@@ -41,7 +42,7 @@ Job = Any
 Worker = Callable[[Repository, Job], Any]
 
 
-def _init(cfg) -> None:
+def _init(cfg: Config) -> None:
     global _WORKER_REPO
     _WORKER_REPO = Repository.from_config(cfg)
     if cfg["repo1-cipher-type"] != "none":
@@ -68,7 +69,7 @@ def _die_with_parent(parent_pid: int, siblings: list) -> None:
         os._exit(1)
 
 
-def _serve(cfg, conn, parent_pid: int, siblings: list) -> None:
+def _serve(cfg: Config, conn, parent_pid: int, siblings: list) -> None:
     """A worker's life: open the repository, then answer ``(fn, job)`` items until ``None`` or EOF.
 
     A failure to open the repository is the answer to every job (the parent stops at the
@@ -127,7 +128,7 @@ def _call(item: tuple[Worker, Job]) -> tuple[Job, str, Any]:
         return job, "error", (25, f"{type(exc).__name__}: {exc}")
 
 
-def run(cfg, fn: Worker, jobs: Iterable[Job], on_result: Callable[[Job, Any], None],
+def run(cfg: Config, fn: Worker, jobs: Iterable[Job], on_result: Callable[[Job, Any], None],
         parent_repo: Repository | None = None) -> None:
     """Run ``fn(repo, job)`` for every job and hand each result to ``on_result`` (in the parent).
 
@@ -170,7 +171,7 @@ def describe(job: Job) -> str:
 class _Proc:
     """One forked worker and the parent's end of its pipe; ``job`` is what it works on, if anything."""
 
-    def __init__(self, ctx, cfg, siblings: list[_Proc]):
+    def __init__(self, ctx, cfg: Config, siblings: list[_Proc]):
         self.conn, child = ctx.Pipe()
         others = [p.conn for p in siblings]
         self.proc = ctx.Process(target=_serve, args=(cfg, child, os.getpid(), others), daemon=True)
@@ -193,7 +194,7 @@ class _Proc:
 class _Pool:
     """``process-max`` forked workers; every wait on them ends (a death, or ``timeout`` per job)."""
 
-    def __init__(self, cfg, size: int, timeout: float):
+    def __init__(self, cfg: Config, size: int, timeout: float):
         ctx = multiprocessing.get_context(START_METHOD)
         self.timeout = timeout
         self.procs: list[_Proc] = []

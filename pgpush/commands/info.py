@@ -12,15 +12,16 @@ import json
 import os
 
 from pgpush import config
-from pgpush.config import format_size
+from pgpush.config import Config, format_size
 from pgpush.errors import FileMissingError, PgPushError
 from pgpush.log import LOG
 from pgpush.repo import catalog
+from pgpush.repo.records import BackupRecord
 from pgpush.repo.repository import Repository
 from pgpush.storage import open_storage
 
 
-def stanza_names(cfg) -> list[str]:
+def stanza_names(cfg: Config) -> list[str]:
     """``--stanza``, else the stanzas of the config file, else every stanza in the repository."""
     if cfg.get("stanza"):
         return [cfg.stanza]
@@ -34,7 +35,7 @@ def stanza_names(cfg) -> list[str]:
         storage.close()
 
 
-def for_stanza(cfg, stanza: str):
+def for_stanza(cfg: Config, stanza: str):
     """The options as resolved for ``stanza`` (its own config sections apply, e.g. a repo1-path)."""
     if cfg.get("stanza") == stanza:
         return cfg
@@ -43,7 +44,7 @@ def for_stanza(cfg, stanza: str):
     return config.load(cfg.to_argv() + [f"--stanza={stanza}", cfg.command] + list(cfg.args), env)
 
 
-def backup_json(record: dict, recoverable_to: str | None) -> dict:
+def backup_json(record: BackupRecord, recoverable_to: str | None) -> dict:
     """One backup in the JSON contract's shape (the fixed keys first, then extras)."""
     out = {k: record.get(k) for k in ("label", "type", "status", "from_standby", "start_lsn", "stop_lsn",
                                       "wal_start", "wal_stop", "start_time", "stop_time", "size", "repo_size")}
@@ -54,7 +55,7 @@ def backup_json(record: dict, recoverable_to: str | None) -> dict:
     return out
 
 
-def stanza_info(cfg, stanza: str) -> dict:
+def stanza_info(cfg: Config, stanza: str) -> dict:
     """Everything ``info`` shows for one stanza; an unusable stanza is reported, not raised."""
     scfg = for_stanza(cfg, stanza)
     out: dict = {"name": stanza, "status": "ok", "archive": {"min": None, "max": None, "gaps": [], "dropped": []},
@@ -140,7 +141,7 @@ def render_text(stanzas: list[dict]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def run(cfg) -> str:
+def run(cfg: Config) -> str:
     """The text or JSON to print."""
     stanzas = [stanza_info(cfg, name) for name in stanza_names(cfg)]
     if cfg["output"] == "json":

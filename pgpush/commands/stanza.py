@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from pgpush import wal
+from pgpush.config import Config
 from pgpush.errors import FileMissingError
 from pgpush.repo.repository import Repository
 
@@ -18,7 +19,7 @@ def read_control(pgdata: str) -> wal.ControlData:
         raise FileMissingError(f"unable to open '{path}': is pg1-path the data directory?") from None
 
 
-def create(cfg) -> str:
+def create(cfg: Config) -> str:
     """Create the stanza (idempotent for the same cluster; refuses another one)."""
     control = read_control(cfg.require("pg1-path"))
     repo = Repository.from_config(cfg)

@@ -22,10 +22,12 @@ import hashlib
 from pgpush import wal
 from pgpush.commands import forkpool
 from pgpush.commands.progress import Progress
+from pgpush.config import Config
 from pgpush.errors import FileReadError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repo import catalog, manifest_check
 from pgpush.repo.catalog import Catalog
+from pgpush.repo.records import BackupRecord, Manifest
 from pgpush.repo.repository import MAX_WAL_BYTES, Repository
 from pgpush.repo.walarchive import ARCHIVED_RE, history_problem
 
@@ -62,7 +64,7 @@ def verify_file(repo: Repository, job: tuple) -> str | None:
 
 def _archive_jobs(repo: Repository, archive_id: str) -> list[tuple]:
     base = f"{repo.archive_root}/{archive_id}"
-    jobs = []
+    jobs: list[tuple] = []
     for f in repo.storage.list(base):
         if wal.is_timeline_history(f.name):
             jobs.append((f"{base}/{f.name}", None, None, f"history file {archive_id}/{f.name}", "history", f.size))
@@ -77,8 +79,8 @@ def _archive_jobs(repo: Repository, archive_id: str) -> list[tuple]:
     return jobs
 
 
-def _backup_jobs(cat: Catalog, backups: list[dict], problems: list[str]) -> list[tuple]:
-    manifests: dict[str, dict] = {}
+def _backup_jobs(cat: Catalog, backups: list[BackupRecord], problems: list[str]) -> list[tuple]:
+    manifests: dict[str, Manifest] = {}
     for b in backups:
         try:
             manifests[b["label"]] = manifest_check.check(cat.read_manifest(b["label"]), b["label"], "not verified")
@@ -98,7 +100,7 @@ def _backup_jobs(cat: Catalog, backups: list[dict], problems: list[str]) -> list
     return jobs
 
 
-def run(cfg) -> tuple[str, int]:
+def run(cfg: Config) -> tuple[str, int]:
     """The report and the number of problems (corrupt, missing or unreadable files)."""
     repo = Repository.from_config(cfg)
     problems: list[str] = []

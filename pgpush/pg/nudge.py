@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 
 from pgpush import wal
+from pgpush.config import Config
 from pgpush.errors import ArchiveMismatchError, DbConnectError, DbQueryError, OptionInvalidValueError
 from pgpush.log import LOG
 from pgpush.pg import pgconn
@@ -29,7 +30,7 @@ from pgpush.pg import pgconn
 NUDGE_TIMEOUT = float(pgconn.CONNECT_TIMEOUT)  # seconds a nudge (connect, or all its queries) may take
 
 
-def budget(cfg) -> float:
+def budget(cfg: Config) -> float:
     """Time allowed to one nudge: ``NUDGE_TIMEOUT``, or ``wait-timeout`` when that is shorter."""
     wait_timeout = cfg.get("wait-timeout")
     return NUDGE_TIMEOUT if wait_timeout is None else max(0.1, min(NUDGE_TIMEOUT, float(wait_timeout)))
@@ -38,7 +39,7 @@ def budget(cfg) -> float:
 class PrimaryNudge:
     """A session on the primary, checked to be the standby's primary before any use."""
 
-    def __init__(self, cfg, system_id: int, segment_size: int):
+    def __init__(self, cfg: Config, system_id: int, segment_size: int):
         self.segment_size = segment_size
         self.budget = budget(cfg)
         self.db = pgconn.connect_primary(cfg, self.budget)

@@ -17,6 +17,7 @@ import socket
 import threading
 from typing import Any
 
+from pgpush.config import Config
 from pgpush.errors import DbConnectError, DbQueryError
 
 CONNECT_TIMEOUT = 30
@@ -163,7 +164,7 @@ def connect(conninfo: str | None = None, *, what: str = "PostgreSQL", timeout: f
     return pg
 
 
-def connect_pg1(cfg) -> PgConn:
+def connect_pg1(cfg: Config) -> PgConn:
     """Connect to ``pg1`` by its socket directory and port, as ``pg1-user`` to ``pg1-database``."""
     host = str(cfg["pg1-socket-path"])
     port = int(cfg["pg1-port"])
@@ -171,7 +172,7 @@ def connect_pg1(cfg) -> PgConn:
     return connect(None, what=what, host=host, port=port, user=str(cfg["pg1-user"]), dbname=str(cfg["pg1-database"]))
 
 
-def connect_primary(cfg, timeout: float) -> PgConn:
+def connect_primary(cfg: Config, timeout: float) -> PgConn:
     """Connect to the primary named by ``primary-conninfo`` (never logged: it may hold a password),
     with ``timeout`` on the connect and on every statement."""
     return connect(str(cfg.require("primary-conninfo")), what="the primary (primary-conninfo)", timeout=timeout)

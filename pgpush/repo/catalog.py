@@ -31,12 +31,14 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from pgpush import wal
 from pgpush.errors import FileMissingError, FileReadError, PgPushError
 from pgpush.log import LOG
+from pgpush.repo.records import BackupRecord, Manifest, WalSpan
 from pgpush.repo.repository import Repository
 from pgpush.repo.walarchive import ARCHIVED_RE, DROPPED_SUFFIX, wal_dir
 from pgpush.storage.base import FileInfo
@@ -111,7 +113,14 @@ class Evaluation:
         return "waiting for " + ", ".join(self.missing[:5])
 
 
-def evaluate(record: dict, index: SegmentIndex) -> Evaluation:
+def with_status(record: BackupRecord, ev: Evaluation) -> BackupRecord:
+    """A copy of ``record`` with the status (and its detail) of ``ev``."""
+    out = record.copy()
+    out["status"], out["status_detail"] = ev.status, ev.detail()
+    return out
+
+
+def evaluate(record: WalSpan, index: SegmentIndex) -> Evaluation:
     """The status of one backup against the archive (docs/operations.md, "Backup status")."""
     size = index.segment_size
     tli = wal.timeline_of(record["wal_start"])
@@ -127,7 +136,7 @@ def evaluate(record: dict, index: SegmentIndex) -> Evaluation:
     return Evaluation(WAITING, names)
 
 
-def contiguous_end(record: dict, index: SegmentIndex) -> int:
+def contiguous_end(record: WalSpan, index: SegmentIndex) -> int:
     """Number of the last segment of the unbroken run of archived WAL starting at ``wal_start``."""
     tli = wal.timeline_of(record["wal_start"])
     n = wal.segment_number(record["wal_start"], index.segment_size)
@@ -202,15 +211,16 @@ class ArchiveListing:
 
     def _scan(self, directories: Iterable[str]) -> tuple[dict[str, FileInfo], set[str]]:
         archived: dict[str, FileInfo] = {}
+        shas: dict[str, str] = {}  # segment -> SHA-1 in the name of the copy in ``archived``
         dropped: set[str] = set()
         for d in directories:
             for f in self.files(d):
                 m = ARCHIVED_RE.match(f.name)
                 if m and len(m.group("wal")) == 24:
-                    seen = archived.get(m.group("wal"))
-                    if seen is not None and ARCHIVED_RE.match(seen.name).group("sha") != m.group("sha"):
-                        self.conflicts.add(m.group("wal"))
-                    archived[m.group("wal")] = f
+                    segment, sha = m.group("wal"), m.group("sha")
+                    if shas.get(segment, sha) != sha:
+                        self.conflicts.add(segment)
+                    archived[segment], shas[segment] = f, sha
                 elif f.name.endswith(DROPPED_SUFFIX) and wal.is_segment(f.name[: -len(DROPPED_SUFFIX)]):
                     dropped.add(f.name[: -len(DROPPED_SUFFIX)])
         return archived, dropped
@@ -219,7 +229,7 @@ class ArchiveListing:
         """Every archived segment (name -> stored file) and every dropped segment."""
         return self._scan(self.dirs())
 
-    def window(self, records: list[dict], segment_size: int) -> SegmentIndex:
+    def window(self, records: Sequence[WalSpan], segment_size: int) -> SegmentIndex:
         per = wal.segments_per_log(segment_size)
         wanted: set[str] = set()
         min_tli = min(wal.timeline_of(r["wal_start"]) for r in records)
@@ -277,6 +287,13 @@ def record_problem(entry: object) -> str | None:
     return f"backup '{label}' has {problem}" if problem else None
 
 
+def checked_record(entry: object, where: str) -> BackupRecord:
+    """``entry`` as a backup record, else FileReadError (42): ``where`` (in backup.info, a manifest) is corrupt."""
+    if problem := record_problem(entry):
+        raise FileReadError(f"{where} is corrupt: {problem}")
+    return cast("BackupRecord", entry)
+
+
 def _valid_segment_size(size: int) -> bool:
     """PostgreSQL's WAL segment sizes: a power of two from 1 MB to 1 GB."""
     return (1 << 20) <= size <= (1 << 30) and not size & (size - 1)
@@ -294,7 +311,7 @@ class Catalog:
         self.storage = repo.storage
         self.path = f"{repo.backup_root}/{BACKUP_INFO}"
 
-    def read(self) -> list[dict]:
+    def read(self) -> list[BackupRecord]:
         """The backups of ``backup.info`` (an empty list when it does not exist yet)."""
         try:
             raw = self.storage.read(self.path)
@@ -307,31 +324,29 @@ class Catalog:
             raise FileReadError(f"{self.path} in the repository is corrupt") from None
         if not isinstance(backups, list):
             raise FileReadError(f"{self.path} in the repository is corrupt: 'backups' is not a list")
-        for entry in backups:
-            if problem := record_problem(entry):
-                raise FileReadError(f"{self.path} in the repository is corrupt: {problem}")
-        return sorted(backups, key=lambda b: (b["start_time"], b["label"]))
+        records = [checked_record(entry, f"{self.path} in the repository") for entry in backups]
+        return sorted(records, key=lambda b: (b["start_time"], b["label"]))
 
-    def write(self, backups: list[dict]) -> None:
+    def write(self, backups: list[BackupRecord]) -> None:
         body = {"format": 1, "backups": sorted(backups, key=lambda b: (b["start_time"], b["label"]))}
         self.storage.put(self.path, [json.dumps(body, indent=1).encode()], overwrite=True)
 
-    def update(self, change: Callable[[list[dict]], bool]) -> list[dict]:
+    def update(self, change: Callable[[list[BackupRecord]], bool]) -> list[BackupRecord]:
         """Read, apply ``change`` (True when it changed something), write: the race window is one round trip."""
         backups = self.read()
         if change(backups):
             self.write(backups)
         return backups
 
-    def add(self, record: dict) -> None:
-        def change(backups: list[dict]) -> bool:
-            backups[:] = [b for b in backups if b["label"] != record["label"]] + [dict(record)]
+    def add(self, record: BackupRecord) -> None:
+        def change(backups: list[BackupRecord]) -> bool:
+            backups[:] = [b for b in backups if b["label"] != record["label"]] + [record.copy()]
             return True
 
         self.update(change)
 
     def remove(self, labels: set[str]) -> None:
-        def change(backups: list[dict]) -> bool:
+        def change(backups: list[BackupRecord]) -> bool:
             before = len(backups)
             backups[:] = [b for b in backups if b["label"] not in labels]
             return len(backups) != before
@@ -344,7 +359,7 @@ class Catalog:
         Applied only where the entry still has the status it had when it was
         evaluated, so a concurrent writer's newer verdict is never overwritten.
         """
-        def change(backups: list[dict]) -> bool:
+        def change(backups: list[BackupRecord]) -> bool:
             changed = False
             for b in backups:
                 seen = evaluations.get(b["label"])
@@ -367,7 +382,7 @@ class Catalog:
     def manifest_path(self, label: str) -> str:
         return f"{self.label_dir(label)}/{MANIFEST}"
 
-    def read_manifest(self, label: str) -> dict:
+    def read_manifest(self, label: str) -> object:
         try:
             raw = self.storage.read(self.manifest_path(label))
         except FileNotFoundError:
@@ -407,10 +422,10 @@ class Catalog:
             return None
         return when if when == when else None  # NaN is no time
 
-    def write_manifest(self, label: str, manifest: dict) -> None:
+    def write_manifest(self, label: str, manifest: Manifest) -> None:
         self.storage.put(self.manifest_path(label), [json.dumps(manifest, indent=1).encode()], overwrite=True)
 
-    def reconciled(self) -> list[dict]:
+    def reconciled(self) -> list[BackupRecord]:
         """``backup.info`` repaired against the label directories (see the module docstring)."""
         labels = {d for d in self.storage.list_dirs(self.repo.backup_root) if LABEL_RE.match(d)}
         backups = self.read()
@@ -424,15 +439,15 @@ class Catalog:
                 manifest = self.read_manifest(label)
             except FileMissingError:
                 continue  # a backup in progress, or one whose removal was interrupted
-            record = manifest.get("backup") if isinstance(manifest, dict) else None
-            if (problem := record_problem(record)) or record["label"] != label:
-                problem = problem or f"it names backup {record['label']!r}"
-                raise FileReadError(f"manifest of backup '{label}' is corrupt: {problem}")
+            where = f"manifest of backup '{label}'"
+            record = checked_record(manifest.get("backup") if isinstance(manifest, dict) else None, where)
+            if record["label"] != label:
+                raise FileReadError(f"{where} is corrupt: it names backup {record['label']!r}")
             found.append(record)
         if not gone and not found:
             return backups
 
-        def change(current: list[dict]) -> bool:
+        def change(current: list[BackupRecord]) -> bool:
             have = {b["label"] for b in current}
             current[:] = [b for b in current if b["label"] not in gone] + [r for r in found if r["label"] not in have]
             return True
@@ -452,7 +467,7 @@ def _report(label: str, old: str, ev: Evaluation) -> None:
         LOG.info(f"backup '{label}' is now {ev.status} (was {old})")
 
 
-def refresh_status(repo: Repository) -> list[dict]:
+def refresh_status(repo: Repository) -> list[BackupRecord]:
     """Flip ``WAITING_FOR_WALS`` backups to ``DONE``/``FAILED`` once the archive decides (after a push).
 
     Cheap when nothing waits: one read of ``backup.info``.  Returns the
@@ -468,7 +483,7 @@ def refresh_status(repo: Repository) -> list[dict]:
         raise FileReadError(f"{cat.path} has a malformed backup entry: {type(exc).__name__}: {exc}") from None
 
 
-def _refresh(repo: Repository, cat: Catalog, waiting: list[dict]) -> list[dict]:
+def _refresh(repo: Repository, cat: Catalog, waiting: list[BackupRecord]) -> list[BackupRecord]:
     evaluations: dict[str, tuple[str, Evaluation]] = {}
     for archive_id in sorted({b["archive_id"] for b in waiting}):
         group = [b for b in waiting if b["archive_id"] == archive_id]
@@ -482,16 +497,17 @@ def _refresh(repo: Repository, cat: Catalog, waiting: list[dict]) -> list[dict]:
     return _persist(cat, waiting, evaluations)
 
 
-def _persist(cat: Catalog, records: list[dict], evaluations: dict[str, tuple[str, Evaluation]]) -> list[dict]:
+def _persist(cat: Catalog, records: list[BackupRecord],
+             evaluations: dict[str, tuple[str, Evaluation]]) -> list[BackupRecord]:
     if not evaluations:
         return []
     cat.set_statuses(evaluations)
-    changed = []
+    changed: list[BackupRecord] = []
     for b in records:
         if b["label"] in evaluations:
             old, ev = evaluations[b["label"]]
             _report(b["label"], old, ev)
-            changed.append(dict(b, status=ev.status, status_detail=ev.detail()))
+            changed.append(with_status(b, ev))
     return changed
 
 
@@ -513,7 +529,7 @@ def wal_default_size() -> int:
     return 16 * 1024 * 1024
 
 
-def archive_state(repo: Repository, archive_id: str, backups: list[dict]) -> ArchiveState:
+def archive_state(repo: Repository, archive_id: str, backups: list[BackupRecord]) -> ArchiveState:
     """List the archive id fully and find its segment size (from a backup, else a segment header)."""
     listing = ArchiveListing(repo, archive_id)
     archived, dropped = listing.full()
@@ -538,14 +554,15 @@ def segment_size_from_archive(repo: Repository, archive_id: str, archived: dict[
     return None
 
 
-def evaluate_all(repo: Repository, backups: list[dict], states: dict[str, ArchiveState] | None = None) -> list[dict]:
+def evaluate_all(repo: Repository, backups: list[BackupRecord],
+                 states: dict[str, ArchiveState] | None = None) -> list[BackupRecord]:
     """Re-evaluate every backup against the full archive listing, persist changes, return fresh records.
 
     ``states`` (archive id -> :class:`ArchiveState`) is filled in and reused by the caller.
     """
     states = {} if states is None else states
     evaluations: dict[str, tuple[str, Evaluation]] = {}
-    out = []
+    out: list[BackupRecord] = []
     for b in backups:
         aid = b["archive_id"]
         if aid not in states:
@@ -553,13 +570,13 @@ def evaluate_all(repo: Repository, backups: list[dict], states: dict[str, Archiv
         ev = evaluate(b, states[aid].index(int(b["segment_size"])))
         if ev.status != b["status"]:
             evaluations[b["label"]] = (b["status"], ev)
-            b = dict(b, status=ev.status, status_detail=ev.detail())
+            b = with_status(b, ev)
         out.append(b)
     _persist(Catalog(repo), backups, evaluations)
     return out
 
 
-def recoverable_to(record: dict, state: ArchiveState, backups: list[dict]) -> str | None:
+def recoverable_to(record: BackupRecord, state: ArchiveState, backups: list[BackupRecord]) -> str | None:
     """The latest time a recovery from ``record`` can reach without crossing a gap (docs/operations.md).
 
     ``None`` unless the backup is ``DONE``.  Let L be the last segment of the

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pgpush.config import Config
 from pgpush.errors import LockAcquireError
 from pgpush.log import LOG
 from pgpush.repo.repository import Repository
@@ -35,7 +36,7 @@ LOCK_NAME = "catalog.lock"
 POLL = 0.2
 
 
-def stale_after(cfg) -> float:
+def stale_after(cfg: Config) -> float:
     """How long a holder may keep the lock: a few repository round trips, each bounded by the I/O timeout."""
     return 4 * float(cfg["repo1-host-timeout"])
 
@@ -89,7 +90,7 @@ def _release(repo: Repository, path: str, token: str) -> None:
 
 
 @contextmanager
-def catalog_lock(cfg, repo: Repository, command: str) -> Iterator[None]:
+def catalog_lock(cfg: Config, repo: Repository, command: str) -> Iterator[None]:
     """Hold the stanza's catalog lock for the body; waits at most twice :func:`stale_after` for it."""
     path = f"{repo.backup_root}/{LOCK_NAME}"
     limit = stale_after(cfg)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 import re
+from typing import cast
 
 from pgpush.errors import FileReadError
 from pgpush.repo.catalog import LABEL_RE
 from pgpush.repo.codec.compress import EXTENSIONS
+from pgpush.repo.records import Manifest
 from pgpush.safepath import UnsafePath, clean_absolute, clean_parts, inside
 
 PREFIX = "pg_data"
@@ -34,13 +36,13 @@ class Bad(ValueError):
     """One reason a manifest is refused (turned into a FileReadError naming the backup)."""
 
 
-def check(manifest: object, label: str, outcome: str = "nothing was restored") -> dict:
+def check(manifest: object, label: str, outcome: str = "nothing was restored") -> Manifest:
     """``manifest`` when it is safe and well-formed, else FileReadError (42) saying why (and ``outcome``)."""
     try:
         _check(manifest)
     except (Bad, UnsafePath) as exc:
         raise FileReadError(f"manifest of backup '{label}' is corrupt: {exc}; {outcome}") from None
-    return manifest  # type: ignore[return-value]
+    return cast("Manifest", manifest)
 
 
 def _check(manifest: object) -> None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 _END = object()
+T = TypeVar("T")
 
 
 class _Failure:
@@ -25,8 +27,8 @@ class _Failure:
         self.exc = exc
 
 
-def ahead(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
-    """Yield the chunks of ``chunks``, produced in a thread up to ``depth`` chunks ahead."""
+def ahead(chunks: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Yield the chunks of ``chunks`` (bytes, or any item), produced in a thread up to ``depth`` ahead."""
     q: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
     source = iter(chunks)

@@ -24,11 +24,13 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 
+from pgpush.config import Config
 from pgpush.errors import (
     ArchiveMismatchError,
     FileMissingError,
     FileReadError,
     OptionInvalidValueError,
+    UnexpectedError,
 )
 from pgpush.repo.codec import compress, crypto
 from pgpush.storage.base import Storage
@@ -86,7 +88,7 @@ class Repository:
         self._archive_info: dict | None = None
 
     @classmethod
-    def from_config(cls, cfg, storage: Storage | None = None) -> Repository:
+    def from_config(cls, cfg: Config, storage: Storage | None = None) -> Repository:
         from pgpush.storage import open_storage
 
         if cfg["repo1-cipher-type"] != "none" and not cfg.get("repo1-cipher-pass"):
@@ -208,14 +210,19 @@ class Repository:
         kind = self.compress_type if compress_type is None else compress_type
         out = compress.compress(chunks, kind, self.compress_level)
         if self.cipher_type != "none":
-            self.load_archive_info()
-            out = crypto.encrypt(out, self._key)
+            out = crypto.encrypt(out, self._cipher_key())
         return out
+
+    def _cipher_key(self) -> bytes:
+        """The key of this encrypted repository: derived, and checked against archive.info, when it is read."""
+        self.load_archive_info()
+        if self._key is None:  # _check_cipher sets it for every cipher but "none"
+            raise UnexpectedError(f"no key derived for repo1-cipher-type '{self.cipher_type}'")
+        return self._key
 
     def decode(self, chunks: Iterable[bytes], filename: str) -> Iterator[bytes]:
         if self.cipher_type != "none":
-            self.load_archive_info()
-            chunks = crypto.decrypt(chunks, self._key)
+            chunks = crypto.decrypt(chunks, self._cipher_key())
         return compress.decompress(chunks, compress.type_of(filename))
 
     def decode_bounded(self, path: str, what: str, limit: int = MAX_WAL_BYTES) -> Iterator[bytes]:

@@ -8,16 +8,17 @@ backends (paramiko, S3) are imported only when chosen.
 
 from __future__ import annotations
 
+from pgpush.config import Config
 from pgpush.storage.base import Storage
 
 
-def open_storage(cfg) -> Storage:
+def open_storage(cfg: Config) -> Storage:
     from pgpush.storage.retry import RetryingStorage, policy_for
 
     return RetryingStorage(_backend(cfg), policy_for(cfg))
 
 
-def _backend(cfg) -> Storage:
+def _backend(cfg: Config) -> Storage:
     kind = cfg["repo1-type"]
     if kind == "posix":
         from pgpush.storage.posix import PosixStorage

@@ -23,7 +23,7 @@ import hashlib
 import os
 import posixpath
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 from pgpush.errors import RepoInvalidError
@@ -154,7 +154,7 @@ class Storage:
     def read(self, name: str) -> bytes:
         return b"".join(self.read_chunks(name))
 
-    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Generator[tuple[str, bytes], None, None]:
         """``(name, content)`` of each ``(name, size hint)`` in ``files``, in their order, for many small files.
 
         A missing file raises FileNotFoundError (its ``filename`` is the name)

@@ -68,9 +68,10 @@ import hashlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TypeVar
 
+from pgpush.config import Config
 from pgpush.log import LOG
 from pgpush.storage.base import FileInfo, Storage, StorageError
 
@@ -101,7 +102,7 @@ class Policy:
         return random.uniform(ceiling / 2, ceiling)
 
 
-def policy_for(cfg) -> Policy:
+def policy_for(cfg: Config) -> Policy:
     """The budget is ``repo1-host-timeout`` (see the module docstring for why)."""
     return Policy(float(cfg["repo1-host-timeout"]))
 
@@ -303,7 +304,7 @@ class RetryingStorage(Storage):
                 if close is not None:
                     close()
 
-    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Generator[tuple[str, bytes], None, None]:
         todo = iter(files)
         pending: deque[tuple[str, int | None]] = deque()  # given to the backend, not yet delivered
         tries = _Tries(self, "read files")

@@ -25,7 +25,7 @@ import posixpath
 import socket
 import stat
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 import paramiko
 from paramiko.sftp import (
@@ -47,8 +47,9 @@ from paramiko.sftp import (
 )
 from paramiko.sftp_attr import SFTPAttributes
 
+from pgpush.config import Config
 from pgpush.fsutil import TMP_SUFFIX
-from pgpush.storage import sftp_connect, sftp_upload
+from pgpush.storage import sftp_connect, sftp_upload, sftp_wire
 from pgpush.storage.base import (
     CHUNK,
     FileInfo,
@@ -118,7 +119,7 @@ class SftpStorage(Storage):
         self.description = f"{self.user}@{host}:{port}"
 
     @classmethod
-    def from_config(cls, cfg) -> SftpStorage:
+    def from_config(cls, cfg: Config) -> SftpStorage:
         return cls(
             host=cfg.require("repo1-host"),
             root=str(cfg["repo1-path"]),
@@ -192,7 +193,7 @@ class SftpStorage(Storage):
             return []
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._oserror(exc, f"list '{directory}'") from None
-        return [FileInfo(e.filename, e.st_size, e.st_mtime) for e in entries
+        return [FileInfo(e.filename, e.st_size or 0, e.st_mtime) for e in entries
                 if stat.S_ISREG(e.st_mode or 0) and TMP_SUFFIX not in e.filename]
 
     def info(self, name: str) -> FileInfo | None:
@@ -307,7 +308,7 @@ class SftpStorage(Storage):
         if self._sftp is None:
             return
         try:
-            self._sftp._request(CMD_CLOSE, handle)
+            sftp_wire.request(self._sftp, CMD_CLOSE, handle)
         except Exception:  # noqa: BLE001 - best effort: the upload has failed already
             pass
 
@@ -346,7 +347,7 @@ class SftpStorage(Storage):
             except Exception:  # noqa: BLE001
                 pass
 
-    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, bytes]]:
+    def read_many(self, files: Iterable[tuple[str, int | None]]) -> Generator[tuple[str, bytes], None, None]:
         """Many small files on one connection, ``READ_MANY_WINDOW`` of them in flight at a time.
 
         One file costs four requests (open, read, read at the end, close) and
@@ -367,7 +368,7 @@ class SftpStorage(Storage):
         clean = False
 
         def request(f: _Pending, t: int, *args, length: int = 0) -> None:
-            sent[sftp._async_request(replies, t, *args)] = (f, t, length)
+            sent[sftp_wire.send(sftp, replies, t, *args)] = (f, t, length)
 
         def read_next(f: _Pending) -> None:
             # up to one byte past the hint (a short answer then ends the file); past it, as much as allowed
@@ -421,7 +422,7 @@ class SftpStorage(Storage):
                     continue
                 if not sent:
                     break  # every file answered and every handle closed
-                sftp._read_response()  # one reply (possibly for a close) into ``replies``
+                sftp_wire.receive_one(sftp)  # one reply (possibly for a close) into ``replies``
                 for num, (t, msg) in replies.take():
                     f, _kind, asked = sent.pop(num)
                     answer(f, t, asked, msg)

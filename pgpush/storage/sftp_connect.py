@@ -26,13 +26,14 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from pgpush.log import LOG
+from pgpush.storage import sftp_wire
 from pgpush.storage.base import StorageError
 
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -61,7 +62,8 @@ _paramiko_log.addHandler(_ParamikoToLog())
 _paramiko_log.propagate = False
 
 
-def make_transport(sock, disabled_algorithms=None) -> paramiko.Transport:
+def make_transport(sock: socket.socket | paramiko.Channel,
+                   disabled_algorithms: Mapping[str, Iterable[str]] | None = None) -> paramiko.Transport:
     """A transport that prefers AES-GCM and big windows and packets (see the module docstring)."""
     transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms,
                                    default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
@@ -75,7 +77,7 @@ def make_transport(sock, disabled_algorithms=None) -> paramiko.Transport:
 def io_size(sftp: paramiko.SFTPClient) -> int:
     """The largest read/write request the server takes, up to IO_SIZE_MAX (``limits@openssh.com``)."""
     try:
-        kind, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+        kind, msg = sftp_wire.request(sftp, CMD_EXTENDED, "limits@openssh.com")
         if kind != CMD_EXTENDED_REPLY or len(msg.asbytes()) - msg.packet.tell() < 32:  # four uint64
             return IO_SIZE_MIN
         msg.get_int64()  # max packet length
@@ -144,14 +146,23 @@ def connect(target: Target, unreachable: Callable[[str, bool], StorageError]
         # ("[Errno 111] Connection refused"), as operators know it from pgBackRest.
         sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
         client.connect(
-            target.host, port=target.port, sock=sock, username=target.user, key_filename=keys, timeout=target.timeout,
+            # key_filename: paramiko's connect() takes a list of files too; types-paramiko says only str.
+            target.host, port=target.port, sock=sock, username=target.user,
+            key_filename=keys,  # type: ignore[arg-type]
+            timeout=target.timeout,
             banner_timeout=target.timeout, auth_timeout=target.timeout, channel_timeout=target.timeout,
-            allow_agent=False, look_for_keys=False, transport_factory=make_transport,
+            allow_agent=False, look_for_keys=False,
+            # types-paramiko's factory protocol wants gss_kex/gss_deleg_creds keywords that paramiko's
+            # connect() never passes (it passes sock and disabled_algorithms).
+            transport_factory=make_transport,  # type: ignore[arg-type]
         )
         transport = client.get_transport()
-        transport.set_keepalive(max(1, int(target.timeout // 2)))
         sftp = client.open_sftp()
-        sftp.get_channel().settimeout(target.timeout)
+        channel = sftp.get_channel()
+        if transport is None or channel is None:  # set by connect() and open_sftp(); None only if closed since
+            raise paramiko.SSHException("No existing session")
+        transport.set_keepalive(max(1, int(target.timeout // 2)))
+        channel.settimeout(target.timeout)
     except paramiko.BadHostKeyException as exc:
         client.close()
         raise unreachable(

@@ -29,7 +29,8 @@ from paramiko.sftp import (
     SFTP_OK,
     int64,
 )
-from paramiko.sftp_attr import SFTPAttributes
+
+from pgpush.storage import sftp_wire
 
 WRITE_WINDOW = 64  # WRITE requests in flight: 64 x 127 KiB is half the 16 MiB SSH window
 NEARLY_FULL = 1 << 20  # free bytes under which a failed write is reported as "no space left"
@@ -61,7 +62,7 @@ class _Acks:
 def _wait(sftp: paramiko.SFTPClient, acks: _Acks, keep: int) -> None:
     """Read replies until at most ``keep`` writes are outstanding; raise on the first refused one."""
     while len(acks.pending) > keep:
-        sftp._read_response()
+        sftp_wire.receive_one(sftp)
     if acks.failure is not None:
         _drain(sftp, acks)
         raise WriteFailed(acks.failure)
@@ -70,7 +71,7 @@ def _wait(sftp: paramiko.SFTPClient, acks: _Acks, keep: int) -> None:
 def _drain(sftp: paramiko.SFTPClient, acks: _Acks) -> None:
     """Read the replies still due, so none is left to confuse the next request of this connection."""
     while acks.pending:
-        sftp._read_response()
+        sftp_wire.receive_one(sftp)
 
 
 def write_all(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes], io_size: int) -> int:
@@ -82,22 +83,22 @@ def write_all(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes],
         for start in range(0, len(view), io_size):
             piece = bytes(view[start:start + io_size])
             _wait(sftp, acks, WRITE_WINDOW - 1)
-            num = sftp._async_request(acks, CMD_WRITE, handle, int64(offset), piece)
+            num = sftp_wire.send(sftp, acks, CMD_WRITE, handle, int64(offset), piece)
             acks.pending[num] = offset
             offset += len(piece)
         while acks.pending and sftp.sock.recv_ready():  # take what has come without waiting for it
-            sftp._read_response()
+            sftp_wire.receive_one(sftp)
         _wait(sftp, acks, WRITE_WINDOW)
     _wait(sftp, acks, 0)
     return offset
 
 
-def checked_request(sftp: paramiko.SFTPClient, what: str, t: int, *args) -> tuple[int, paramiko.Message]:
+def checked_request(sftp: paramiko.SFTPClient, what: str, t: int, *args: object) -> tuple[int, paramiko.Message]:
     """One synchronous request; a refusal by the server (an error status, which paramiko raises
     as a plain OSError) becomes :class:`WriteFailed`.  A lost connection (timeout, EOF) passes
     through as it is: that is transient, a refusal is not."""
     try:
-        return sftp._request(t, *args)
+        return sftp_wire.request(sftp, t, *args)
     except OSError as exc:
         if type(exc) is OSError:
             raise WriteFailed(f"{exc} ({what})") from None
@@ -110,7 +111,7 @@ def fsync_and_check(sftp: paramiko.SFTPClient, handle: bytes, written: int) -> N
     t, msg = checked_request(sftp, "fstat", CMD_FSTAT, handle)
     if t != CMD_ATTRS:
         raise WriteFailed(f"unexpected SFTP reply {t} to fstat")
-    size = SFTPAttributes._from_msg(msg).st_size
+    size = sftp_wire.attributes(msg).st_size
     if size != written:
         raise WriteFailed(f"the backup host stored {size} bytes of the {written} sent")
 
@@ -123,7 +124,7 @@ def close_handle(sftp: paramiko.SFTPClient, handle: bytes) -> None:
 def free_bytes(sftp: paramiko.SFTPClient, path: str) -> int | None:
     """Bytes free for an unprivileged user on the file system holding ``path`` (``statvfs@openssh.com``)."""
     try:
-        t, msg = sftp._request(CMD_EXTENDED, "statvfs@openssh.com", path)
+        t, msg = sftp_wire.request(sftp, CMD_EXTENDED, "statvfs@openssh.com", path)
         if t != CMD_EXTENDED_REPLY:
             return None
         _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))

@@ -11,13 +11,15 @@ from __future__ import annotations
 import datetime as dt
 
 from pgpush.commands.restore import recovery
+from pgpush.config import Config
 from pgpush.errors import BackupSetInvalidError, OptionInvalidValueError, OptionRequiredError
 from pgpush.log import LOG
 from pgpush.repo import catalog
 from pgpush.repo.catalog import DONE, WAITING
+from pgpush.repo.records import BackupRecord
 
 
-def recovery_options(cfg) -> tuple[str, str | None, str]:
+def recovery_options(cfg: Config) -> tuple[str, str | None, str]:
     """(``--type``, ``--target``, ``--target-action``), refused when they do not go together."""
     rtype = cfg.get("type") or "default"
     if rtype not in recovery.TYPES:
@@ -40,7 +42,8 @@ def parse_time(text: str) -> float | None:
         return None
 
 
-def choose_backup(backups: list[dict], set_label: str | None, rtype: str, target: str | None) -> tuple[dict, str]:
+def choose_backup(backups: list[BackupRecord], set_label: str | None, rtype: str,
+                  target: str | None) -> tuple[BackupRecord, str]:
     """(backup, why it was chosen)."""
     if set_label:
         for b in backups:

@@ -15,8 +15,10 @@ import shutil
 
 from pgpush.archive import spool
 from pgpush.commands.restore.layout import PREFIX
+from pgpush.config import Config
 from pgpush.errors import PathNotEmptyError, PgRunningError
 from pgpush.log import LOG
+from pgpush.repo.records import Manifest
 
 
 def running_pid(pgdata: str) -> int | None:
@@ -55,7 +57,7 @@ def prepare(pgdata: str, delta: bool, force: bool) -> bool:
     return True
 
 
-def tablespaces_in_use(manifest: dict, delta: bool, force: bool) -> bool:
+def tablespaces_in_use(manifest: Manifest, delta: bool, force: bool) -> bool:
     """Does a tablespace location already hold this version's directory?  Refused without --delta/--force."""
     prefix = f"PG_{int(manifest['backup']['pg_version'])}_"
     for link in manifest.get("links", []):
@@ -111,7 +113,7 @@ def clean(pgdata: str, keep_files: set[str], keep_dirs: set[str], links: dict[st
     return removed
 
 
-def clear_spool(cfg) -> None:
+def clear_spool(cfg: Config) -> None:
     """Empty ``SPOOL/archive/STANZA/in/``: stale prefetched WAL must never reach the restored cluster."""
     path = os.path.join(spool.stanza_dir(str(cfg["spool-path"]), cfg.stanza), "in")
     try:

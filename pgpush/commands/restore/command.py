@@ -19,14 +19,16 @@ from pgpush.commands.restore.durability import make_durable
 from pgpush.commands.restore.files import FileJob, file_jobs, plan, restore_files
 from pgpush.commands.restore.layout import PREFIX, check_locations, make_dirs, owner_ids
 from pgpush.commands.restore.remap import remap_tablespaces, rewrite_tablespace_map
+from pgpush.config import Config
 from pgpush.errors import PathCreateError
 from pgpush.log import LOG
 from pgpush.repo import catalog, manifest_check
 from pgpush.repo.catalog import Catalog
+from pgpush.repo.records import Manifest
 from pgpush.repo.repository import Repository
 
 
-def run(cfg) -> str:
+def run(cfg: Config) -> str:
     try:
         return _run(cfg)
     except OSError as exc:
@@ -35,7 +37,7 @@ def run(cfg) -> str:
         raise PathCreateError(f"unable to restore: {exc}") from None
 
 
-def _run(cfg) -> str:
+def _run(cfg: Config) -> str:
     pgdata = os.path.abspath(str(cfg.require("pg1-path")))
     rtype, target, action = recovery_options(cfg)
     delta, force = bool(cfg["delta"]), bool(cfg["force"])
@@ -69,7 +71,7 @@ def _run(cfg) -> str:
     return message + "\nHINT: start PostgreSQL to recover"
 
 
-def _restore(cfg, repo: Repository, cat: Catalog, label: str, manifest: dict, pgdata: str, existing: bool,
+def _restore(cfg: Config, repo: Repository, cat: Catalog, label: str, manifest: Manifest, pgdata: str, existing: bool,
              compare: bool) -> tuple[int, int]:
     """Directories, tablespace links and files; returns (files written, files kept)."""
     files = {f["name"]: f for f in manifest["files"]}

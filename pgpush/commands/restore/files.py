@@ -24,6 +24,7 @@ from pgpush.commands.restore.layout import Owner, id_args, locate, owner_ids
 from pgpush.errors import FileReadError, PathCreateError
 from pgpush.repo import readahead
 from pgpush.repo.catalog import Catalog
+from pgpush.repo.records import ManifestFile
 from pgpush.repo.repository import Repository
 
 SMALL_REPO_SIZE = 1024 * 1024  # a file stored in at most this many bytes ...
@@ -58,7 +59,7 @@ class FileJob(NamedTuple):
 # -- the job list ---------------------------------------------------------------------------------
 
 
-def file_jobs(cat: Catalog, label: str, files: dict[str, dict], pgdata: str, links: dict[str, str], root_owner: Owner,
+def file_jobs(cat: Catalog, label: str, files: dict[str, ManifestFile], pgdata: str, links: dict[str, str], root_owner: Owner,
               compare: bool) -> list[FileJob]:
     """One job per file; every repository path is found (a reference that is not a label is refused) before
     anything is written."""

@@ -17,6 +17,7 @@ from typing import Optional
 
 from pgpush import safepath
 from pgpush.errors import FileReadError
+from pgpush.repo.records import ManifestFile, ManifestPath
 
 PREFIX = "pg_data"
 Owner = tuple[Optional[int], Optional[int]]  # uid, gid; evaluated at import: `int | None` fails on 3.9
@@ -41,13 +42,14 @@ def check_locations(pgdata: str, links: dict[str, str]) -> None:
                                 "refused before anything is written\nHINT: use --tablespace-map to restore it elsewhere")
 
 
-def owner_ids(entry: dict, fallback: Owner) -> Owner:
+def owner_ids(entry: ManifestPath | ManifestFile, fallback: Owner) -> Owner:
     """uid and gid for a manifest entry's user and group names (as root; unknown names fall back)."""
     if os.geteuid() != 0:
         return None, None
     try:
-        uid = pwd.getpwnam(entry["user"]).pw_uid if entry.get("user") else fallback[0]
-        gid = grp.getgrnam(entry["group"]).gr_gid if entry.get("group") else fallback[1]
+        user, group = entry.get("user"), entry.get("group")
+        uid = pwd.getpwnam(user).pw_uid if user else fallback[0]
+        gid = grp.getgrnam(group).gr_gid if group else fallback[1]
         return uid, gid
     except KeyError:
         return fallback
@@ -58,7 +60,7 @@ def id_args(uid: int, gid: int | None) -> tuple[int, int]:
     return uid, -1 if gid is None else gid
 
 
-def make_dirs(pgdata: str, dirs: list[dict], links: dict[str, str], root_owner: Owner) -> None:
+def make_dirs(pgdata: str, dirs: list[ManifestPath], links: dict[str, str], root_owner: Owner) -> None:
     """Directories, then tablespace links (their location created), then the directories inside them."""
     def under_link(name: str) -> bool:
         return any(name.startswith(link + "/") for link in links)
@@ -95,7 +97,7 @@ def _make_link(pgdata: str, name: str, dest: str, root_owner: Owner) -> None:
         os.close(fd)
 
 
-def _make_dir(root: str, parts: list[str], d: dict, root_owner: Owner) -> None:
+def _make_dir(root: str, parts: list[str], d: ManifestPath, root_owner: Owner) -> None:
     """One directory with the manifest's mode and owner, created and changed through its own fd."""
     mode = int(d["mode"], 8)
     if not parts:

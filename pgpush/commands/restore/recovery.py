@@ -52,7 +52,7 @@ def restore_command(cfg: Config) -> str:
     return " ".join(shlex.quote(a) for a in argv) + ' get %f "%p"'
 
 
-def settings(cfg, rtype: str, target: str | None, action: str) -> list[tuple[str, str]]:
+def settings(cfg: Config, rtype: str, target: str | None, action: str) -> list[tuple[str, str]]:
     """``(key, value)`` recovery settings for the restore type."""
     out = [("restore_command", restore_command(cfg))]
     if rtype == "immediate":

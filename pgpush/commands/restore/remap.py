@@ -8,11 +8,13 @@ import os
 import stat
 
 from pgpush import fsutil, safepath
+from pgpush.config import Config
 from pgpush.errors import OptionInvalidValueError
 from pgpush.log import LOG
+from pgpush.repo.records import Manifest
 
 
-def remap_tablespaces(cfg, manifest: dict) -> dict[str, str]:
+def remap_tablespaces(cfg: Config, manifest: Manifest) -> dict[str, str]:
     """Apply ``--tablespace-map`` / ``--tablespace-map-all`` to the manifest's links; returns {OID: new path}.
 
     A restore next to the running original (a test restore on the same host) needs its

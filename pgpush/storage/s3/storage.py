@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
+from pgpush.config import Config
 from pgpush.errors import OptionInvalidValueError, OptionRequiredError
 from pgpush.fsutil import TMP_SUFFIX
 from pgpush.log import LOG
@@ -79,7 +80,7 @@ class S3Storage(Storage):
         self.conditional_complete: bool | None = None
 
     @classmethod
-    def from_config(cls, cfg) -> S3Storage:
+    def from_config(cls, cfg: Config) -> S3Storage:
         port = int(cfg["repo1-storage-port"])
         raw = cfg.require("repo1-s3-endpoint")
         try:
