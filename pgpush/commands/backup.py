@@ -40,10 +40,11 @@ from pgpush.errors import (
 from pgpush.log import LOG
 from pgpush.pg import pgconn, pgdata
 from pgpush.pg.nudge import PrimaryNudge
-from pgpush.repo import catalog, catalog_lock, manifest_check, readahead
-from pgpush.repo.catalog import DONE, FAILED, WAITING, ArchiveListing, Catalog
+from pgpush.repo import catalog, catalog_lock, manifest_check, readahead, status
+from pgpush.repo.catalog import Catalog
 from pgpush.repo.records import BackupRecord, Manifest, ManifestFile, ManifestPath
 from pgpush.repo.repository import Repository
+from pgpush.repo.status import DONE, FAILED, WAITING, ArchiveListing
 from pgpush.storage.base import CHUNK, StorageError
 
 TYPES = ("full", "diff", "incr")
@@ -263,7 +264,7 @@ def _take(cfg: Config, repo: Repository, db: pgconn.PgConn, pgdata_path: str, bt
             "label": label, "type": btype, "prior": prior["label"] if prior else None, "status": WAITING,
             "status_detail": None, "from_standby": standby, "timeline": start_tli, "stop_timeline": stop_tli,
             "start_lsn": start_lsn, "stop_lsn": stop_lsn, "wal_start": wal_start, "wal_stop": wal_stop,
-            "start_time": catalog.iso_utc(start_time), "stop_time": catalog.iso_utc(stop_time, ceil=True),
+            "start_time": status.iso_utc(start_time), "stop_time": status.iso_utc(stop_time, ceil=True),
             "size": sum(f["size"] for f in files), "repo_size": sum(f["repo_size"] for f in own),
             "backup_size": sum(f["size"] for f in own), "file_count": len(files),
             "reference": sorted({ref for f in files if (ref := f.get("reference"))}),
@@ -272,8 +273,8 @@ def _take(cfg: Config, repo: Repository, db: pgconn.PgConn, pgdata_path: str, bt
         }
         if nudger is not None:
             nudger.nudge()
-        ev = catalog.evaluate(record, ArchiveListing(repo, archive_id).window([record], segment_size))
-        record = catalog.with_status(record, ev)
+        ev = status.evaluate(record, ArchiveListing(repo, archive_id).window([record], segment_size))
+        record = status.with_status(record, ev)
         manifest: Manifest = {"format": 1, "backup": record, "files": sorted(files, key=lambda f: f["name"]),
                     "dirs": dirs, "links": links}
         _commit(cfg, cat, label, manifest)
@@ -397,10 +398,10 @@ def settle(cfg: Config, repo: Repository, record: BackupRecord, nudger: PrimaryN
     cat = Catalog(repo)
     size = int(record["segment_size"])
     while True:
-        ev = catalog.evaluate(record, ArchiveListing(repo, record["archive_id"]).window([record], size))
+        ev = status.evaluate(record, ArchiveListing(repo, record["archive_id"]).window([record], size))
         if ev.status != record["status"]:
             cat.set_statuses({record["label"]: (record["status"], ev)})
-            record = catalog.with_status(record, ev)
+            record = status.with_status(record, ev)
         if ev.status == DONE:
             return record
         now = time.monotonic()

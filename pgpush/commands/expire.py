@@ -35,9 +35,10 @@ from pgpush.config import Config
 from pgpush.errors import FormatError, OptionInvalidValueError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repo import catalog, catalog_lock
-from pgpush.repo.catalog import DONE, WAITING, Catalog
+from pgpush.repo.catalog import Catalog
 from pgpush.repo.records import BackupRecord, WalStart
 from pgpush.repo.repository import Repository
+from pgpush.repo.status import DONE, WAITING
 from pgpush.repo.walarchive import ARCHIVED_RE, DROPPED_SUFFIX
 
 STALE_AFTER = 24 * 3600.0

@@ -15,7 +15,7 @@ from pgpush import config
 from pgpush.config import Config, format_size
 from pgpush.errors import FileMissingError, PgPushError
 from pgpush.log import LOG
-from pgpush.repo import catalog
+from pgpush.repo import catalog, status
 from pgpush.repo.records import BackupRecord
 from pgpush.repo.repository import Repository
 from pgpush.storage import open_storage
@@ -67,24 +67,24 @@ def stanza_info(cfg: Config, stanza: str) -> dict:
         out["cipher"] = (info.get("cipher") or {}).get("type", "none")
         out["db"] = {"version": info["db"]["version"], "system_id": info["db"]["system-id"], "archive_id": aid}
         backups = catalog.Catalog(repo).reconciled()
-        states: dict[str, catalog.ArchiveState] = {}
+        states: dict[str, status.ArchiveState] = {}
         backups = catalog.evaluate_all(repo, backups, states)
         if aid not in states:
-            states[aid] = catalog.archive_state(repo, aid, backups)
+            states[aid] = status.archive_state(repo, aid, backups)
         state = states[aid]
         names = sorted(state.archived)
         out["archive"] = {
             "min": names[0] if names else None,
             "max": names[-1] if names else None,
-            "gaps": catalog.gaps(names, state.dropped, state.segment_size) if state.segment_size else [],
+            "gaps": status.gaps(names, state.dropped, state.segment_size) if state.segment_size else [],
             "dropped": sorted(state.dropped),
             "conflicts": sorted(state.conflicts),
             "archive_id": aid,
         }
         for b in backups:
-            bstate = states.get(b["archive_id"]) or catalog.archive_state(repo, b["archive_id"], backups)
+            bstate = states.get(b["archive_id"]) or status.archive_state(repo, b["archive_id"], backups)
             states[b["archive_id"]] = bstate
-            out["backups"].append(backup_json(b, catalog.recoverable_to(b, bstate, backups)))
+            out["backups"].append(backup_json(b, status.recoverable_to(b, bstate, backups)))
     except FileMissingError as exc:
         out["status"] = "error"
         out["message"] = f"missing stanza: {exc}"

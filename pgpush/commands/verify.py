@@ -25,7 +25,7 @@ from pgpush.commands.progress import Progress
 from pgpush.config import Config
 from pgpush.errors import FileReadError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
-from pgpush.repo import catalog, manifest_check
+from pgpush.repo import catalog, manifest_check, status
 from pgpush.repo.catalog import Catalog
 from pgpush.repo.records import BackupRecord, Manifest
 from pgpush.repo.repository import MAX_WAL_BYTES, Repository
@@ -108,22 +108,22 @@ def run(cfg: Config) -> tuple[str, int]:
     try:
         repo.load_archive_info()
         cat = Catalog(repo)
-        states: dict[str, catalog.ArchiveState] = {}
+        states: dict[str, status.ArchiveState] = {}
         backups = catalog.evaluate_all(repo, cat.reconciled(), states)
         jobs: list[tuple] = []
         for archive_id in reversed(repo.archive_ids()):
             jobs += _archive_jobs(repo, archive_id)
-            state = states.get(archive_id) or catalog.archive_state(repo, archive_id, backups)
+            state = states.get(archive_id) or status.archive_state(repo, archive_id, backups)
             names = sorted(state.archived)
             if state.segment_size and names:
-                found = catalog.gaps(names, state.dropped, state.segment_size)
+                found = status.gaps(names, state.dropped, state.segment_size)
                 lines.append(f"archive {archive_id}: {len(names)} segment(s) {names[0]} to {names[-1]}, "
                              f"{len(found)} gap(s)")
                 lines += [f"  gap: {a} to {b}" for a, b in found]
             problems += [f"WAL file {archive_id}/{name}: stored twice with different content (get refuses it)"
                          for name in sorted(state.conflicts)]
         for b in backups:
-            if b["status"] != catalog.DONE:
+            if b["status"] != status.DONE:
                 lines.append(f"backup {b['label']}: {b['status']} ({b.get('status_detail')})")
         jobs += _backup_jobs(cat, backups, problems)
         progress = Progress("verify", len(jobs), sum(j[5] for j in jobs), str(cfg["log-level-console"]))

@@ -26,7 +26,7 @@ class _RecordCore(TypedDict):
 
     label: str  # ``YYYYMMDD-HHMMSSF`` with ``_YYYYMMDD-HHMMSSD``/``I`` for diff/incr
     type: str  # full, diff, incr
-    status: str  # catalog.DONE, WAITING or FAILED
+    status: str  # status.DONE, WAITING or FAILED
     start_time: str  # ISO-8601 UTC
     stop_time: str
     wal_start: str  # segment names
@@ -46,7 +46,7 @@ class WalStart(TypedDict):
 
 
 class WalSpan(TypedDict):
-    """The WAL a backup needs to be consistent: what its status is evaluated on (``catalog.evaluate``)."""
+    """The WAL a backup needs to be consistent: what its status is evaluated on (``status.evaluate``)."""
 
     wal_start: str
     wal_stop: str

@@ -15,8 +15,9 @@ import pytest
 from harness import procs
 
 from pgpush import wal
-from pgpush.repo.catalog import DONE, Catalog
+from pgpush.repo.catalog import Catalog
 from pgpush.repo.repository import Repository
+from pgpush.repo.status import DONE
 from pgpush.storage.posix import PosixStorage
 
 pytestmark = pytest.mark.integration

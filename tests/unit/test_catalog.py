@@ -10,9 +10,10 @@ from pgpush.commands.backup import choose_prior, make_label
 from pgpush.commands.restore import choose, recovery
 from pgpush.errors import BackupSetInvalidError, OptionInvalidValueError
 from pgpush.pg.pgdata import unlogged_skips
-from pgpush.repo import catalog
-from pgpush.repo.catalog import DONE, FAILED, WAITING, ArchiveState, Catalog, SegmentIndex, evaluate, gaps
+from pgpush.repo import catalog, status
+from pgpush.repo.catalog import Catalog
 from pgpush.repo.repository import Repository
+from pgpush.repo.status import DONE, FAILED, WAITING, ArchiveState, SegmentIndex, evaluate, gaps
 from pgpush.storage.base import FileInfo
 from pgpush.storage.posix import PosixStorage
 
@@ -112,33 +113,33 @@ def state(archived: dict[int, float | None], dropped=()) -> ArchiveState:
 
 
 def test_recoverable_to_stops_at_the_first_gap():
-    t0 = catalog.parse_iso("2024-01-01T00:01:00+00:00")
+    t0 = status.parse_iso("2024-01-01T00:01:00+00:00")
     b = rec("a", 3, 4, status=DONE)
     st = state({3: t0, 4: t0, 5: t0 + 60, 6: t0 + 120, 8: t0 + 300})
-    assert catalog.recoverable_to(b, st, [b]) == catalog.iso_utc(t0 + 120)
+    assert status.recoverable_to(b, st, [b]) == status.iso_utc(t0 + 120)
 
 
 def test_recoverable_to_is_the_stop_time_when_nothing_follows():
     b = rec("a", 3, 4, status=DONE)
-    assert catalog.recoverable_to(b, state({3: 1.0, 4: 2.0, 6: 3.0}), [b]) == b["stop_time"]
+    assert status.recoverable_to(b, state({3: 1.0, 4: 2.0, 6: 3.0}), [b]) == b["stop_time"]
 
 
 def test_recoverable_to_is_null_unless_done():
     b = rec("a", 3, 4, status=WAITING)
-    assert catalog.recoverable_to(b, state({3: 1.0}), [b]) is None
+    assert status.recoverable_to(b, state({3: 1.0}), [b]) is None
 
 
 def test_recoverable_to_without_storage_times_uses_later_backups():
     a = rec("a", 3, 4, status=DONE)
     b = rec("b", 6, 6, status=DONE, start_time="2024-01-01T01:00:00+00:00", stop_time="2024-01-01T01:00:05+00:00")
     st = state({n: None for n in range(3, 9)})
-    assert catalog.recoverable_to(a, st, [a, b]) == "2024-01-01T01:00:05+00:00"
+    assert status.recoverable_to(a, st, [a, b]) == "2024-01-01T01:00:05+00:00"
 
 
 def test_iso_utc_rounds_the_stop_time_up():
-    assert catalog.iso_utc(1.2) == "1970-01-01T00:00:01+00:00"
-    assert catalog.iso_utc(1.2, ceil=True) == "1970-01-01T00:00:02+00:00"
-    assert catalog.iso_utc(1.0, ceil=True) == "1970-01-01T00:00:01+00:00"
+    assert status.iso_utc(1.2) == "1970-01-01T00:00:01+00:00"
+    assert status.iso_utc(1.2, ceil=True) == "1970-01-01T00:00:02+00:00"
+    assert status.iso_utc(1.0, ceil=True) == "1970-01-01T00:00:01+00:00"
 
 
 # -- retention ---------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import pytest
 
 from pgpush.commands import expire
 from pgpush.errors import ArchiveDuplicateError, FileReadError, FormatError, WalNotFound
-from pgpush.repo.catalog import DONE, FAILED, WAITING
 from pgpush.repo.repository import Repository
+from pgpush.repo.status import DONE, FAILED, WAITING
 from pgpush.repo.walarchive import get_wal, get_wal_into, history_problem, push_wal
 from pgpush.storage.posix import PosixStorage
 

@@ -14,9 +14,9 @@ from pgpush.commands.restore import recovery
 from pgpush.config import Config
 from pgpush.errors import BackupSetInvalidError, OptionInvalidValueError, OptionRequiredError
 from pgpush.log import LOG
-from pgpush.repo import catalog
-from pgpush.repo.catalog import DONE, WAITING
+from pgpush.repo import status
 from pgpush.repo.records import BackupRecord
+from pgpush.repo.status import DONE, WAITING
 
 
 def recovery_options(cfg: Config) -> tuple[str, str | None, str]:
@@ -59,7 +59,7 @@ def choose_backup(backups: list[BackupRecord], set_label: str | None, rtype: str
         if when is None:
             LOG.warn(f"unable to read recovery target time '{target}': the latest backup is chosen")
         else:
-            before = [b for b in done if catalog.parse_iso(b["stop_time"]) <= when]
+            before = [b for b in done if status.parse_iso(b["stop_time"]) <= when]
             if before:
                 return before[-1], "latest DONE backup that stopped before the target time"
             LOG.warn("no DONE backup stopped before the target time: the latest one is chosen")
