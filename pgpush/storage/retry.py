@@ -32,7 +32,8 @@ Why each operation may be repeated
 ----------------------------------
 - ``list``, ``list_dirs``, ``info``: they only read.
 - ``delete``, ``delete_tree``: a missing name is not an error, so a second delete of what the
-  first one removed (its answer lost) succeeds.
+  first one removed (its answer lost) succeeds.  Not so for a name another process writes
+  again at once (a lock): ``delete_once`` is never retried, and its caller looks before each try.
 - ``put``: it writes a temporary name and renames it only when complete (S3: one PUT or a
   multipart upload that is whole or aborted), so a failed try leaves no partial file under the
   name, and the temporary copy a killed connection left behind is removed before the next try
@@ -220,6 +221,9 @@ class RetryingStorage(Storage):
 
     def delete_tree(self, directory: str) -> None:
         self._call(f"delete '{directory}'", self.backend.delete_tree, directory)
+
+    def delete_once(self, name: str) -> None:
+        self.backend.delete(name)  # not retried: see Storage.delete_once
 
     def remove_leftovers(self, name: str) -> None:
         self.backend.remove_leftovers(name)
