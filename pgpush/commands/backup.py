@@ -324,11 +324,29 @@ def _commit(cfg: Config, cat: Catalog, label: str, manifest: Manifest) -> None:
 
     Under the catalog lock, so ``expire`` either removed the directory before (the marker is
     gone: the backup fails instead of recording files that no longer exist) or sees the manifest.
+    The same holds for the backups this one references (:func:`_check_references_kept`).
     """
     with catalog_lock.catalog_lock(cfg, cat.repo, "backup"):
         _check_still_ours(cat, label)
+        _check_references_kept(cat, manifest["backup"])
         cat.write_manifest(label, manifest)
         cat.storage.delete(f"{cat.label_dir(label)}/{STARTED}")
+
+
+def _check_references_kept(cat: Catalog, record: dict) -> None:
+    """The prior and every backup whose files this one references must still have their manifest.
+
+    The lock taken in ``_claim`` keeps ``expire`` from removing them only while it is held by
+    its live holder: a lock older than its stale limit is broken (a holder slowed by the retry
+    layer's reconnects, or whose clock runs behind the waiter's), and an ``expire`` that broke it
+    may have removed the prior before this backup's directory existed.  Checked here, under the
+    lock again, a backup is never recorded with references to files that are gone; after the
+    manifest is written, ``expire`` keeps what it references.
+    """
+    for needed in sorted({record.get("prior"), *(record.get("reference") or [])} - {None}):
+        if cat.storage.info(cat.manifest_path(needed)) is None:
+            raise FileMissingError(f"backup {record['label']}: backup {needed}, which it references, was removed "
+                                   "from the repository while it ran (by expire, or by hand): nothing is recorded")
 
 
 def _check_still_ours(cat: Catalog, label: str) -> None:

@@ -203,6 +203,8 @@ def _remove_incomplete(cat: Catalog, label: str) -> None:
     try:
         cat.storage.delete_tree(cat.label_dir(label))
     except RepoInvalidError as exc:
+        if getattr(exc, "transient", False):
+            raise  # unreachable after the retry layer's budget: the next one would cost another
         LOG.warn(f"unable to remove incomplete backup {label}: {exc}")
 
 

@@ -84,6 +84,8 @@ def _backup_jobs(cat: Catalog, backups: list[BackupRecord], problems: list[str])
     for b in backups:
         try:
             manifests[b["label"]] = manifest_check.check(cat.read_manifest(b["label"]), b["label"], "not verified")
+        except RepoInvalidError:
+            raise  # the repository fails (103), after the retry layer's budget: not one problem per backup
         except PgPushError as exc:
             problems.append(f"backup {b['label']}: {exc}")
     sums = {label: {f["name"]: f["sha1"] for f in m["files"]} for label, m in manifests.items()}

@@ -31,6 +31,7 @@ from pgpush.config import Config
 from pgpush.errors import LockAcquireError
 from pgpush.log import LOG
 from pgpush.repo.repository import Repository
+from pgpush.storage.base import StorageError
 
 LOCK_NAME = "catalog.lock"
 POLL = 0.2
@@ -64,7 +65,26 @@ def _owner(raw: bytes | None) -> str | None:
         return None
 
 
-def _break_if_stale(repo: Repository, path: str, limit: float) -> None:
+def _delete_if_still(repo: Repository, path: str, raw: bytes, budget: float) -> None:
+    """Delete the lock at ``path`` only while its body is ``raw``, read again before each try.
+
+    A delete whose answer was lost may have removed the lock; the next holder takes it at
+    once (waiters poll every :data:`POLL` seconds), and a blind second delete would remove *its*
+    lock.  So the delete is tried once at a time (``delete_once``), and after a transient
+    failure the body is looked at again, for at most ``budget`` seconds (the retry layer's).
+    """
+    deadline = time.monotonic() + budget
+    while _read(repo, path) == raw:
+        try:
+            repo.storage.delete_once(path)
+            return
+        except StorageError as exc:
+            if not exc.transient or time.monotonic() >= deadline:
+                raise
+        time.sleep(POLL)
+
+
+def _break_if_stale(repo: Repository, path: str, limit: float, budget: float) -> None:
     """Remove a lock older than ``limit``, only if it is still the very lock found stale.
 
     Two waiters may find one stale lock: the second must not remove the lock the first has
@@ -75,18 +95,17 @@ def _break_if_stale(repo: Repository, path: str, limit: float) -> None:
         return
     LOG.warn(f"breaking the catalog lock of stanza '{repo.stanza}': taken {age:.0f}s ago by a process "
              "that did not release it")
-    if _read(repo, path) == raw:
-        repo.storage.delete(path)
+    _delete_if_still(repo, path, raw, budget)
 
 
-def _release(repo: Repository, path: str, token: str) -> None:
+def _release(repo: Repository, path: str, token: str, budget: float) -> None:
     """Remove the lock if it is still ours: one broken as stale while we held it belongs to its new holder."""
     raw = _read(repo, path)
-    if _owner(raw) != token:
+    if raw is None or _owner(raw) != token:
         LOG.warn(f"the catalog lock of stanza '{repo.stanza}' was broken while this {path.rsplit('/', 1)[-1]} holder "
                  "ran (it took longer than the lock's stale limit): left to its new holder")
         return
-    repo.storage.delete(path)
+    _delete_if_still(repo, path, raw, budget)
 
 
 @contextmanager
@@ -94,6 +113,7 @@ def catalog_lock(cfg: Config, repo: Repository, command: str) -> Iterator[None]:
     """Hold the stanza's catalog lock for the body; waits at most twice :func:`stale_after` for it."""
     path = f"{repo.backup_root}/{LOCK_NAME}"
     limit = stale_after(cfg)
+    budget = float(cfg["repo1-host-timeout"])
     token = os.urandom(8).hex()
     body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command, "time": time.time(),
                        "token": token})
@@ -103,7 +123,7 @@ def catalog_lock(cfg: Config, repo: Repository, command: str) -> Iterator[None]:
             repo.storage.put(path, [body.encode()])
             break
         except FileExistsError:
-            _break_if_stale(repo, path, limit)
+            _break_if_stale(repo, path, limit, budget)
         if time.monotonic() >= deadline:
             raise LockAcquireError(f"unable to acquire the catalog lock of stanza '{repo.stanza}' within "
                                    f"{2 * limit:g}s: another backup or expire holds it ({path})")
@@ -112,6 +132,6 @@ def catalog_lock(cfg: Config, repo: Repository, command: str) -> Iterator[None]:
         yield
     finally:
         try:
-            _release(repo, path, token)
+            _release(repo, path, token, budget)
         except Exception as exc:  # noqa: BLE001 - the body's own outcome matters more; it goes stale
             LOG.warn(f"unable to release the catalog lock of stanza '{repo.stanza}': {exc}")

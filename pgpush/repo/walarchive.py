@@ -35,6 +35,7 @@ from typing import IO, NamedTuple
 from pgpush import wal
 from pgpush.errors import (
     ArchiveDuplicateError,
+    FileMissingError,
     FileReadError,
     FormatError,
     PgPushError,
@@ -346,18 +347,25 @@ def get_wal_into(repo: Repository, name: str, fh: IO[bytes]) -> None:
     """Write the content of WAL file ``name`` into ``fh``, streamed, and verify its SHA-1 at the end.
 
     The caller writes to a temporary name and renames only when this returns: a corrupt
-    file raises :class:`FileReadError` and must never reach its destination.
+    file raises :class:`FileReadError` and must never reach its destination.  A copy removed
+    after it was found (a concurrent expire, a push replacing a damaged copy, seen again by a
+    read retried after a lost connection) is :class:`FileMissingError`: an error PostgreSQL
+    retries, never "not in the archive", and never taken for the caller's own file.
     """
     found = locate(repo, name, repo.archive_ids())
     if found is None:
         raise WalNotFound(name)
-    if wal.kind(name) == "history":  # small, no SHA-1 in its name: read whole, checked as PostgreSQL will read it
-        data = repo.read_verified(found.path, None, f"WAL file '{name}'")
-        if problem := history_problem(name, data):
-            raise FileReadError(f"{problem} (in the repository)")
-        fh.write(data)
-        return
-    _stream_verified(repo, name, found.path, str(found.sha1), fh)
+    try:
+        if wal.kind(name) == "history":  # small, no SHA-1 in its name: read whole, checked as PostgreSQL will read it
+            data = repo.read_verified(found.path, None, f"WAL file '{name}'")
+            if problem := history_problem(name, data):
+                raise FileReadError(f"{problem} (in the repository)")
+            fh.write(data)
+            return
+        _stream_verified(repo, name, found.path, str(found.sha1), fh)
+    except FileNotFoundError:  # only the repository's: ``fh`` is open already
+        raise FileMissingError(f"WAL file '{name}' was removed from the repository while it was being read "
+                               f"('{found.path}')") from None
 
 
 def _segment_size(name: str, head: bytes) -> int:

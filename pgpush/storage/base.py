@@ -174,6 +174,15 @@ class Storage:
         """Remove ``name``; a missing file is not an error."""
         raise NotImplementedError
 
+    def delete_once(self, name: str) -> None:
+        """:meth:`delete` tried once, even under the retry layer (:mod:`pgpush.storage.retry`).
+
+        Repeating a delete whose answer was lost is safe only for a name nobody writes again
+        meanwhile.  A lock is written again at once by its next holder: its owner looks at it
+        again before each try (:mod:`pgpush.repo.catalog_lock`).
+        """
+        self.delete(name)
+
     def remove_leftovers(self, name: str) -> None:
         """Remove the temporary copies of ``name`` that writers killed mid-file left behind.
 
