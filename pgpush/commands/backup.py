@@ -333,7 +333,7 @@ def _commit(cfg: Config, cat: Catalog, label: str, manifest: Manifest) -> None:
         cat.storage.delete(f"{cat.label_dir(label)}/{STARTED}")
 
 
-def _check_references_kept(cat: Catalog, record: dict) -> None:
+def _check_references_kept(cat: Catalog, record: BackupRecord) -> None:
     """The prior and every backup whose files this one references must still have their manifest.
 
     The lock taken in ``_claim`` keeps ``expire`` from removing them only while it is held by
