@@ -343,7 +343,9 @@ def _check_references_kept(cat: Catalog, record: BackupRecord) -> None:
     lock again, a backup is never recorded with references to files that are gone; after the
     manifest is written, ``expire`` keeps what it references.
     """
-    for needed in sorted({record.get("prior"), *(record.get("reference") or [])} - {None}):
+    prior = record.get("prior")
+    needed_labels = set(record.get("reference") or []) | ({prior} if prior else set())
+    for needed in sorted(needed_labels):
         if cat.storage.info(cat.manifest_path(needed)) is None:
             raise FileMissingError(f"backup {record['label']}: backup {needed}, which it references, was removed "
                                    "from the repository while it ran (by expire, or by hand): nothing is recorded")
