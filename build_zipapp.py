@@ -6,8 +6,8 @@
 
 With ``--machine all`` (the default, what ``make zipapp`` runs) the build writes one file per machine,
 ``dist/pgpush-x86_64.pyz`` and ``dist/pgpush-aarch64.pyz`` (named after ``--output``), and ``--output``
-itself as a copy of the x86_64 one: both machines in one file would weigh ~130 MB, over the 64 MB we
-allow one file (docs/operations.md, "Installing").  ``--machine x86_64`` writes only ``--output``.
+itself as a copy of the x86_64 one: both machines in one file would weigh ~140 MB, over the 64 MB we
+allow one file (README, "Install on a database host").  ``--machine x86_64`` writes only ``--output``.
 
 Layout of the zip (shebang ``#!/usr/bin/python3 -IS``, mode 0755)::
 

@@ -51,7 +51,7 @@ only the first run pays for compiling the modules it actually uses.
 Clean-up: temporary directories of interrupted extractions older than an hour
 are removed by the next extraction.  Directories of old build ids are left in
 place (a process of the previous version may still be running from one); remove
-them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~90 MB.  The
+them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~75 MB.  The
 cache is not fsync'ed: after a crash during the very first extraction, delete
 ``<cache>/<id>`` if imports fail.
 """
@@ -351,7 +351,7 @@ def _remove_dead_private(tmp: str, prefix: str) -> None:
 
     A process killed by a signal (a worker SIGKILLed at protocol-timeout, a SIGTERM at
     shutdown) never runs its atexit clean-up: without this, each such death would leave a
-    whole extracted tree (~90 MB) in the temporary directory until it fills.
+    whole extracted tree (~75 MB) in the temporary directory until it fills.
     """
     import stat
 

@@ -3,7 +3,7 @@ interpreter gets one ``ERROR: [046]:`` line; the aarch64 file carries every comp
 
 The interpreters are whatever this machine has (python3.X on PATH, pyenv's); a missing one is skipped.  The
 aarch64 file cannot run here (no arm64 emulation is assumed): its completeness is proven from its content, the
-ELF header of each compiled module included (docs/operations.md, "Installing").
+ELF header of each compiled module included (README, "Install on a database host").
 """
 
 from __future__ import annotations
