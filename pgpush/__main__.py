@@ -27,8 +27,14 @@ if TYPE_CHECKING:
     from typing import TextIO
 
 
-def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = None) -> int:
-    """Run one pgpush command and return its exit status (see the module docstring)."""
+def main(argv: list[str] | None = None, bootstrap: Callable[[], None] | None = None, bundle: str | None = None) -> int:
+    """Run one pgpush command and return its exit status (see the module docstring).
+
+    ``bundle`` names the zipapp's dependency set for this interpreter (``version`` prints it)."""
+    if bundle is not None:
+        import pgpush
+
+        pgpush.bundle = bundle
     argv = sys.argv[1:] if argv is None else list(argv)
     _open_standard_streams()
     from pgpush.log import LOG
@@ -133,9 +139,9 @@ def _dispatch(argv: list[str], bootstrap: Callable[[], None] | None, seen: dict[
     seen["command"] = cfg.command
     _check_arguments(cfg.command, cfg.args)
     if cfg.command == "version":
-        from pgpush import __version__
+        from pgpush import version_line
 
-        print(f"pgpush {__version__}")
+        print(version_line())
         return 0
     if cfg.command in ("push", "get") and cfg["archive-async"]:
         from pgpush.archive import foreground

@@ -99,6 +99,14 @@ class VersionNotSupportedError(PgPushError):
     code = 46
 
 
+class HostNotSupportedError(PgPushError):
+    """This host cannot run this pgpush file: a CPython other than 3.9-3.13 (or older than the set's micro release),
+    another machine than x86_64 or aarch64 (or the other machine's file), no glibc 2.17: one line says which, from
+    the first call on (zipapp_root/__main__.py checks before anything else; the code is repeated there)."""
+
+    code = 46
+
+
 class PathCreateError(PgPushError):
     """A local path cannot be created or written, or would be reached through a symbolic link (spool, ``%p``,
     restore)."""

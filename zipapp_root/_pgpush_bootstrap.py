@@ -1,11 +1,14 @@
 """Make the third-party packages bundled in pgpush.pyz importable (stdlib only).
 
 The zipapp carries pgpush's dependencies (paramiko, psycopg, zstandard, lz4,
-typer, rich, ...) under ``site-packages/`` inside the archive (or, when built
-with ``--layout nested``, in one stored member ``site-packages.zip``).  Native
-extensions cannot be imported from a zip, so the first run that needs them
-extracts that tree once into a cache directory; later runs only put the
-extracted directory on ``sys.path``.  The hot path (``version``, asynchronous
+typer, rich, ...) for every CPython version and machine it supports: one *set*
+per (version, machine), e.g. ``cp311-x86_64``, made of *groups* stored once each
+as ``site-packages/<group>.zip`` (``any``: pure-Python wheels; ``x86_64``: abi3
+wheels of one machine; ``cp311-x86_64``: the compiled wheels of one set;
+build_zipapp.py says more).  Native extensions cannot be imported from a zip,
+so the first run that needs them extracts the running interpreter's set (its
+groups, into one directory) once into a cache directory; later runs only put
+the extracted directory on ``sys.path``.  The hot path (``version``, asynchronous
 ``push``/``get``) never calls :func:`bootstrap` and never imports this module.
 
 Cache directory: the first of these candidates that is usable and safe wins.
@@ -30,10 +33,11 @@ skipped with a warning on stderr; one that cannot be created or written is
 skipped silently.  If even the private directory fails, :class:`BootstrapError` says what
 was tried.
 
-Layout: ``<cache>/<build id>/site-packages`` where the build id is the first 16
-hex digits of the sha256 of the bundled site-packages (computed by shiv at build
-time, stored in ``pgpush_build.json`` at the zip root).  A rebuild with the same
-dependencies reuses the extracted copy; new dependencies get a new directory.
+Layout: ``<cache>/<set>-<id>/site-packages``, e.g. ``cp311-x86_64-3f0c...``,
+where the id is the first 16 hex digits of the sha256 of the set's groups
+(stored in ``pgpush_build.json`` at the zip root, as ``sets.<set>.dir``).  A
+rebuild with the same dependencies reuses the extracted copy; new dependencies
+get a new directory, and so does another interpreter on the same host.
 
 Extraction is atomic: the tree is extracted into ``<cache>/.tmp-<id>-<pid>-<rnd>``
 and renamed to ``<cache>/<id>``.  Concurrent first runs serialize on
@@ -47,7 +51,7 @@ only the first run pays for compiling the modules it actually uses.
 Clean-up: temporary directories of interrupted extractions older than an hour
 are removed by the next extraction.  Directories of old build ids are left in
 place (a process of the previous version may still be running from one); remove
-them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~90 MB.  The
+them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~75 MB.  The
 cache is not fsync'ed: after a crash during the very first extraction, delete
 ``<cache>/<id>`` if imports fail.
 """
@@ -58,6 +62,7 @@ import os
 import sys
 
 BUILD_INFO = "pgpush_build.json"
+MACHINE_ALIASES = {"arm64": "aarch64"}
 LOCK_TIMEOUT = 120.0
 STALE_TMP_AGE = 3600.0
 
@@ -66,6 +71,10 @@ _site_dir: str | None = None
 
 class BootstrapError(Exception):
     """No cache directory could be used; the message says what was tried."""
+
+
+class HostError(BootstrapError):
+    """This file carries no set for the running interpreter (the zipapp's host check should have said so)."""
 
 
 class _Unsafe(Exception):
@@ -93,7 +102,7 @@ def _read_member(archive: str, name: str) -> bytes:
 
 
 def build_info(archive: str | None = None) -> dict:
-    """The content of ``pgpush_build.json``: version, build id, layout, ..."""
+    """The content of ``pgpush_build.json``: version, build id, sets, ..."""
     import json
 
     return json.loads(_read_member(archive or archive_path(), BUILD_INFO))
@@ -207,22 +216,20 @@ def _remove_stale(root: str) -> None:
                 pass
 
 
-def _extract(archive: str, dest: str, layout: str) -> None:
-    """Extract the bundled site-packages of ``archive`` into ``dest/site-packages``."""
+def _extract(archive: str, dest: str, members: list[str]) -> None:
+    """Extract the groups ``members`` (``site-packages/<group>.zip``) of ``archive`` into ``dest/site-packages``."""
+    import shutil
     import zipfile
 
+    site = os.path.join(dest, "site-packages")
     with zipfile.ZipFile(archive) as outer:
-        if layout == "nested":
-            import shutil
-
-            inner_path = os.path.join(dest, "site-packages.zip")
-            with outer.open("site-packages.zip") as src, open(inner_path, "wb") as dst:
+        for member in members:
+            inner_path = os.path.join(dest, "group.zip")
+            with outer.open(member) as src, open(inner_path, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             with zipfile.ZipFile(inner_path) as inner:
-                _extract_members(inner, "", os.path.join(dest, "site-packages"))
+                _extract_members(inner, "", site)
             os.unlink(inner_path)
-        else:
-            _extract_members(outer, "site-packages/", dest)
 
 
 def _extract_members(zf, prefix: str, dest: str) -> None:
@@ -235,7 +242,7 @@ def _extract_members(zf, prefix: str, dest: str) -> None:
             os.chmod(path, (mode | 0o600) & 0o755)
 
 
-def _ensure_extracted(archive: str, root: str, build: str, layout: str) -> str:
+def _ensure_extracted(archive: str, root: str, build: str, members: list[str]) -> str:
     final = os.path.join(root, build)
     site_dir = os.path.join(final, "site-packages")
     if os.path.isdir(site_dir):
@@ -249,7 +256,7 @@ def _ensure_extracted(archive: str, root: str, build: str, layout: str) -> str:
         tmp = os.path.join(root, f".tmp-{build}-{os.getpid()}-{os.urandom(4).hex()}")
         os.mkdir(tmp, 0o700)
         try:
-            _extract(archive, tmp, layout)
+            _extract(archive, tmp, members)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -281,24 +288,40 @@ def activate(site_dir: str) -> None:
     sys.path[:] = rest[:index] + new + rest[index:]
 
 
-def bootstrap(archive: str | None = None) -> str:
-    """Extract the bundled site-packages if needed, activate it, return its path.
+def bundle_key(version: tuple[int, ...] | None = None, machine: str | None = None) -> str:
+    """The set for this interpreter and machine, e.g. ``cp311-x86_64`` (as the zipapp's ``__main__`` says)."""
+    version = tuple(sys.version_info) if version is None else version
+    machine = os.uname().machine if machine is None else machine
+    return f"cp{version[0]}{version[1]}-{MACHINE_ALIASES.get(machine, machine)}"
 
-    Idempotent within a process.  Raises :class:`BootstrapError` when no cache
-    directory can be used.
+
+def set_for(info: dict, key: str) -> tuple[str, list[str]]:
+    """``(directory name in the cache, group members)`` of set ``key``; :class:`HostError` if not carried."""
+    entry = info.get("sets", {}).get(key)
+    if entry is None:
+        carried = ", ".join(sorted(info.get("sets", {}))) or "none"
+        raise HostError(f"this file carries no packages for {key} (it carries {carried})")
+    groups = info.get("groups", {})
+    return str(entry["dir"]), [str(groups[name]["member"]) for name in entry["groups"]]
+
+
+def bootstrap(archive: str | None = None, key: str | None = None) -> str:
+    """Extract the set ``key`` (default: the running interpreter's) if needed, activate it, return its path.
+
+    Idempotent within a process.  Raises :class:`HostError` when the file carries no such set,
+    :class:`BootstrapError` when no cache directory can be used.
     """
     global _site_dir
     if _site_dir is not None:
         return _site_dir
     archive = os.path.abspath(archive) if archive else archive_path()
     info = build_info(archive)
-    build = str(info["build_id"])[:16]
-    layout = str(info.get("layout", "dir"))
+    build, members = set_for(info, key or bundle_key())
     tried = []
     for path, origin in cache_candidates():
         try:
             root = _prepare(path, origin)
-            site_dir = _ensure_extracted(archive, root, build, layout)
+            site_dir = _ensure_extracted(archive, root, build, members)
         except _Unsafe as exc:
             sys.stderr.write(f"pgpush: warning: not using cache directory {path}: it {exc}\n")
             tried.append(f"{path} ({exc})")
@@ -310,7 +333,7 @@ def bootstrap(archive: str | None = None) -> str:
         _site_dir = site_dir
         return site_dir
     try:
-        site_dir = _private_extract(archive, build, layout, tried)
+        site_dir = _private_extract(archive, build, members, tried)
     except OSError as exc:
         tried.append(f"a private temporary directory ({exc.strerror or exc})")
     else:
@@ -328,7 +351,7 @@ def _remove_dead_private(tmp: str, prefix: str) -> None:
 
     A process killed by a signal (a worker SIGKILLed at protocol-timeout, a SIGTERM at
     shutdown) never runs its atexit clean-up: without this, each such death would leave a
-    whole extracted tree (~90 MB) in the temporary directory until it fills.
+    whole extracted tree (~75 MB) in the temporary directory until it fills.
     """
     import stat
 
@@ -352,7 +375,7 @@ def _remove_dead_private(tmp: str, prefix: str) -> None:
             continue  # alive (another user's process with that pid) or not ours to judge
 
 
-def _private_extract(archive: str, build: str, layout: str, tried: list[str]) -> str:
+def _private_extract(archive: str, build: str, members: list[str], tried: list[str]) -> str:
     """Extract into a new directory of our own, removed when this process exits.
 
     ``mkdtemp`` creates a name nobody else can have made first, owned by us and 0700; it
@@ -371,4 +394,4 @@ def _private_extract(archive: str, build: str, layout: str, tried: list[str]) ->
         raise PermissionError(13, f"it {exc}", root) from None
     sys.stderr.write(f"pgpush: warning: no cache directory is usable ({'; '.join(tried)}): extracting into {root}, "
                      "removed at exit; set PGPUSH_CACHE to a directory owned by this user to avoid this\n")
-    return _ensure_extracted(archive, root, build, layout)
+    return _ensure_extracted(archive, root, build, members)

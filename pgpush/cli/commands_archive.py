@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import typer
 
-from pgpush import __version__
 from pgpush.cli.app import command, configure_log, say
 from pgpush.errors import WalNotFound
 
 
 @command("version")
 def version_cmd() -> None:
-    """Print the version."""
-    print(f"pgpush {__version__}")
+    """Print the version, the interpreter and the bundled set."""
+    from pgpush import version_line
+
+    print(version_line())
 
 
 @command("push")
