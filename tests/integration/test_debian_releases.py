@@ -102,13 +102,13 @@ def test_release_end_to_end(name: str, zipapp: Path, work_dir: Path, sshd) -> No
             pg.sql("insert into marks values (2)")
             pg.wait_archived(pg.switch_wal())
 
+            restored._prepare_common()
             res = pp.run("restore", f"--pg1-path={restored.datadir}", "--type=time", f"--target={target}",
                          "--target-action=promote", timeout=180)
             assert res.returncode == 0, res.stderr
             assert f"restore of backup {label} " in res.stdout
             auto_conf = (restored.datadir / "postgresql.auto.conf").read_text()
             assert "--archive-async" in auto_conf and "/usr/bin/python3 -IS /usr/local/bin/pgpush.pyz" in auto_conf
-            restored._prepare_common()
             restored.set_conf({"port": restored.port, "unix_socket_directories": str(restored.socket_dir),
                                "archive_mode": "off"})
             restored.start(timeout=120)
