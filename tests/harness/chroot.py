@@ -105,6 +105,21 @@ class DebRoot:
                 return int(fields[2]), int(fields[3])
         raise KeyError(f"no user {user!r} in {self.release.name}'s /etc/passwd")
 
+    def add_user(self, user: str, uid: int = 999, home: str = "/var/lib/postgresql") -> None:
+        """Add ``user`` (its own group, same id) to this test's view of the root, which has no such package
+        user (the arm64 root has no PostgreSQL): written, not useradd'ed, so nothing runs under qemu."""
+        try:
+            self.ids(user)
+            return
+        except KeyError:
+            pass
+        with open(self.path / "etc/passwd", "a") as f:
+            f.write(f"{user}:x:{uid}:{uid}::{home}:/bin/sh\n")
+        with open(self.path / "etc/group", "a") as f:
+            f.write(f"{user}:x:{uid}:\n")
+        self.host(home).mkdir(parents=True, exist_ok=True)
+        self.chown(self.host(home), user, 0o755)
+
     def chown(self, path: Path, user: str = "postgres", mode: int | None = None) -> None:
         os.chown(path, *self.ids(user))
         if mode is not None:
