@@ -4,10 +4,14 @@
 #   - postgresql-15       server binaries in /usr/lib/postgresql/15/bin (includes pgbench)
 #   - postgresql-contrib  contrib modules (pgbench lives in postgresql-15 on Debian 12)
 #   - pgbackrest          reference implementation for compatibility tests
+#   - debootstrap         builds the Debian 11/13 roots the zipapp is tested in (tests/harness/debroot.py)
+#   - qemu-user-static, binfmt-support
+#                         run an arm64 Debian root's binaries; binfmt_misc is mounted and the
+#                         qemu-aarch64 format enabled (fix-binary flag: it works inside a chroot)
 # Fast path: when everything is present it only checks dpkg and /run/sshd (< 1 s).
 set -euo pipefail
 
-PACKAGES=(openssh-server postgresql-15 postgresql-contrib pgbackrest)
+PACKAGES=(openssh-server postgresql-15 postgresql-contrib pgbackrest debootstrap qemu-user-static binfmt-support)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "setup-system: must run as root" >&2
@@ -52,6 +56,19 @@ if [[ ! -d /run/sshd ]]; then
     mkdir -p /run/sshd
     chmod 0755 /run/sshd
     did+=("created /run/sshd")
+fi
+
+# arm64 roots (tests/integration/test_debian_releases.py): best effort; when this machine does
+# not allow binfmt_misc, that test skips and says why.
+binfmt=/proc/sys/fs/binfmt_misc
+if [[ -x /usr/sbin/update-binfmts ]]; then
+    if [[ ! -e $binfmt/register ]] && mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null; then
+        did+=("mounted binfmt_misc")
+    fi
+    if [[ -e $binfmt/register ]] && [[ ! -e $binfmt/qemu-aarch64 ]] \
+        && update-binfmts --enable qemu-aarch64 2>/dev/null; then
+        did+=("enabled binfmt qemu-aarch64")
+    fi
 fi
 
 if ((${#did[@]})); then

@@ -129,11 +129,13 @@ class PgCluster:
         bin_dir: Path = DEFAULT_BIN_DIR,
         port: int | None = None,
         env: Mapping[str, str] | None = None,
+        version: tuple[int, str] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.name = name
         self.bin_dir = Path(bin_dir)
-        self.major, self.version_string = pg_version(self.bin_dir)
+        # ``version`` for binaries the host cannot run itself (a chroot's: harness.chroot)
+        self.major, self.version_string = version or pg_version(self.bin_dir)
         self.port = port or procs.free_port()
         self.datadir = self.base_dir / name
         self.log_file = self.base_dir / f"{name}.log"
