@@ -276,15 +276,28 @@ def _is_site_dir(path: str) -> bool:
     return os.path.basename(path.rstrip(os.sep)) in ("site-packages", "dist-packages")
 
 
+def _environment_paths() -> set[str]:
+    """The ``sys.path`` entries ``PYTHONPATH`` put there (as given and absolute); none under ``-E``/``-I``.
+
+    The shebang's ``-I`` ignores it, but ``python3.9 pgpush.pyz`` in archive_command (README) does not:
+    a host's PYTHONPATH holding another paramiko, cffi or zstandard must not shadow the bundled ones.
+    """
+    if sys.flags.ignore_environment:
+        return set()
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return set(entries) | {os.path.abspath(p) for p in entries}
+
+
 def activate(site_dir: str) -> None:
-    """``site.addsitedir`` (for .pth files), our entries before any other site dir."""
+    """``site.addsitedir`` (for .pth files), our entries before any other site dir and any PYTHONPATH entry."""
     import site  # explicit: python runs with -S; importing site then does not run site.main()
 
     before = list(sys.path)
     site.addsitedir(site_dir)
     new = [p for p in sys.path if p not in before]
     rest = [p for p in sys.path if p not in new]
-    index = next((i for i, p in enumerate(rest) if _is_site_dir(p)), len(rest))
+    foreign = _environment_paths()
+    index = next((i for i, p in enumerate(rest) if _is_site_dir(p) or p in foreign), len(rest))
     sys.path[:] = rest[:index] + new + rest[index:]
 
 

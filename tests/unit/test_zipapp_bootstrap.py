@@ -1,0 +1,59 @@
+"""The zipapp's bootstrap (zipapp_root/_pgpush_bootstrap.py): where the bundled set goes on sys.path, and the
+clean-up of interrupted extractions.
+
+The real extractions (each interpreter, concurrent first runs, unsafe caches) are in tests/zipapp/; here the
+pieces whose inputs (sys.path, the environment, a cache directory) a unit test can set up.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def boot():
+    spec = importlib.util.spec_from_file_location("pgpush_zipapp_bootstrap", ROOT / "zipapp_root" / "_pgpush_bootstrap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _activate(boot, monkeypatch: pytest.MonkeyPatch, path: list[str], site_dir: Path, *, ignore_environment: int = 0
+              ) -> list[str]:
+    monkeypatch.setattr(sys, "path", list(path))
+    flags = {name: getattr(sys.flags, name) for name in dir(sys.flags) if not name.startswith(("_", "n_"))}
+    flags = {name: value for name, value in flags.items() if not callable(value)}
+    monkeypatch.setattr(sys, "flags", types.SimpleNamespace(**{**flags, "ignore_environment": ignore_environment}))
+    boot.activate(str(site_dir))
+    return list(sys.path)
+
+
+def test_the_bundled_set_comes_before_the_pythonpath_of_the_host(boot, monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path):
+    # `python3.9 pgpush.pyz` (no -I) keeps PYTHONPATH: a zstandard or cffi there must not shadow the bundled one.
+    site_dir = tmp_path / "cp39-x86_64-0123" / "site-packages"
+    site_dir.mkdir(parents=True)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/opt/app/lib", "", "rel/lib"]))
+    stdlib = ["/usr/lib/python39.zip", "/usr/lib/python3.9", "/usr/lib/python3.9/lib-dynload"]
+    given = ["/x/pgpush.pyz", "/opt/app/lib", os.path.abspath("rel/lib"), *stdlib, "/usr/lib/python3/dist-packages"]
+    assert _activate(boot, monkeypatch, given, site_dir) == [
+        "/x/pgpush.pyz", str(site_dir), "/opt/app/lib", os.path.abspath("rel/lib"), *stdlib,
+        "/usr/lib/python3/dist-packages"]
+
+
+def test_without_pythonpath_the_set_comes_after_the_standard_library(boot, monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path):
+    site_dir = tmp_path / "site-packages"
+    site_dir.mkdir()
+    stdlib = ["/usr/lib/python311.zip", "/usr/lib/python3.11", "/usr/lib/python3.11/lib-dynload"]
+    monkeypatch.setenv("PYTHONPATH", "/usr/lib/python3.11")  # ignored under -I/-E, as the interpreter ignored it
+    assert _activate(boot, monkeypatch, ["/x/pgpush.pyz", *stdlib], site_dir, ignore_environment=1) == [
+        "/x/pgpush.pyz", *stdlib, str(site_dir)]
