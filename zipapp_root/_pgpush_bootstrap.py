@@ -48,8 +48,8 @@ delete theirs and use the winner's.  Nothing is compiled at extraction: CPython
 writes ``__pycache__`` on first import (the directory is ours and writable), so
 only the first run pays for compiling the modules it actually uses.
 
-Clean-up: temporary directories of interrupted extractions older than an hour
-are removed by the next extraction.  Directories of old build ids are left in
+Clean-up: temporary directories of interrupted extractions older than an hour,
+or of a process that no longer exists, are removed by the next extraction.  Directories of old build ids are left in
 place (a process of the previous version may still be running from one); remove
 them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~75 MB.  The
 cache is not fsync'ed: after a crash during the very first extraction, delete
@@ -198,7 +198,27 @@ def _rmtree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _pid_is_gone(name: str) -> bool:
+    """Whether the process named in ``.tmp-<set>-<pid>-<rnd>`` no longer exists (False when unsure)."""
+    parts = name.rsplit("-", 2)
+    pid = parts[1] if len(parts) == 3 else ""
+    if not (pid.isascii() and pid.isdigit()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        pass
+    return False
+
+
 def _remove_stale(root: str) -> None:
+    """Remove the temporary trees of interrupted extractions: an hour old, or of a process that is gone.
+
+    Only the first run of a set extracts, so a tree left by a process killed during that first run
+    (~75 MB) would otherwise stay until another set is extracted there.
+    """
     import time
 
     now = time.time()
@@ -210,7 +230,7 @@ def _remove_stale(root: str) -> None:
         if name.startswith(".tmp-"):
             path = os.path.join(root, name)
             try:
-                if now - os.lstat(path).st_mtime > STALE_TMP_AGE:
+                if now - os.lstat(path).st_mtime > STALE_TMP_AGE or _pid_is_gone(name):
                     _rmtree(path)
             except OSError:
                 pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -57,3 +58,17 @@ def test_without_pythonpath_the_set_comes_after_the_standard_library(boot, monke
     monkeypatch.setenv("PYTHONPATH", "/usr/lib/python3.11")  # ignored under -I/-E, as the interpreter ignored it
     assert _activate(boot, monkeypatch, ["/x/pgpush.pyz", *stdlib], site_dir, ignore_environment=1) == [
         "/x/pgpush.pyz", *stdlib, str(site_dir)]
+
+
+def test_an_extraction_killed_during_the_first_run_leaves_nothing_behind_the_next(boot, tmp_path: Path):
+    # Only a set's first run extracts: a tree left by a SIGKILL then (~75 MB) would otherwise stay for good.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dead = tmp_path / f".tmp-cp313-x86_64-3094d9606c647504-{gone}-513fe8db"
+    alive = tmp_path / f".tmp-cp39-x86_64-6e964b6e875e8e8c-{os.getpid()}-0badcafe"
+    odd = tmp_path / ".tmp-cp39-x86_64-6e964b6e875e8e8c-notapid-0badcafe"
+    final = tmp_path / "cp313-x86_64-3094d9606c647504"
+    for path in (dead, alive, odd, final):
+        (path / "site-packages").mkdir(parents=True)
+    boot._remove_stale(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (alive, odd, final))
