@@ -100,9 +100,10 @@ class VersionNotSupportedError(PgPushError):
 
 
 class HostNotSupportedError(PgPushError):
-    """This host cannot run this pgpush file: a CPython other than 3.9-3.13 (or older than the set's micro release),
-    another machine than x86_64 or aarch64 (or the other machine's file), no glibc 2.17: one line says which, from
-    the first call on (zipapp_root/__main__.py checks before anything else; the code is repeated there)."""
+    """This host cannot run this pgpush file: a CPython other than 3.9-3.13 (or older than the set's micro release, or
+    a free-threaded `python3.13t`), another machine than x86_64 or aarch64 (or the other machine's file), no glibc
+    2.17: one line says which, from the first call on (zipapp_root/__main__.py checks before anything else; the code
+    is repeated there)."""
 
     code = 46
 

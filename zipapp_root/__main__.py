@@ -28,12 +28,14 @@ HOST_ERROR_CODE = 46
 MACHINE_ALIASES = {"arm64": "aarch64"}
 
 
-def host_problem(version, machine, platform, libc, implementation, bundled=None):
+def host_problem(version, machine, platform, libc, implementation, bundled=None, abiflags=""):
     """Why this host cannot run this file (one line), or None when it can.
 
     ``version`` is ``sys.version_info``, ``machine`` ``os.uname().machine``, ``platform`` ``sys.platform``,
     ``libc`` the ``CS_GNU_LIBC_VERSION`` confstr ("glibc 2.36", None elsewhere), ``implementation``
-    ``sys.implementation.name``: cheap to get (no ``platform`` module), and injected by the unit tests.
+    ``sys.implementation.name``, ``abiflags`` ``sys.abiflags`` ("t": a free-threaded build, whose compiled
+    modules are another ABI, ``cp313t``, than the bundled ones): cheap to get (no ``platform`` module), and
+    injected by the unit tests.
     """
     bundled = BUNDLED if bundled is None else bundled
     machine = MACHINE_ALIASES.get(machine, machine)
@@ -41,7 +43,8 @@ def host_problem(version, machine, platform, libc, implementation, bundled=None)
     machines = [m for m in ("x86_64", "aarch64") if m in bundled] + sorted(m for m in bundled if m not in ("x86_64", "aarch64"))
     need = "pgpush runs on CPython 3.%d-3.%d on %s" % (minors[0], minors[-1], " or ".join(machines))
     name = {"cpython": "CPython", "pypy": "PyPy"}.get(implementation, implementation)
-    this = "this is %s %s on %s" % (name, ".".join(str(v) for v in tuple(version)[:3]), machine)
+    threads = " (free-threaded)" if "t" in (abiflags or "") else ""
+    this = "this is %s %s%s on %s" % (name, ".".join(str(v) for v in tuple(version)[:3]), threads, machine)
     if platform != "linux" and not platform.startswith("linux"):
         return need + " Linux; " + this + " (" + platform + ")"
     if implementation != "cpython" or machine not in bundled:
@@ -50,8 +53,9 @@ def host_problem(version, machine, platform, libc, implementation, bundled=None)
         return need + "; " + this + hint
     glibc, pythons = bundled[machine]
     micros = dict(pythons)
-    if version[0] != 3 or version[1] not in micros or version[2] < micros[version[1]]:
-        if version[0] == 3 and version[1] in micros:
+    too_old = version[0] == 3 and version[1] in micros and version[2] < micros[version[1]]
+    if version[0] != 3 or version[1] not in micros or too_old or threads:
+        if too_old:
             need += " (3.%d.%d or later)" % (version[1], micros[version[1]])
         return need + "; " + this
     have = _glibc_version(libc)
@@ -88,7 +92,8 @@ def _check_host():
     """Refuse an unsupported host with one ERROR line and its code: also on the hot path, before any import."""
     machine = os.uname()[4]
     implementation = getattr(getattr(sys, "implementation", None), "name", "cpython")
-    problem = host_problem(sys.version_info, machine, sys.platform, _libc(), implementation)
+    problem = host_problem(sys.version_info, machine, sys.platform, _libc(), implementation,
+                           abiflags=getattr(sys, "abiflags", ""))
     if problem is None:
         return bundle_key(sys.version_info, machine)
     try:

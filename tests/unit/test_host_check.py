@@ -58,6 +58,14 @@ def test_unsupported_hosts_get_one_line_saying_what_runs_and_what_this_is(entry,
     assert "\n" not in problem
 
 
+@pytest.mark.parametrize("version", [(3, 13, 0), (3, 13, 5)])
+def test_a_free_threaded_build_is_refused_up_front(entry, version):
+    """python3.13t: the hot path would run, but no bundled compiled module is of its ABI (cp313t)."""
+    problem = entry.host_problem(version, "x86_64", "linux", "glibc 2.41", "cpython", abiflags="t")
+    assert problem == f"{HEAD}; this is CPython {'.'.join(map(str, version))} (free-threaded) on x86_64"
+    assert entry.host_problem(version, "x86_64", "linux", "glibc 2.41", "cpython", abiflags="") is None
+
+
 def test_a_file_for_one_machine_names_the_other_file(entry):
     bundled = {"aarch64": entry.BUNDLED["aarch64"]}
     assert check(entry, machine="x86_64", bundled=bundled) == (
