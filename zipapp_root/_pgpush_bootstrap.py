@@ -49,9 +49,9 @@ writes ``__pycache__`` on first import (the directory is ours and writable), so
 only the first run pays for compiling the modules it actually uses.
 
 Clean-up: temporary directories of interrupted extractions older than an hour,
-or of a process that no longer exists, are removed by the next extraction.  Directories of old build ids are left in
-place (a process of the previous version may still be running from one); remove
-them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~75 MB.  The
+or of the same set by a process that no longer exists, are removed by the next
+extraction.  Directories of old build ids are left in place (a process of the
+previous version may still be running from one); remove them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~75 MB.  The
 cache is not fsync'ed: after a crash during the very first extraction, delete
 ``<cache>/<id>`` if imports fail.
 """
@@ -213,11 +213,13 @@ def _pid_is_gone(name: str) -> bool:
     return False
 
 
-def _remove_stale(root: str) -> None:
-    """Remove the temporary trees of interrupted extractions: an hour old, or of a process that is gone.
+def _remove_stale(root: str, build: str) -> None:
+    """Remove the temporary trees of interrupted extractions: an hour old, or of ``build`` by a process that is gone.
 
     Only the first run of a set extracts, so a tree left by a process killed during that first run
-    (~75 MB) would otherwise stay until another set is extracted there.
+    (~75 MB) would otherwise stay until another set is extracted there.  The pid test is for ``build``
+    alone, whose lock we hold: a cache shared by several hosts (an NFS home) may hold another set's
+    tree being extracted by a process this host cannot see.
     """
     import time
 
@@ -230,7 +232,8 @@ def _remove_stale(root: str) -> None:
         if name.startswith(".tmp-"):
             path = os.path.join(root, name)
             try:
-                if now - os.lstat(path).st_mtime > STALE_TMP_AGE or _pid_is_gone(name):
+                if now - os.lstat(path).st_mtime > STALE_TMP_AGE or (
+                        name.startswith(f".tmp-{build}-") and _pid_is_gone(name)):
                     _rmtree(path)
             except OSError:
                 pass
@@ -272,7 +275,7 @@ def _ensure_extracted(archive: str, root: str, build: str, members: list[str]) -
         if os.path.isdir(site_dir):  # extracted by the process that held the lock
             return site_dir
         if fd is not None:
-            _remove_stale(root)
+            _remove_stale(root, build)
         tmp = os.path.join(root, f".tmp-{build}-{os.getpid()}-{os.urandom(4).hex()}")
         os.mkdir(tmp, 0o700)
         try:

@@ -67,8 +67,12 @@ def test_an_extraction_killed_during_the_first_run_leaves_nothing_behind_the_nex
     dead = tmp_path / f".tmp-cp313-x86_64-3094d9606c647504-{gone}-513fe8db"
     alive = tmp_path / f".tmp-cp39-x86_64-6e964b6e875e8e8c-{os.getpid()}-0badcafe"
     odd = tmp_path / ".tmp-cp39-x86_64-6e964b6e875e8e8c-notapid-0badcafe"
+    other = tmp_path / f".tmp-cp312-x86_64-8419532008943566-{gone}-513fe8db"  # another set: maybe another host's
     final = tmp_path / "cp313-x86_64-3094d9606c647504"
-    for path in (dead, alive, odd, final):
+    for path in (dead, alive, odd, other, final):
         (path / "site-packages").mkdir(parents=True)
-    boot._remove_stale(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (alive, odd, final))
+    boot._remove_stale(str(tmp_path), "cp313-x86_64-3094d9606c647504")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (alive, odd, other, final))
+    alive.rename(tmp_path / f".tmp-cp313-x86_64-3094d9606c647504-{os.getpid()}-0badcafe")
+    boot._remove_stale(str(tmp_path), "cp313-x86_64-3094d9606c647504")
+    assert len(list(tmp_path.iterdir())) == 4  # a live extraction of the same set is left alone
