@@ -51,8 +51,9 @@ only the first run pays for compiling the modules it actually uses.
 Clean-up: temporary directories of interrupted extractions older than an hour,
 or of the same set by a process that no longer exists, are removed by the next
 extraction.  Directories of old build ids are left in place (a process of the
-previous version may still be running from one); remove them by hand, e.g. ``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~75 MB.  The
-cache is not fsync'ed: after a crash during the very first extraction, delete
+previous version may still be running from one); remove them by hand, e.g.
+``rm -rf /tmp/pgpush-<uid>/<old id>``, each is ~75 MB.  The cache is not
+fsync'ed: after a crash during the very first extraction, delete
 ``<cache>/<id>`` if imports fail.
 """
 
