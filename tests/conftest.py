@@ -25,6 +25,7 @@ Environment notes:
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import re
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -289,3 +291,14 @@ def seaweed(seaweed_server: SeaweedServer):
 def pgpush_cmd() -> list[str]:
     """Command prefix running pgpush from this checkout (PYTHONPATH is set in pytest_configure)."""
     return [sys.executable, "-m", "pgpush"]
+
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """pgpush's own console log at debug level, captured (where the retry layer writes each retry)."""
+    from pgpush.log import LEVELS, LOG
+
+    out = io.StringIO()
+    LOG.console, LOG.console_level = out, LEVELS["debug"]
+    yield out
+    LOG.reset()

@@ -23,7 +23,6 @@ from harness import faults
 
 from pgpush.config import load
 from pgpush.fsutil import TMP_SUFFIX
-from pgpush.log import LEVELS, LOG
 from pgpush.storage import open_storage
 from pgpush.storage.base import Storage, StorageError
 
@@ -44,13 +43,6 @@ def payload(size: int, seed: str) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    """pgpush's own log at debug level, where each retry is written."""
-    out = io.StringIO()
-    LOG.console, LOG.console_level = out, LEVELS["debug"]
-    yield out
-    LOG.reset()
 
 
 def retries(log: io.StringIO) -> list[str]:

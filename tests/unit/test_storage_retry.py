@@ -8,12 +8,10 @@ retries, how long it waits, and what each operation does to be safe to repeat.
 from __future__ import annotations
 
 import errno
-import io
 from collections.abc import Iterable, Iterator
 
 import pytest
 
-from pgpush.log import LEVELS, LOG
 from pgpush.storage.base import FileInfo, Storage, StorageError
 from pgpush.storage.retry import BACKOFF_FIRST, BACKOFF_MAX, Policy, RetryingStorage
 
@@ -125,12 +123,6 @@ def wrap(fake: Fake, clock: Clock, budget: float = 10.0, **kw) -> RetryingStorag
     return RetryingStorage(fake, Policy(budget, sleep=clock.sleep, clock=lambda: clock.now), **kw)
 
 
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    LOG.console, LOG.console_level = out, LEVELS["debug"]
-    yield out
-    LOG.reset()
 
 
 # ---------------------------------------------------------------------------------------------
