@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from pgpush.errors import CommandError, OptionInvalidError, OptionInvalidValueError, OptionRequiredError
-from pgpush.options import ALIASES, BY_NAME, COMMANDS, Option
+from pgpush.options import ALIASES, BY_NAME, COMMANDS, REPO_MAX, Option, repo_option
 
 # Not typing's: importing typing costs the hot path more than this module; type checkers know the name.
 TYPE_CHECKING = False
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
                              "repo1-s3-key-secret", "repo1-storage-ca-file", "pg1-path", "primary-conninfo", "type",
                              "set", "target", "tablespace-map", "tablespace-map-all"]
     IntKey = Literal["repo1-host-port", "repo1-storage-port", "pg1-port", "archive-get-queue-max", "process-max"]
-    OptionalIntKey = Literal["repo1-retention-full", "archive-push-queue-max", "compress-level"]
+    OptionalIntKey = Literal["repo1-retention-full", "archive-push-queue-max", "compress-level", "repo", "from", "to"]
     BoolKey = Literal["repo1-host-accept-new", "repo1-storage-verify-tls", "archive-async", "wait", "delta", "force"]
     FloatKey = Literal["repo1-host-timeout", "archive-timeout", "protocol-timeout"]
     OptionalFloatKey = Literal["wait-timeout"]
@@ -51,7 +51,7 @@ _STANZA_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 MAX_SIZE = 4 * 1024**5  # 4PB, as pgBackRest's archive-push-queue-max
 MAX_DURATION = 366 * 86400.0  # a year: longer than any wait pgpush should ever do
 INT_RANGES = {"process-max": (1, 999), "repo1-host-port": (1, 65535), "pg1-port": (1, 65535),
-              "repo1-storage-port": (1, 65535)}
+              "repo1-storage-port": (1, 65535), "repo": (1, REPO_MAX), "from": (1, REPO_MAX), "to": (1, REPO_MAX)}
 MAX_INT = 2**31 - 1
 # Paths that must be absolute: PostgreSQL runs archive_command in the data directory, cron and the
 # operator run backup elsewhere, so a relative path names different directories for each (a
@@ -130,16 +130,24 @@ def parse_duration(text: str, low: float = 0.0) -> float:
     return value
 
 
+def repo1_name(name: str) -> str:
+    """``repo3-path`` -> ``repo1-path``: the rules of a repository option are written for repo1's name."""
+    if name.startswith("repo") and name[4:5].isdigit() and name[5:6] == "-":
+        return "repo1-" + name[6:]
+    return name
+
+
 def convert(opt: Option, raw: str) -> object:
     """Convert a raw string to the option's type; ValueError says what is expected."""
+    name = repo1_name(opt.name)
     if opt.type == "str":
         if raw == "":
             raise ValueError("a non-empty value is expected")
-        if opt.name in ABSOLUTE_PATHS and not raw.startswith("/"):
+        if name in ABSOLUTE_PATHS and not raw.startswith("/"):
             raise ValueError("an absolute path (beginning with /) is expected")
         return raw
     if opt.type == "int":
-        low, high = INT_RANGES.get(opt.name, (0, MAX_INT))
+        low, high = INT_RANGES.get(name, (0, MAX_INT))
         text = raw.strip()
         if not _ascii_digits(text.removeprefix("-")) or len(text) > 12:
             raise ValueError(f"an integer from {low} to {high} is expected")
@@ -152,7 +160,7 @@ def convert(opt: Option, raw: str) -> object:
     if opt.type == "size":
         return parse_size(raw)
     if opt.type == "duration":
-        return parse_duration(raw, MIN_DURATION.get(opt.name, 0.0))
+        return parse_duration(raw, MIN_DURATION.get(name, 0.0))
     if opt.type == "choice":
         if raw not in opt.choices:
             raise ValueError("one of " + ", ".join(opt.choices) + " is expected")
@@ -225,13 +233,66 @@ def _read_text(path: str) -> str:
 
 
 class Config:
-    """Resolved options for one command, with where each value came from."""
+    """Resolved options for one command, with where each value came from.
+
+    Repository options are read by their ``repo1-*`` names everywhere: :meth:`repo` gives the
+    view of repository N, in which ``repo1-*`` holds ``repoN-*``'s value, so storage and
+    repository code has one spelling and :meth:`key` names the option the operator wrote.
+    """
+
+    repo_index = 1  # the repository this configuration's repo1-* options describe
 
     def __init__(self, command: str, args: list[str], values: dict[str, object], sources: dict[str, str]):
         self.command = command
         self.args = args
         self.values = values
         self.sources = sources
+
+    def key(self, name: str) -> str:
+        """The option name an operator set for ``name`` here (``repo1-path`` is ``repo2-path`` in repo2's view)."""
+        return repo_option(name, self.repo_index)
+
+    @property
+    def repo_label(self) -> str:
+        """``repo1``..``repo4``: how messages, logs, spool files and ``info`` name the repository."""
+        return f"repo{self.repo_index}"
+
+    def repo_indexes(self) -> list[int]:
+        """Every configured repository, in priority order: repo1 always; repoN (N >= 2) when any
+        ``repoN-*`` option is set (as pgBackRest decides which repositories exist)."""
+        found, given = [1], self.root.sources
+        for index in range(2, REPO_MAX + 1):
+            prefix = f"repo{index}-"
+            if any(name.startswith(prefix) for name in given):
+                found.append(index)
+        return found
+
+    def repo(self, index: int) -> Config:
+        """The configuration of repository ``index`` (its ``repoN-*`` values under the ``repo1-*`` names)."""
+        if index == self.repo_index:
+            return self
+        return RepoConfig(self.root, index)
+
+    @property
+    def root(self) -> Config:
+        """The configuration as loaded (all repositories), which a child process must be told."""
+        return self
+
+    def repos(self) -> list[Config]:
+        """The repositories this command works on: the one ``--repo`` names, else every configured
+        one, in priority order.  ``--repo`` naming one with no option set is an error (32): a typo
+        would otherwise act on nothing, or on a default path."""
+        root = self.root
+        chosen = root.values.get("repo")
+        indexes = root.repo_indexes()
+        if chosen is None:
+            return [root.repo(i) for i in indexes]
+        if chosen not in indexes:
+            raise OptionInvalidValueError(
+                f"option 'repo' has invalid value '{chosen}' {root.sources.get('repo', '')}: repo{chosen} is not "
+                f"configured (set repo{chosen}-path or another repo{chosen}-* option); configured: "
+                + ", ".join(f"repo{i}" for i in indexes))
+        return [root.repo(int(chosen))]
 
     if TYPE_CHECKING:
         @overload
@@ -319,6 +380,44 @@ class Config:
             if source == _ON_CLI and BY_NAME[name].secret:
                 env["PGPUSH_" + name.upper().replace("-", "_")] = str(self.values[name])
         return env
+
+
+class RepoConfig(Config):
+    """Repository ``index``'s view of a :class:`Config` (see :meth:`Config.repo`).
+
+    Shares the root's tables for every other option; what a child is told (:meth:`to_argv`,
+    :meth:`secret_env`) is always the root's, so a view never turns ``repo2-path`` into
+    ``--repo1-path`` on a command line.
+    """
+
+    def __init__(self, root: Config, index: int):
+        values = dict(root.values)
+        sources = {k: v for k, v in root.sources.items() if not k.startswith("repo1-")}
+        for name in BY_NAME:
+            if name.startswith("repo1-"):
+                theirs = repo_option(name, index)
+                values[name] = root.values.get(theirs)
+                if theirs in root.sources:
+                    sources[name] = root.sources[theirs]
+        super().__init__(root.command, root.args, values, sources)
+        self._root = root
+        self.repo_index = index
+
+    @property
+    def root(self) -> Config:
+        return self._root
+
+    def given(self, select: Callable[[str], bool] | None = None, *, environment: bool = False) -> list[str]:
+        return self._root.given(select, environment=environment)
+
+    def to_argv(self, select: Callable[[str], bool] | None = None, *, environment: bool = False) -> list[str]:
+        return self._root.to_argv(select, environment=environment)
+
+    def option_arg(self, name: str) -> str:
+        return self._root.option_arg(name)
+
+    def secret_env(self) -> dict[str, str]:
+        return self._root.secret_env()
 
 
 def split_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, str], bool]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 # Commands that may be given; the aliases map to their canonical name.
 COMMANDS = (
     "push", "get", "stanza-create", "check", "backup", "restore",
-    "info", "expire", "verify", "version", "help",
+    "info", "expire", "verify", "repo-sync", "version", "help",
     # internal: the background parents, started by the foreground push/get
     "push-async", "get-async", "worker",
 )
@@ -107,6 +107,36 @@ OPTIONS: tuple[Option, ...] = (
     Option("tablespace-map-all", "str", None, "restore: every tablespace under this directory, in a subdirectory named by its OID", "command", commands=("restore",), config=False),
     Option("target-action", "choice", "pause", "restore: what recovery does at the target", "command", commands=("restore",), choices=("pause", "promote", "shutdown")),
     Option("output", "choice", "text", "info: output format", "command", commands=("info",), choices=("text", "json")),
+    Option("repo", "int", None, "the one repository (1..4) a command works on", "command",
+           commands=("get", "backup", "restore", "info", "expire", "verify", "check"), config=False,
+           default_doc="every configured repository"),
+    Option("from", "int", None, "repo-sync: the repository (1..4) to copy from", "command", commands=("repo-sync",), config=False),
+    Option("to", "int", None, "repo-sync: the repository (1..4) to copy to", "command", commands=("repo-sync",), config=False),
 )
 
+# Repositories 2..4 have every option of repository 1 (docs/operations.md, "Several repositories"):
+# the table above names repo1's; the others are made from them here, so there is one place for each.
+REPO_MAX = 4
+REPO_SECTIONS = ("repo", "sftp", "s3")
+
+
+def _repo_copies() -> tuple[Option, ...]:
+    copies = []
+    for index in range(2, REPO_MAX + 1):
+        for o in OPTIONS:
+            if o.name.startswith("repo1-"):
+                copies.append(Option(f"repo{index}-" + o.name[6:], o.type, o.default, o.help, o.section, o.choices,
+                                     o.commands, o.secret, o.config, o.default_doc))
+    return tuple(copies)
+
+
+DOCUMENTED = OPTIONS  # the table as help and docs/configuration.md show it: repo1's names stand for all four
+OPTIONS = OPTIONS + _repo_copies()
 BY_NAME = {o.name: o for o in OPTIONS}
+REPO_NOTE = (f"Every repo1-* option exists for repo2 to repo{REPO_MAX} too (repo2-type, repo2-path, ...); a repository "
+             "is configured when any of its options is set, repo1 always. See docs/operations.md, \"Several repositories\".")
+
+
+def repo_option(name: str, index: int) -> str:
+    """``repo1-path`` of repository ``index``: ``repo3-path``."""
+    return f"repo{index}-" + name[6:] if name.startswith("repo1-") else name

@@ -16,7 +16,7 @@ import typer
 
 from pgpush.config import Config
 from pgpush.log import LOG
-from pgpush.options import OPTIONS, SECTION_HELP
+from pgpush.options import DOCUMENTED, REPO_NOTE, SECTION_HELP
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,10 +29,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 def _options_epilog(command: str | None) -> str:
     lines = []
     for section, title in SECTION_HELP.items():
-        opts = [o for o in OPTIONS if o.section == section and (not o.commands if command is None else command in o.commands)]
+        opts = [o for o in DOCUMENTED if o.section == section and (not o.commands if command is None else command in o.commands)]
         if not opts:
             continue
         lines.append(f"{title}:")
+        if section == "repo":
+            lines.append("  " + REPO_NOTE)
         for o in opts:
             lines.append(f"  --{o.name}  {o.help}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import re
 import sys
 
 from pgpush import errors
-from pgpush.options import OPTIONS, SECTION_HELP
+from pgpush.options import DOCUMENTED, REPO_NOTE, SECTION_HELP
 
 HEADER = """# Configuration reference
 
@@ -57,10 +57,12 @@ def _default(opt) -> str:
 def render() -> str:
     out = [HEADER]
     for section, title in SECTION_HELP.items():
-        opts = [o for o in OPTIONS if o.section == section and not o.name == "exec-id"]
+        opts = [o for o in DOCUMENTED if o.section == section and not o.name == "exec-id"]
         if not opts:
             continue
         out.append(f"\n## {title}\n")
+        if section == "repo":
+            out.append(REPO_NOTE + "\n")
         out.append("| key | type | default | meaning |")
         out.append("|---|---|---|---|")
         for o in opts:

@@ -77,8 +77,9 @@ class Repository:
     """A stanza over a :class:`Storage`: its ``archive.info`` and its files' encoding; knows nothing of the CLI."""
 
     def __init__(self, storage: Storage, stanza: str, compress_type: str = "zst", compress_level: int | None = None,
-                 cipher_type: str = "none", cipher_pass: str | None = None):
+                 cipher_type: str = "none", cipher_pass: str | None = None, index: int = 1):
         self.storage = storage
+        self.index = index  # which of repo1..repo4 this is (docs/operations.md, "Several repositories")
         self.stanza = stanza
         self.compress_type = compress_type
         self.compress_level = compress_level
@@ -94,9 +95,15 @@ class Repository:
         if cfg["repo1-cipher-type"] != "none" and not cfg.get("repo1-cipher-pass"):
             from pgpush.errors import OptionRequiredError
 
-            raise OptionRequiredError("repo1-cipher-type=aes-256-gcm requires option: repo1-cipher-pass")
+            raise OptionRequiredError(f"{cfg.key('repo1-cipher-type')}=aes-256-gcm requires option: "
+                                      f"{cfg.key('repo1-cipher-pass')}")
         return cls(storage or open_storage(cfg), cfg.stanza, cfg["compress-type"], cfg.get("compress-level"),
-                   cfg["repo1-cipher-type"], cfg.get("repo1-cipher-pass"))
+                   cfg["repo1-cipher-type"], cfg.get("repo1-cipher-pass"), index=cfg.repo_index)
+
+    @property
+    def label(self) -> str:
+        """``repo1``..``repo4``."""
+        return f"repo{self.index}"
 
     # -- paths -------------------------------------------------------------
 
@@ -133,7 +140,7 @@ class Repository:
         cipher = info.get("cipher") or {"type": "none"}
         if cipher["type"] != self.cipher_type:
             raise OptionInvalidValueError(
-                f"option 'repo1-cipher-type' is '{self.cipher_type}' but stanza '{self.stanza}' was created "
+                f"option '{self.label}-cipher-type' is '{self.cipher_type}' but stanza '{self.stanza}' was created "
                 f"with '{cipher['type']}'")
         if self.cipher_type == "none":
             return
@@ -148,7 +155,7 @@ class Repository:
         except ValueError:
             token = b""
         if token != b"pgpush":
-            raise OptionInvalidValueError(f"option 'repo1-cipher-pass' does not decrypt stanza '{self.stanza}'")
+            raise OptionInvalidValueError(f"option '{self.label}-cipher-pass' does not decrypt stanza '{self.stanza}'")
 
     def archive_id(self) -> str:
         db = self.load_archive_info()["db"]

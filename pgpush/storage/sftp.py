@@ -104,8 +104,10 @@ def _status_error(code: int, text: str, name: str) -> OSError:
 
 class SftpStorage(Storage):
     def __init__(self, host: str, root: str, port: int = 22, user: str | None = None, key_file: str | None = None,
-                 known_hosts: str = "~/.ssh/known_hosts", timeout: float = 30.0, accept_new: bool = False):
+                 known_hosts: str = "~/.ssh/known_hosts", timeout: float = 30.0, accept_new: bool = False,
+                 label: str = "repo1"):
         self.host = host
+        self.label = label  # repo1..repo4: error messages name the repository (docs/operations.md)
         self.port = port
         self.user = user or getpass.getuser()
         self.root = root
@@ -129,12 +131,13 @@ class SftpStorage(Storage):
             known_hosts=str(cfg["repo1-host-known-hosts"]),
             timeout=float(cfg["repo1-host-timeout"]),
             accept_new=bool(cfg["repo1-host-accept-new"]),
+            label=cfg.repo_label,
         )
 
     # -- connection -------------------------------------------------------
 
     def _unreachable(self, reason: str, transient: bool = True) -> StorageError:
-        return StorageError(f"unable to find a valid repository:\nrepo1: {reason} ({self.description})", transient)
+        return StorageError(f"unable to find a valid repository:\n{self.label}: {reason} ({self.description})", transient)
 
     def _connect(self) -> paramiko.SFTPClient:
         if self._sftp is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pgpush.cli import docgen
-from pgpush.options import OPTIONS
+from pgpush.options import DOCUMENTED as OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"

@@ -166,10 +166,11 @@ class S3Client:
 
     def __init__(self, endpoint: Endpoint, bucket: str, credentials: Credentials, region: str = "us-east-1",
                  uri_style: str = "host", verify_tls: bool = True, ca_file: str | None = None,
-                 timeout: float = 30.0, connect_timeout: float | None = None):
+                 timeout: float = 30.0, connect_timeout: float | None = None, label: str = "repo1"):
         if uri_style not in ("host", "path"):
             raise ValueError(f"uri style must be host or path, not {uri_style!r}")
         self.endpoint = endpoint
+        self.label = label  # repo1..repo4, for messages
         self.bucket = bucket
         self.region = region
         self.uri_style = uri_style
@@ -200,7 +201,7 @@ class S3Client:
         return text
 
     def unreachable(self, reason: str, transient: bool = True) -> StorageError:
-        return StorageError(self.scrub(f"unable to find a valid repository:\nrepo1: {reason} ({self.description})"), transient)
+        return StorageError(self.scrub(f"unable to find a valid repository:\n{self.label}: {reason} ({self.description})"), transient)
 
     def failure_error(self, failure: ConnectionFailure, what: str) -> StorageError:
         exc = failure.exc
@@ -208,8 +209,8 @@ class S3Client:
             return self.unreachable(f"timeout after {self.timeout:g}s waiting for the S3 server during {what}")
         if isinstance(exc, ssl.SSLCertVerificationError):
             return self.unreachable(
-                f"TLS certificate verification failed: {exc.verify_message or exc} (set repo1-storage-ca-file, "
-                "or repo1-storage-verify-tls=n for a test server)", transient=False)
+                f"TLS certificate verification failed: {exc.verify_message or exc} (set {self.label}-storage-ca-file, "
+                f"or {self.label}-storage-verify-tls=n for a test server)", transient=False)
         if isinstance(exc, socket.gaierror):
             return self.unreachable(f"unable to resolve host '{self.host}': {exc.strerror or exc}")
         if isinstance(exc, OSError) and exc.errno:
@@ -222,7 +223,7 @@ class S3Client:
         text = f"S3 error {status} {code}" + (f": {message}" if message else "")
         retryable = _retryable(status, code)
         if code in REPO_CODES or status in (401, 403):
-            full = f"unable to find a valid repository:\nrepo1: {what}: {text} ({self.description})"
+            full = f"unable to find a valid repository:\n{self.label}: {what}: {text} ({self.description})"
         else:
             full = f"unable to {what}: {text} ({self.description})"
         return S3Error(self.scrub(full), status, code, message, transient=retryable)

@@ -58,19 +58,19 @@ class S3Storage(Storage):
     def __init__(self, endpoint: str | Endpoint, bucket: str, prefix: str = "", *, key: str | None = None,
                  secret: str | None = None, region: str = "us-east-1", uri_style: str = "host", port: int = 443,
                  verify_tls: bool = True, ca_file: str | None = None, timeout: float = 30.0,
-                 connect_timeout: float | None = None, part_size: int = PART_SIZE):
+                 connect_timeout: float | None = None, part_size: int = PART_SIZE, label: str = "repo1"):
         if not isinstance(endpoint, Endpoint):
             endpoint = parse_endpoint(endpoint, port)
         credentials = Credentials.resolve(key, secret)
         if credentials is None:
             raise OptionRequiredError(
-                "s3 repository requires options repo1-s3-key and repo1-s3-key-secret "
+                f"s3 repository requires options {label}-s3-key and {label}-s3-key-secret "
                 "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment)")
         if part_size < 5 * 1024 * 1024:
             raise ValueError("part size must be at least 5 MiB (the S3 minimum)")
         self.client = S3Client(endpoint, bucket, credentials, region=region, uri_style=uri_style,
                                verify_tls=verify_tls, ca_file=ca_file, timeout=timeout,
-                               connect_timeout=connect_timeout)
+                               connect_timeout=connect_timeout, label=label)
         stripped = prefix.strip("/")
         self.prefix = f"{stripped}/" if stripped else ""
         self.part_size = part_size
@@ -88,20 +88,20 @@ class S3Storage(Storage):
         except ValueError as exc:
             where = getattr(cfg, "sources", {}).get("repo1-s3-endpoint", "")
             raise OptionInvalidValueError(
-                f"option 'repo1-s3-endpoint' has invalid value '{raw}'{' ' + where if where else ''}: {exc}") from None
+                f"option '{cfg.key('repo1-s3-endpoint')}' has invalid value '{raw}'{' ' + where if where else ''}: {exc}") from None
         key, secret = cfg.get("repo1-s3-key"), cfg.get("repo1-s3-key-secret")
         if bool(key) != bool(secret):
-            missing = "repo1-s3-key-secret" if key else "repo1-s3-key"
+            missing = cfg.key("repo1-s3-key-secret" if key else "repo1-s3-key")
             raise OptionRequiredError(f"{cfg.command} command requires option: {missing}")
         if not key and not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
             raise OptionRequiredError(
-                f"{cfg.command} command requires option: repo1-s3-key "
-                "(and repo1-s3-key-secret; or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment)")
+                f"{cfg.command} command requires option: {cfg.key('repo1-s3-key')} "
+                f"(and {cfg.key('repo1-s3-key-secret')}; or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment)")
         return cls(
             endpoint, str(cfg.require("repo1-s3-bucket")), str(cfg["repo1-path"]),
             key=key, secret=secret, region=str(cfg["repo1-s3-region"]), uri_style=str(cfg["repo1-s3-uri-style"]),
             verify_tls=bool(cfg["repo1-storage-verify-tls"]), ca_file=cfg.get("repo1-storage-ca-file"),
-            timeout=float(cfg["repo1-host-timeout"]),
+            timeout=float(cfg["repo1-host-timeout"]), label=cfg.repo_label,
         )
 
     def close(self) -> None:
