@@ -28,6 +28,17 @@ class PgPushError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def in_repo(self, label: str) -> PgPushError:
+        """This error said of repository ``label`` (``repo2``): with several repositories every
+        message names the one it is about (docs/operations.md, "Several repositories").  Same class
+        and code; a message that names it already (the storage's ``repo2: ...``) is kept as it is."""
+        if self.message.startswith(f"{label}: ") or f"\n{label}: " in self.message:
+            return self
+        named = type(self).__new__(type(self))
+        PgPushError.__init__(named, f"{label}: {self.message}", self.code)
+        named.__dict__.update({k: v for k, v in self.__dict__.items() if k != "message"})
+        return named
+
 
 class UnexpectedError(PgPushError):
     """An unexpected error: a bug in pgpush, or an OS error nobody expected (one ``ERROR: [025]: Type: message``
