@@ -273,6 +273,16 @@ class Config:
             return self
         return RepoConfig(self.root, index)
 
+    def location(self) -> tuple:
+        """Where this configuration's repository is: two configured repositories must differ here."""
+        kind = self.values.get("repo1-type")
+        path = str(self.values.get("repo1-path")).rstrip("/") or "/"
+        if kind == "sftp":
+            return (kind, self.values.get("repo1-host"), self.values.get("repo1-host-port"), path)
+        if kind == "s3":
+            return (kind, self.values.get("repo1-s3-endpoint"), self.values.get("repo1-s3-bucket"), path)
+        return (kind, path)
+
     @property
     def root(self) -> Config:
         """The configuration as loaded (all repositories), which a child process must be told."""
@@ -286,7 +296,16 @@ class Config:
         chosen = root.values.get("repo")
         indexes = root.repo_indexes()
         if chosen is None:
-            return [root.repo(i) for i in indexes]
+            views = [root.repo(i) for i in indexes]
+            seen: dict[tuple, str] = {}
+            for view in views:  # two names for one store would be a copy that is not one
+                where = view.location()
+                if where in seen:
+                    raise OptionInvalidValueError(
+                        f"{seen[where]} and {view.repo_label} are the same repository ({' '.join(map(str, where))}): "
+                        f"set {view.key('repo1-path')} (or its host or bucket) to another place")
+                seen[where] = view.repo_label
+            return views
         if chosen not in indexes:
             raise OptionInvalidValueError(
                 f"option 'repo' has invalid value '{chosen}' {root.sources.get('repo', '')}: repo{chosen} is not "
