@@ -6,7 +6,6 @@ tests/zipapp/test_zipapp_hosts.py; here every kind of host, whatever this machin
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,11 +18,8 @@ HEAD = "pgpush runs on CPython 3.9-3.13 on x86_64 or aarch64"
 
 
 @pytest.fixture(scope="module")
-def entry():
-    spec = importlib.util.spec_from_file_location("pgpush_zipapp_entry", ROOT / "zipapp_root" / "__main__.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def entry(load_zipapp_file):
+    return load_zipapp_file("__main__.py")
 
 
 def check(entry, version=(3, 11, 2), machine="x86_64", platform="linux", libc="glibc 2.36", impl="cpython", bundled=None):

@@ -7,7 +7,6 @@ pieces whose inputs (sys.path, the environment, a cache directory) a unit test c
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,11 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def boot():
-    spec = importlib.util.spec_from_file_location("pgpush_zipapp_bootstrap", ROOT / "zipapp_root" / "_pgpush_bootstrap.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def boot(load_zipapp_file):
+    return load_zipapp_file("_pgpush_bootstrap.py")
 
 
 def _activate(boot, monkeypatch: pytest.MonkeyPatch, path: list[str], site_dir: Path, *, ignore_environment: int = 0
