@@ -6,7 +6,8 @@ import os
 
 from pgpush import wal
 from pgpush.config import Config
-from pgpush.errors import FileMissingError
+from pgpush.errors import FileMissingError, PgPushError
+from pgpush.log import LOG
 from pgpush.repo.repository import Repository
 
 
@@ -20,10 +21,31 @@ def read_control(pgdata: str) -> wal.ControlData:
 
 
 def create(cfg: Config) -> str:
-    """Create the stanza (idempotent for the same cluster; refuses another one)."""
+    """Create the stanza in every configured repository (idempotent for the same cluster; refuses
+    another one).  A repository that fails does not keep the stanza from the others: adding a
+    repository to a running cluster is this command run again (docs/operations.md, "Several
+    repositories"); the first failure is raised, named, once every repository has been tried."""
     control = read_control(cfg.require("pg1-path"))
-    repo = Repository.from_config(cfg)
-    try:
-        return repo.stanza_create(control.system_id, control.version)
-    finally:
-        repo.storage.close()
+    views = cfg.repos()
+    lines: list[str] = []
+    failed: list[PgPushError] = []
+    for view in views:
+        try:
+            repo = Repository.from_config(view)
+            try:
+                result = repo.stanza_create(control.system_id, control.version)
+            finally:
+                repo.storage.close()
+        except PgPushError as exc:
+            if len(views) == 1:
+                raise
+            failed.append(exc.in_repo(view.repo_label))
+            continue
+        lines.append(result if len(views) == 1 else f"{view.repo_label}: {result}")
+    if failed:
+        for line in lines:
+            LOG.info(line)
+        for other in failed[1:]:  # the first is the command's error line
+            LOG.error(f"[{other.code:03d}]: {other.message}")
+        raise failed[0]
+    return "\n".join(lines)
