@@ -15,7 +15,8 @@ runs ``ssh -F <per-user config>``.  Each user gets its own lock, log and spool p
 real ~/.ssh is touched.
 
 :class:`PgBackRestS3` is pgBackRest with an S3 repository instead (the ``s3`` scenario): one
-user, no SSH, every command on the database host.
+user, no SSH, every command on the database host.  :class:`PgBackRestSshS3` has both: repo1 on the
+repository host as above, repo2 in S3 (the ``multirepo`` scenario).
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ class DbHostSshd(SshServer):
 class PgBackRest:
     """Configs, ssh wrappers and stanzas of pgBackRest for one benchmark run."""
 
+    dir_name = "pgbackrest"  # under the run's work dir
+
     def __init__(self, base: Path, repo_sshd: SshServer, db_sshd: DbHostSshd):
-        self.base = make_dir(base / "pgbackrest", user="root", mode=0o755)
+        self.base = make_dir(base / self.dir_name, user="root", mode=0o755)
         self.repo_sshd, self.db_sshd = repo_sshd, db_sshd
         self.pg_home = make_dir(self.base / "pg-host", PG_USER, 0o755)
         self.repo_home = make_dir(self.base / "repo-host", BACKUP_USER, 0o755)
@@ -117,8 +120,9 @@ class PgBackRest:
         ]
         pg = ["[global]", *common(self.pg_home), f"repo1-host={self.repo_sshd.host}",
               f"repo1-host-port={self.repo_sshd.port}", f"repo1-host-user={BACKUP_USER}",
-              f"repo1-host-config={self.repo_conf}", ""]
-        repo = ["[global]", *common(self.repo_home), f"repo1-path={self.repo_path}", "repo1-retention-full=99", ""]
+              f"repo1-host-config={self.repo_conf}", *self._more_global(), ""]
+        repo = ["[global]", *common(self.repo_home), f"repo1-path={self.repo_path}", "repo1-retention-full=99",
+                *self._more_global(), ""]
         for name, cluster in self.stanzas.items():
             pg += [f"[{name}]", f"pg1-path={cluster.datadir}", f"pg1-port={cluster.port}",
                    f"pg1-socket-path={cluster.socket_dir}", ""]
@@ -130,6 +134,10 @@ class PgBackRest:
             tmp.write_text("\n".join(text))
             chown(tmp, user, 0o640)
             os.replace(tmp, path)
+
+    def _more_global(self) -> list[str]:
+        """[global] lines both hosts' configs get besides repo1's (a subclass's further repositories)."""
+        return []
 
     # ------------------------------------------------------------------------------------------
 
@@ -209,3 +217,24 @@ class PgBackRestS3(PgBackRest):
         """Commands the SSH set-up runs on the repository host (stanza-create, backup, info) run
         here on the database host, as postgres."""
         return self.pg_cmd(command, stanza, *args, cwd=self.pg_home, timeout=timeout, **opts)
+
+
+class PgBackRestSshS3(PgBackRest):
+    """pgBackRest with two repositories: repo1 in repo-host mode over SSH (as :class:`PgBackRest`:
+    pgBackRest 2.45 has no SFTP repository type, 2.46 added it) and repo2 in S3 (``repo2-type=s3``,
+    ``s3`` as for :class:`PgBackRestS3`, over HTTPS).  Both hosts' configs describe repo2: the
+    database host pushes WAL to it directly, the repository host's ``stanza-create`` creates the
+    stanza in both repositories."""
+
+    dir_name = "pgbackrest-ssh-s3"
+
+    def __init__(self, base: Path, repo_sshd: SshServer, db_sshd: DbHostSshd, s3: dict):
+        self.s3 = dict(s3)
+        super().__init__(base, repo_sshd, db_sshd)
+
+    def _more_global(self) -> list[str]:
+        s3 = self.s3
+        return ["repo2-type=s3", f"repo2-path={s3['path']}", f"repo2-s3-endpoint={s3['host']}",
+                f"repo2-storage-port={s3['port']}", f"repo2-s3-bucket={s3['bucket']}", f"repo2-s3-region={s3['region']}",
+                "repo2-s3-uri-style=path", f"repo2-s3-key={s3['key']}", f"repo2-s3-key-secret={s3['secret']}",
+                f"repo2-storage-ca-file={s3['ca_file']}", "repo2-retention-full=99"]

@@ -15,10 +15,12 @@ class Pgpush:
     stanza = "main"
 
     def __init__(self, base: Path, name: str, sshd: SshServer | None, cluster=None, repo_name: str | None = None,
-                 repo_options: dict | None = None, stanza: str | None = None, **options):
+                 repo_options: dict | None = None, stanza: str | None = None, extra_options: dict | None = None,
+                 **options):
         """The repository is ``sshd``'s SFTP directory, or ``repo_options`` (repo1-* options,
         e.g. S3) when given; either way ``repo1-path`` gets ``/REPO_NAME`` (default: ``name``)
-        appended.  ``repo_dir`` is the local directory of an SFTP repository (None otherwise)."""
+        appended.  ``repo_dir`` is the local directory of an SFTP repository (None otherwise).
+        ``extra_options`` go into [global] as they are (e.g. a second repository's ``repo2-*``)."""
         self.name = name
         if stanza:
             self.stanza = stanza
@@ -36,7 +38,7 @@ class Pgpush:
             make_dir(repo_dir, BACKUP_USER, 0o750)
             repo["repo1-path"] = str(repo_dir)
             self.repo_dir = repo_dir
-        self.global_options = {**repo, "log-path": str(self.log), "spool-path": str(self.spool),
+        self.global_options = {**repo, **(extra_options or {}), "log-path": str(self.log), "spool-path": str(self.spool),
                                **{k.replace("_", "-"): str(v) for k, v in options.items()}}
         self.cluster = cluster
         self.write_config()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ORDER = ["hotpath", "sync", "async-push", "replay", "backup", "s3"]
+ORDER = ["hotpath", "sync", "async-push", "replay", "backup", "s3", "multirepo"]
 
 
 def _fmt(value, digits: int = 2, suffix: str = "") -> str:
@@ -90,7 +90,8 @@ def render(results: dict, results_dir: Path) -> str:
         "(its own protocol over `ssh`, a `cmd-ssh` wrapper giving the identity and known_hosts). A second, "
         "private sshd with `UsePAM yes` lets the repository host log in to the database host as the locked "
         "`postgres` account; only pgBackRest's `stanza-create` and `backup` use it. Section 6 (`s3`) instead puts "
-        "both tools' repositories in one bucket of a SeaweedFS S3 store over HTTPS (see there).",
+        "both tools' repositories in one bucket of a SeaweedFS S3 store over HTTPS (see there); section 7 "
+        "(`multirepo`) uses both at once.",
         "- pgpush is the zipapp `dist/pgpush.pyz` copied into the run's work dir (`/tmp/pgpush-bench/run-*/`), run by its own "
         "shebang (`#!/usr/bin/python3 -IS`) as `postgres`, options in a config file (`--config`). "
         "pgBackRest is `/usr/bin/pgbackrest`, run as `postgres` (database host) or `pgpush-backup` "
@@ -121,13 +122,14 @@ def render(results: dict, results_dir: Path) -> str:
     lines += _table(["scenario", "target", "measured", ""], targets) if targets else ["No target measured.", ""]
 
     renderers = {"hotpath": _hotpath, "sync": _sync, "async-push": _async, "replay": _replay, "backup": _backup,
-                 "s3": _s3}
+                 "s3": _s3, "multirepo": _multirepo}
     titles = {"hotpath": "1. hotpath: foreground push with the `.ok` already spooled",
               "sync": "2. sync: one synchronous push / get per segment",
               "async-push": "3. async-push: PostgreSQL archiving a backlog",
               "replay": "4. replay: archive recovery through restore_command",
               "backup": "5. backup and restore of a pgbench database",
-              "s3": "6. s3: both tools with an S3 repository on the same SeaweedFS"}
+              "s3": "6. s3: both tools with an S3 repository on the same SeaweedFS",
+              "multirepo": "7. multirepo: two repositories at once (SFTP backup host + S3)"}
     for name in ORDER:
         lines += [f"## {titles[name]}", ""]
         if name not in scenarios:
@@ -343,4 +345,43 @@ def _s3(res: dict) -> list[str]:
     for r in (backup or {}).get("runs", []):
         if r.get("error"):
             out += [f"backup {r['tool']} pm={r['process_max']}:", "", "```", r["error"][:1200], "```", ""]
+    return out
+
+
+def _multirepo(res: dict) -> list[str]:
+    out = [f"Archive throughput as section 3 (a backlog of {res.get('segments', res['n'])} random, incompressible "
+           "segments archived by PostgreSQL through the tool; clock from `pg_reload_conf()` to the last `.done`), "
+           f"async push at process-max {res['process_max']} and a synchronous push per segment, both tools at "
+           f"{res['compress']}, into one repository on the SFTP backup host (the sshd of sections 1-5), one in a "
+           "SeaweedFS bucket over HTTPS (as section 6), and both at once (repo1 + repo2). The six runs of one mode "
+           "are back to back in rotating order. After each run every repository is listed; a run that left a "
+           "repository without some of its segments is marked **invalid**: its figure is shown as unverified and "
+           "left out of the ratios.", ""]
+    rows = []
+    places, tools, modes = ["one", "s3", "two"], ["pgpush", "pgbackrest"], ["async", "sync"]
+    for r in sorted(res["runs"], key=lambda r: (modes.index(r["mode"]), places.index(r["place"]),
+                                                tools.index(r["tool"]))):
+        mode = f"async pm={r['process_max']}" if r["mode"] == "async" else "sync"
+        held = ", ".join(f"{k} {v}" for k, v in sorted(r.get("held", {}).items())) or "—"
+        if r.get("invalid"):
+            figure = f"**invalid**: {r['invalid']} ({_fmt(r.get('seg_per_s_unverified'))} unverified)"
+        else:
+            figure = _fmt(r.get("seg_per_s"))
+        rows.append([mode, r["label"], r.get("order", "—"), figure, _fmt(r.get("mb_per_s"), 1),
+                     _fmt(r.get("seconds"), 1), r.get("failed_count", "—"), held])
+    out += _table(["mode", "variant", "run order", "seg/s", "MB/s", "s", "archive failures", "segments held per repository"], rows)
+    out += [res.get("note", ""), ""]  # right under the table (it marks two of its rows)
+    out += ["Ratios of seg/s (— where a figure is missing or invalid). pgpush / pgBackRest: > 1 = pgpush faster. "
+            "Two repositories / one: the cost of the second repository for that tool (1.00x = none).", ""]
+    out += _table(["mode", "pgpush / pgBackRest, one repository on the backup host (sftp / ssh)",
+                   "pgpush / pgBackRest, s3", "pgpush / pgBackRest, two repositories",
+                   "pgpush: two / sftp alone", "pgpush: two / s3 alone", "pgBackRest: two / ssh alone",
+                   "pgBackRest: two / s3 alone"],
+                  [[f"async pm={c['process_max']}" if c["mode"] == "async" else "sync",
+                    _x(c["pgpush_over_pgbackrest_one"]), _x(c["pgpush_over_pgbackrest_s3"]),
+                    _x(c["pgpush_over_pgbackrest_two"]), _x(c["pgpush_two_over_one"]), _x(c["pgpush_two_over_s3"]),
+                    _x(c["pgbackrest_two_over_one"]), _x(c["pgbackrest_two_over_s3"])] for c in res["comparisons"]])
+    for r in res["runs"]:
+        if r.get("error"):
+            out += [f"Run {r['label']} ({r['mode']}) did not finish:", "", "```", r["error"][:1200], "```", ""]
     return out

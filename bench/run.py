@@ -6,7 +6,7 @@
 Writes bench/results/<date>.json and regenerates docs/benchmarks.md.  It reports; it never
 asserts timings.  Needs root (PostgreSQL runs as postgres, sshd as root), the built
 dist/pgpush.pyz (dist/empty.pyz is built here when missing), /usr/bin/pgbackrest and, for the
-``s3`` scenario, .venv/bin/weed (scripts/setup-s3.sh) and openssl.
+``s3`` and ``multirepo`` scenarios, .venv/bin/weed (scripts/setup-s3.sh) and openssl.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, cpu_pressure, loadavg, log, procs
 
-SCENARIOS = ["hotpath", "sync", "async-push", "replay", "backup", "s3"]
+SCENARIOS = ["hotpath", "sync", "async-push", "replay", "backup", "s3", "multirepo"]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -126,13 +126,14 @@ def main() -> int:
     import sc_async
     import sc_backup
     import sc_hotpath
+    import sc_multirepo
     import sc_replay
     import sc_s3
     import sc_sync
     from env import BenchEnv
 
     modules = {"hotpath": sc_hotpath, "sync": sc_sync, "async-push": sc_async, "replay": sc_replay, "backup": sc_backup,
-               "s3": sc_s3}
+               "s3": sc_s3, "multirepo": sc_multirepo}
     started = time.time()
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

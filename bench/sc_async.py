@@ -45,10 +45,11 @@ class SftpRepo:
 
 
 def archive_clone(env, src, tool: str, compress: str | None, pm: int, tag: str, keep_repo: bool = False,
-                  timeout: float | None = None, repo=None) -> dict:
+                  timeout: float | None = None, repo=None, asynchronous: bool = True) -> dict:
     """Start a copy of ``src`` with archive_command = ``tool`` (async, ``pm`` workers) and time it
     until every ready segment is archived.  Returns the measurements (and the repo when kept).
-    ``repo``: where the repositories are (default :class:`SftpRepo`)."""
+    ``repo``: where the repositories are (default :class:`SftpRepo`).  ``asynchronous=False``:
+    a synchronous push per segment instead (``pm`` is then not given to the tool)."""
     repo = repo or SftpRepo(env)
     run_dir = env.base / f"async-{tag}"
     clone = env.track(src.clone(run_dir))
@@ -63,13 +64,16 @@ def archive_clone(env, src, tool: str, compress: str | None, pm: int, tag: str, 
             opts = {"compress_type": compress} if compress else {}
             obj = repo.pgpush(tag, clone, **opts)
             obj.stanza_create()
-            command = obj.command_line("push", "%p", archive_async=True, process_max=pm)
+            command = (obj.command_line("push", "%p", archive_async=True, process_max=pm) if asynchronous
+                       else obj.command_line("push", "%p"))
         else:
             obj = repo.pgbr
             obj.add_stanza(tag, clone)
-            spool = obj.spool_dir(tag)
-            command = obj.command_line("archive-push", tag, "%p", archive_async=True, process_max=pm,
-                                       spool_path=spool, compress_type=compress)
+            if asynchronous:
+                command = obj.command_line("archive-push", tag, "%p", archive_async=True, process_max=pm,
+                                           spool_path=obj.spool_dir(tag), compress_type=compress)
+            else:
+                command = obj.command_line("archive-push", tag, "%p", compress_type=compress)
         clone.set_conf({"archive_command": command})
         done_file = clone.wal_dir / "archive_status" / f"{last}.done"
         with MemorySampler() as mem:
