@@ -147,10 +147,8 @@ def get_from_repos(views: list[Config], name: str, dest: str) -> int:
         except PathCreateError:
             raise  # this host's destination: no other repository would do better
         except PgPushError as exc:
-            named = exc.in_repo(view.repo_label)
-            LOG.warn(f"{named.message.splitlines()[0]}: trying the next repository" if view is not views[-1]
-                     else named.message.splitlines()[0])
-            failure = failure or named
+            LOG.warn(warning_text(exc, view.repo_label) + ("; trying the next repository" if view is not views[-1] else ""))
+            failure = failure or exc.in_repo(view.repo_label)
             continue
         if found:
             where = "" if view is views[0] else f" of {view.repo_label}"
@@ -160,6 +158,18 @@ def get_from_repos(views: list[Config], name: str, dest: str) -> int:
         raise failure
     LOG.info(f"unable to find {name} in the archive")
     return 1
+
+
+def warning_text(exc: PgPushError, label: str) -> str:
+    """``exc`` as one WARN line that begins with the repository it is about (``repo1: ...``).
+
+    The storage says "unable to find a valid repository:" then ``repo1: reason`` on a line of its
+    own; a WARN is one line, and a HINT is for the error that ends a command, not a repository
+    passed over."""
+    lines = [line for line in exc.in_repo(label).message.split("\n") if line and not line.startswith("HINT:")]
+    text = " ".join(lines)
+    prefix = f"{label}: "
+    return text if text.startswith(prefix) else prefix + text.replace(prefix, "", 1)
 
 
 def _get_one(view: Config, name: str, dest: str, pgdata: str) -> bool:

@@ -82,9 +82,8 @@ class Worker:
                 unreachable = isinstance(exc, RepoInvalidError)
                 if unreachable:
                     self.down[view.repo_index] = time.monotonic()
-                named = exc.in_repo(view.repo_label)
-                LOG.warn(f"{named.message.splitlines()[0]}: trying the other repositories")
-                failures[view.repo_index] = (unreachable, named)
+                LOG.warn(f"{core.warning_text(exc, view.repo_label)}; trying the other repositories")
+                failures[view.repo_index] = (unreachable, exc.in_repo(view.repo_label))
                 continue
             self.down.pop(view.repo_index, None)
             return {"ok": True} if view is views[0] else {"ok": True, "from": view.repo_label}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import NamedTuple
 
+from pgpush.archive.core import warning_text
 from pgpush.commands.restore import recovery
 from pgpush.config import Config
 from pgpush.errors import BackupSetInvalidError, OptionInvalidValueError, OptionRequiredError, PgPushError
@@ -180,6 +181,5 @@ def _across(catalogs: list[tuple[Config, Repository, Catalog, list[BackupRecord]
 
 
 def _skip(view: Config, exc: PgPushError, consequence: str, failures: list[PgPushError]) -> None:
-    named = exc.in_repo(view.repo_label)
-    LOG.warn(f"{named.message.splitlines()[0]}: {consequence}")
-    failures.append(named)
+    LOG.warn(f"{warning_text(exc, view.repo_label)}; {consequence}")
+    failures.append(exc.in_repo(view.repo_label))
