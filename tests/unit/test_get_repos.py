@@ -170,3 +170,16 @@ def test_worker_asks_an_unreachable_repository_last_but_still_asks_it(tmp_path: 
     result = worker.handle(_task(tmp_path))
     assert asked == [2, 1]  # nobody else has it: repo1 is asked all the same before any verdict
     assert result["ok"] is False and result["code"] == 103 and result["global"] is False  # repo2 answered
+
+
+# -- what a restore leaves for recovery ------------------------------------------------------------
+
+
+def test_restore_command_carries_every_repository_never_repo(tmp_path: Path) -> None:
+    from pgpush.commands.restore import recovery
+
+    cfg = config.load(["--stanza=main", "--repo1-path=/r1", "--repo2-type=s3", "--repo2-path=/p", "--repo2-s3-bucket=b",
+                       "--repo2-s3-key-secret=hidden", "--repo=2", "restore"], environ={})
+    command = recovery.restore_command(cfg.repos()[0])  # the view of the repository restored from
+    assert "--repo1-path=/r1" in command and "--repo2-type=s3" in command and "--repo2-s3-bucket=b" in command
+    assert "--repo=" not in command and "hidden" not in command
