@@ -108,7 +108,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("target-action", "choice", "pause", "restore: what recovery does at the target", "command", commands=("restore",), choices=("pause", "promote", "shutdown")),
     Option("output", "choice", "text", "info: output format", "command", commands=("info",), choices=("text", "json")),
     Option("repo", "int", None, "the one repository (1..4) a command works on", "command",
-           commands=("get", "backup", "restore", "info", "expire", "verify", "check"), config=False,
+           commands=("get", "backup", "restore", "info", "expire", "verify", "check", "get-async", "worker"), config=False,
            default_doc="every configured repository"),
     Option("from", "int", None, "repo-sync: the repository (1..4) to copy from", "command", commands=("repo-sync",), config=False),
     Option("to", "int", None, "repo-sync: the repository (1..4) to copy to", "command", commands=("repo-sync",), config=False),

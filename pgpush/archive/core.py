@@ -8,7 +8,7 @@ import os
 
 from pgpush import fsutil, wal
 from pgpush.config import Config
-from pgpush.errors import FileMissingError, FormatError, PgPushError, WalNotFound
+from pgpush.errors import FileMissingError, FormatError, PathCreateError, PgPushError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repo import catalog, walarchive
 from pgpush.repo.repository import Repository
@@ -102,16 +102,20 @@ def fetch_to(repo: Repository, name: str, dest: str) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, PgPushError):
-            from pgpush.errors import PathCreateError
-
             raise PathCreateError(f"unable to write '{dest}': {exc.strerror}") from None
         raise
 
 
 def get(cfg: Config, name: str, dest: str) -> int:
-    """Restore WAL file ``name`` to ``dest``: 0 found, 1 not in the archive."""
+    """Restore WAL file ``name`` to ``dest``: 0 found, 1 not in the archive.
+
+    With several repositories, see :func:`get_from_repos`; with one, its error is the command's.
+    """
     wal.kind(name)
-    repo = Repository.from_config(cfg)
+    views = cfg.repos()
+    if len(views) > 1:
+        return get_from_repos(views, name, dest)
+    repo = Repository.from_config(views[0])
     try:
         check_local_cluster(repo, str(cfg.get("pg1-path") or os.getcwd()))
         try:
@@ -121,6 +125,62 @@ def get(cfg: Config, name: str, dest: str) -> int:
             return 1
         LOG.info(f"found {name} in the archive")
         return 0
+    finally:
+        repo.storage.close()
+
+
+def get_from_repos(views: list[Config], name: str, dest: str) -> int:
+    """Take ``name`` from the first repository, in priority order, that has it whole and verified.
+
+    A repository that does not have it is passed over; one that cannot answer (unreachable,
+    unreadable, the copy corrupt, another cluster's stanza) is passed over with a WARN naming
+    it.  "Not in the archive" (1) only when every repository answered so: when one could not
+    answer, its error is the result, as a 1 would end PostgreSQL's recovery while that
+    repository may hold the file (docs/operations.md, "Several repositories").  Each
+    repository's waits are bounded by its own ``repoN-host-timeout``.
+    """
+    pgdata = str(views[0].get("pg1-path") or os.getcwd())
+    failure: PgPushError | None = None
+    for view in views:
+        try:
+            found = _get_one(view, name, dest, pgdata)
+        except PathCreateError:
+            raise  # this host's destination: no other repository would do better
+        except PgPushError as exc:
+            LOG.warn(warning_text(exc, view.repo_label) + ("; trying the next repository" if view is not views[-1] else ""))
+            failure = failure or exc.in_repo(view.repo_label)
+            continue
+        if found:
+            where = "" if view is views[0] else f" of {view.repo_label}"
+            LOG.info(f"found {name} in the archive{where}")
+            return 0
+    if failure is not None:
+        raise failure
+    LOG.info(f"unable to find {name} in the archive")
+    return 1
+
+
+def warning_text(exc: PgPushError, label: str) -> str:
+    """``exc`` as one WARN line that begins with the repository it is about (``repo1: ...``).
+
+    The storage says "unable to find a valid repository:" then ``repo1: reason`` on a line of its
+    own; a WARN is one line, and a HINT is for the error that ends a command, not a repository
+    passed over."""
+    lines = [line for line in exc.in_repo(label).message.split("\n") if line and not line.startswith("HINT:")]
+    text = " ".join(lines)
+    prefix = f"{label}: "
+    return text if text.startswith(prefix) else prefix + text.replace(prefix, "", 1)
+
+
+def _get_one(view: Config, name: str, dest: str, pgdata: str) -> bool:
+    """``name`` from one repository into ``dest``: True found, False not there; else its error."""
+    repo = Repository.from_config(view)
+    try:
+        check_local_cluster(repo, pgdata)
+        fetch_to(repo, name, dest)
+        return True
+    except WalNotFound:
+        return False
     finally:
         repo.storage.close()
 

@@ -5,6 +5,9 @@ The parent fetches that segment first, then the ones after it on the same
 timeline, at most ``archive-get-queue-max`` bytes (the segment size comes
 from pg_control, never assumed), with ``process-max`` workers.  Files
 arrive as ``SEGMENT.pgpush.tmp`` and are renamed when complete and verified.
+With several repositories each segment comes from the first, in priority
+order, that has it whole (a worker asks them in turn, pgpush/archive/worker.py);
+"not there" is the answer only when every repository gave it.
 It stops at the first segment the repository does not have and marks it
 ``SEGMENT.ok``, whose content is the request it answers: a "not in the
 repository" answer is only valid for the request that asked (the segment
@@ -137,7 +140,8 @@ class GetParent(AsyncParent):
         if result["ok"]:
             spool.remove(os.path.join(self.qdir, name + ".error"))
             spool.remove(os.path.join(self.qdir, spool.GLOBAL_ERROR))
-            LOG.detail(f"prefetched WAL file '{name}'")
+            source = f" from {result['from']}" if result.get("from") else ""  # not the first repository's
+            LOG.detail(f"prefetched WAL file '{name}'{source}")
             if not self._wanted_now(name) or (self.missing_at is not None and name > self.missing_at):
                 spool.remove(os.path.join(self.qdir, name))  # recovery moved on while it came, or past a hole
             self._missing()  # this may have been the last answer before the hole

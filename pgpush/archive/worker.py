@@ -1,5 +1,5 @@
-"""The worker process: runs file tasks for a parent, one repository
-connection for its whole life.
+"""The worker process: runs file tasks for a parent, one connection per
+repository for its whole life.
 
 Tasks arrive as JSON lines on stdin; each gets one JSON line on stdout:
 ``{"ok": true, ...}`` or ``{"ok": false, "code": N, "message": ..., "global": bool}``
@@ -13,20 +13,25 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from pgpush.archive import core
 from pgpush.config import Config
-from pgpush.errors import PgPushError, RepoInvalidError, WalNotFound
+from pgpush.errors import PathCreateError, PgPushError, RepoInvalidError, WalNotFound
 from pgpush.log import LOG
 from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
+
+DOWN_HOLD = 30.0  # get: seconds a repository found unreachable is asked after the others
 
 
 class Worker:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.repo: Repository | None = None
-        self.checked: str | None = None  # the data directory found to be the stanza's cluster
+        self.get_repos: dict[int, Repository] = {}  # get: one connection per repository, opened on first use
+        self.checked: set[tuple[int, str]] = set()  # get: (repository, data directory) found to be the stanza's cluster
+        self.down: dict[int, float] = {}  # get: when each repository was last found unreachable (monotonic)
 
     def repository(self) -> Repository:
         if self.repo is None:
@@ -43,17 +48,67 @@ class Worker:
         """Fetch a segment into the spool: temp name, verified, then renamed.
 
         The cluster recovering must be the stanza's (44 otherwise, as a sync get says): checked
-        on the first file, so WAL of one cluster is never served to another.
+        on the first file from each repository, so WAL of one cluster is never served to another.
+        With several repositories the first that has it whole gives it (:meth:`_get_several`).
         """
-        name, directory = task["name"], task["dir"]
-        if task.get("pgdata") and self.checked != task["pgdata"]:
-            core.check_local_cluster(self.repository(), task["pgdata"])
-            self.checked = task["pgdata"]
+        views = self.cfg.repos()
+        if len(views) > 1:
+            return self._get_several(task, views)
         try:
-            core.fetch_to(self.repository(), name, os.path.join(directory, name))
+            self._get_from(views[0], task)
         except WalNotFound:
             return {"ok": True, "missing": True}
         return {"ok": True}
+
+    def _get_several(self, task: dict, views: list[Config]) -> dict:
+        """The segment from the first repository that has it whole and verified (as a sync get:
+        :func:`pgpush.archive.core.get_from_repos`).  "Missing" only when every repository answered
+        that it is not there; when one could not answer and none had it, that repository's error
+        (global only when no repository could answer: the parent then stops asking).
+
+        A repository found unreachable is asked last for :data:`DOWN_HOLD` seconds: each file would
+        otherwise wait out its ``repoN-host-timeout`` before the next repository is asked.  It is
+        still asked before a file is called missing, so the verdict is the same, only sooner.
+        """
+        failures: dict[int, tuple[bool, PgPushError]] = {}
+        for view in self._order(views):
+            try:
+                self._get_from(view, task)
+            except WalNotFound:
+                continue
+            except PathCreateError:
+                raise  # the spool: no other repository would do better
+            except PgPushError as exc:
+                unreachable = isinstance(exc, RepoInvalidError)
+                if unreachable:
+                    self.down[view.repo_index] = time.monotonic()
+                LOG.warn(f"{core.warning_text(exc, view.repo_label)}; trying the other repositories")
+                failures[view.repo_index] = (unreachable, exc.in_repo(view.repo_label))
+                continue
+            self.down.pop(view.repo_index, None)
+            return {"ok": True} if view is views[0] else {"ok": True, "from": view.repo_label}
+        if not failures:
+            return {"ok": True, "missing": True}
+        first = failures[min(failures)][1]  # in priority order, as a sync get reports it
+        every = len(failures) == len(views) and all(unreachable for unreachable, _ in failures.values())
+        return {"ok": False, "code": first.code, "message": first.message, "global": every}
+
+    def _order(self, views: list[Config]) -> list[Config]:
+        """``views`` in priority order, those found unreachable in the last DOWN_HOLD seconds last."""
+        now = time.monotonic()
+        held = {i for i, when in self.down.items() if now - when < DOWN_HOLD}
+        return [v for v in views if v.repo_index not in held] + [v for v in views if v.repo_index in held]
+
+    def _get_from(self, view: Config, task: dict) -> None:
+        """The segment from one repository into the spool (WalNotFound when it is not there)."""
+        repo = self.get_repos.get(view.repo_index)
+        if repo is None:
+            repo = self.get_repos[view.repo_index] = Repository.from_config(view)
+        pgdata = task.get("pgdata")
+        if pgdata and (view.repo_index, pgdata) not in self.checked:
+            core.check_local_cluster(repo, pgdata)
+            self.checked.add((view.repo_index, pgdata))
+        core.fetch_to(repo, task["name"], os.path.join(task["dir"], task["name"]))
 
     def drop(self, task: dict) -> dict:
         repo = self.repository()
@@ -87,6 +142,7 @@ def run(cfg: Config) -> int:
         result = {**worker.handle(task), "seq": task.get("seq")}  # says which task this answers
         out.write(json.dumps(result).encode() + b"\n")
         out.flush()
-    if worker.repo is not None:
-        worker.repo.storage.close()
+    for repo in [worker.repo, *worker.get_repos.values()]:
+        if repo is not None:
+            repo.storage.close()
     return 0

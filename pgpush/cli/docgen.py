@@ -69,7 +69,8 @@ def render() -> str:
             kind = TYPE_DOC[o.type] + (" " + ", ".join(f"`{c}`" for c in o.choices) if o.choices else "")
             where = []
             if o.commands:
-                where.append("commands: " + ", ".join(o.commands))
+                # the background parents and workers are told what their foreground was: not the operator's to set
+                where.append("commands: " + ", ".join(c for c in o.commands if c not in ("push-async", "get-async", "worker")))
             if not o.config:
                 where.append("not in the config file")
             if o.secret:

@@ -13,7 +13,7 @@ from pgpush import safepath
 from pgpush.commands import forkpool
 from pgpush.commands.progress import Progress
 from pgpush.commands.restore import recovery
-from pgpush.commands.restore.choose import choose_backup, recovery_options
+from pgpush.commands.restore.choose import choose_source, recovery_options
 from pgpush.commands.restore.clean import clean, clear_spool, prepare, tablespaces_in_use
 from pgpush.commands.restore.durability import make_durable
 from pgpush.commands.restore.files import FileJob, file_jobs, plan, restore_files
@@ -22,7 +22,6 @@ from pgpush.commands.restore.remap import remap_tablespaces, rewrite_tablespace_
 from pgpush.config import Config
 from pgpush.errors import PathCreateError
 from pgpush.log import LOG
-from pgpush.repo import catalog, manifest_check
 from pgpush.repo.catalog import Catalog
 from pgpush.repo.records import Manifest
 from pgpush.repo.repository import Repository
@@ -41,21 +40,15 @@ def _run(cfg: Config) -> str:
     pgdata = os.path.abspath(str(cfg.require("pg1-path")))
     rtype, target, action = recovery_options(cfg)
     delta, force = bool(cfg["delta"]), bool(cfg["force"])
-    repo = Repository.from_config(cfg)
+    source = choose_source(cfg, rtype, target, pgdata)
+    view, repo, cat, label, why, manifest = source.view, source.repo, source.cat, source.record["label"], source.why, source.manifest
     try:
-        repo.load_archive_info()
-        cat = Catalog(repo)
-        backups = catalog.evaluate_all(repo, cat.reconciled())
-        record, why = choose_backup(backups, cfg.get("set"), rtype, target)
-        label = record["label"]
-        LOG.info(f"restoring backup {label} ({why}) into '{pgdata}'")
-        manifest = manifest_check.check(cat.read_manifest(label), label)
         remapped = remap_tablespaces(cfg, manifest)
         check_locations(pgdata, {ln["name"]: ln["destination"] for ln in manifest.get("links", [])})
         existing = prepare(pgdata, delta, force)
         existing = tablespaces_in_use(manifest, delta, force) or existing
         clear_spool(cfg)
-        written, kept = _restore(cfg, repo, cat, label, manifest, pgdata, existing, compare=existing and not force)
+        written, kept = _restore(view, repo, cat, label, manifest, pgdata, existing, compare=existing and not force)
         rewrite_tablespace_map(pgdata, remapped)
         pg_dir = next(d for d in manifest["dirs"] if d["name"] == PREFIX)
         uid, gid = owner_ids(pg_dir, (None, None))

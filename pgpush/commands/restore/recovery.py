@@ -9,7 +9,9 @@ PostgreSQL never recovers with two different ``restore_command``s in mind.
 
 The ``restore_command`` repeats every repository, log and spool option the
 restore was given on its command line or in the environment, so the
-restored cluster's ``get`` reaches the same repository; secrets are never
+restored cluster's ``get`` reaches the same repositories (all of them, in
+their order, whichever one the backup came from: recovery falls back across
+them as every ``get`` does); secrets are never
 written into the data directory (they must come from the config file or
 the server's environment).
 """
@@ -20,7 +22,7 @@ import os
 import shlex
 import time
 
-from pgpush.config import Config
+from pgpush.config import Config, repo1_name
 from pgpush.fsutil import self_command, write_atomic
 from pgpush.log import LOG
 from pgpush.options import BY_NAME
@@ -39,7 +41,9 @@ TARGET_KEY = {"time": "recovery_target_time", "lsn": "recovery_target_lsn", "nam
 
 
 def _propagated(name: str) -> bool:
-    return name.startswith(("repo1-", "log-")) or name in PROPAGATED
+    """Every repository's options (``repo1-*`` .. ``repo4-*``, not ``--repo``: recovery falls back
+    across them all, whichever one the backup came from), the log's, and :data:`PROPAGATED`."""
+    return repo1_name(name).startswith("repo1-") or name.startswith("log-") or name in PROPAGATED
 
 
 def restore_command(cfg: Config) -> str:
