@@ -183,3 +183,20 @@ def test_restore_command_carries_every_repository_never_repo(tmp_path: Path) -> 
     command = recovery.restore_command(cfg.repos()[0])  # the view of the repository restored from
     assert "--repo1-path=/r1" in command and "--repo2-type=s3" in command and "--repo2-s3-bucket=b" in command
     assert "--repo=" not in command and "hidden" not in command
+
+
+def test_a_restore_command_postgresql_would_cut_is_refused_before_anything_is_restored() -> None:
+    """PostgreSQL 13 and older cut restore_command at 1023 bytes: several repositories given on the
+    command line can pass that, and a cut command would fetch WAL with half an option."""
+    from pgpush.commands.restore import recovery
+    from pgpush.errors import OptionInvalidValueError
+
+    long_path = "/backup/" + "x" * 300
+    cfg = config.load(["--stanza=main", f"--repo1-path={long_path}1", f"--repo2-path={long_path}2",
+                       f"--repo3-path={long_path}3", "restore"], environ={})
+    assert len(recovery.restore_command(cfg)) > recovery.COMMAND_MAX
+    with pytest.raises(OptionInvalidValueError, match="PostgreSQL 12 cuts it at 1023.*config file"):
+        recovery.check_command_length(cfg, 12)
+    recovery.check_command_length(cfg, 15)  # built without a length limit in 14 and later
+    short = config.load(["--stanza=main", "--repo1-path=/r1", "--repo2-path=/r2", "restore"], environ={})
+    recovery.check_command_length(short, 12)

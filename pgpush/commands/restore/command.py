@@ -43,6 +43,7 @@ def _run(cfg: Config) -> str:
     source = choose_source(cfg, rtype, target, pgdata)
     view, repo, cat, label, why, manifest = source.view, source.repo, source.cat, source.record["label"], source.why, source.manifest
     try:
+        recovery.check_command_length(cfg, manifest["backup"]["pg_version"])
         remapped = remap_tablespaces(cfg, manifest)
         check_locations(pgdata, {ln["name"]: ln["destination"] for ln in manifest.get("links", [])})
         existing = prepare(pgdata, delta, force)

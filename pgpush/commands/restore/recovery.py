@@ -23,6 +23,7 @@ import shlex
 import time
 
 from pgpush.config import Config, repo1_name
+from pgpush.errors import OptionInvalidValueError
 from pgpush.fsutil import self_command, write_atomic
 from pgpush.log import LOG
 from pgpush.options import BY_NAME
@@ -46,14 +47,35 @@ def _propagated(name: str) -> bool:
     return repo1_name(name).startswith("repo1-") or name.startswith("log-") or name in PROPAGATED
 
 
-def restore_command(cfg: Config) -> str:
+def restore_command(cfg: Config, quiet: bool = False) -> str:
     """The shell command PostgreSQL runs to fetch WAL: ``... get %f "%p"``."""
     argv = self_command() + [f"--stanza={cfg.stanza}"] + cfg.to_argv(_propagated, environment=True)
     skipped = [name for name in cfg.given(_propagated, environment=True) if BY_NAME[name].secret]
-    if skipped:
+    if skipped and not quiet:
         LOG.warn(f"restore_command does not carry {', '.join(skipped)}: PostgreSQL's pgpush get must find "
                  "them in the config file or the server's environment")
     return " ".join(shlex.quote(a) for a in argv) + ' get %f "%p"'
+
+
+# PostgreSQL 13 and older build the restore command in a buffer of MAXPGPATH (1024) bytes and cut what
+# passes it; %f and %p are expanded in the same buffer (a WAL name and pg_wal/RECOVERYXLOG), so keep room.
+SHORT_COMMAND_BEFORE = 14
+COMMAND_MAX = 1023 - 64
+
+
+def check_command_length(cfg: Config, pg_version: object) -> None:
+    """Refuse, before anything is restored, a restore_command that PostgreSQL would cut short: with
+    several repositories given on the command line it can pass 1 KB, and a cut command fetches WAL
+    with half an option, or none.  Options from the config file travel as one ``--config``."""
+    try:
+        major = int(str(pg_version).split(".")[0])
+    except ValueError:
+        return
+    command = restore_command(cfg, quiet=True)
+    if major < SHORT_COMMAND_BEFORE and len(command) > COMMAND_MAX:
+        raise OptionInvalidValueError(
+            f"restore_command would be {len(command)} bytes, and PostgreSQL {major} cuts it at 1023 with the WAL "
+            "file names: put the repository options in the config file (--config) instead of on the command line")
 
 
 def settings(cfg: Config, rtype: str, target: str | None, action: str) -> list[tuple[str, str]]:
