@@ -35,7 +35,7 @@ def backup_cmd(ctx: typer.Context) -> None:
         for target in outcome.failed:
             kept = f"backup {target.record['label']} is kept there, not usable yet" if target.committed and \
                 target.record else "it does not hold the backup"
-            say(f"{target.name} failed: {kept}; the backup is complete in {held}")
+            say(f"{target.name} failed: {kept}; the backup is stored in {held}")
         error = outcome.failed[0].error  # the first failed repository's, named after it
         assert error is not None
         raise error
