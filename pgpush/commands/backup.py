@@ -253,8 +253,6 @@ def _take(cfg: Config, targets: Targets, db: pgconn.PgConn, pgdata_path: str, bt
         for t in targets:
             t.abandon()
         raise
-    for t in targets.failed():
-        t.abandon()
 
     def record(t: Target) -> None:
         assert t.record is not None
@@ -262,7 +260,11 @@ def _take(cfg: Config, targets: Targets, db: pgconn.PgConn, pgdata_path: str, bt
         LOG.info(t.say(f"backup {t.label} stored: {t.record['file_count']} files, WAL {t.record['wal_start']} to "
                        f"{t.record['wal_stop']}"))
 
-    targets.each(record)
+    try:
+        targets.each(record)
+    finally:
+        for t in targets.failed():  # last: a repository that is still down must not delay the others' entries
+            t.abandon()
 
 
 def _finish(cfg: Config, t: Target, c: dict, dirs: list[ManifestPath], links: list[ManifestPath]) -> None:
