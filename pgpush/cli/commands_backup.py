@@ -16,17 +16,29 @@ from pgpush.cli.app import command, configure_log, say
 
 @command("backup")
 def backup_cmd(ctx: typer.Context) -> None:
-    """Base backup of pg1 (a primary or a standby): --type full|diff|incr, --wait, --wait-timeout."""
+    """Base backup of pg1 (a primary or a standby) into every repository (--repo=N: that one): --type
+    full|diff|incr, --wait, --wait-timeout."""
     from pgpush.commands import backup
-    from pgpush.repo.catalog import DONE
 
     cfg = configure_log(ctx, "backup")
-    record = backup.run(cfg)
-    if record["status"] == DONE:
-        say(f"backup {record['label']} is DONE: WAL {record['wal_start']} to {record['wal_stop']} is archived")
-    else:
-        say(f"backup {record['label']} is {record['status']}: {record.get('status_detail')}; it becomes DONE "
-             "once that WAL is archived (use --wait to wait for it)")
+    outcome = backup.run(cfg)
+    for repo, record in outcome.records:
+        where = f" in {repo}" if outcome.several else ""
+        if record["status"] == backup.DONE:
+            say(f"backup {record['label']} is DONE{where}: WAL {record['wal_start']} to {record['wal_stop']} "
+                "is archived")
+        else:
+            say(f"backup {record['label']} is {record['status']}{where}: {record.get('status_detail')}; it becomes "
+                "DONE once that WAL is archived (use --wait to wait for it)")
+    if outcome.failed:  # several repositories, some of which hold the backup: the cron job must see who missed it
+        held = ", ".join(repo for repo, _ in outcome.records)
+        for target in outcome.failed:
+            kept = f"backup {target.record['label']} is kept there, not usable yet" if target.committed and \
+                target.record else "it does not hold the backup"
+            say(f"{target.name} failed: {kept}; the backup is stored in {held}")
+        error = outcome.failed[0].error  # the first failed repository's, named after it
+        assert error is not None
+        raise error
 
 
 @command("restore")

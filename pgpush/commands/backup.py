@@ -23,11 +23,13 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import cast
 
 from pgpush import __version__, wal
-from pgpush.commands import forkpool
+from pgpush.commands import backup_files, forkpool
+from pgpush.commands.backup_targets import Target, Targets, open_targets
 from pgpush.commands.progress import Progress
 from pgpush.config import Config
 from pgpush.errors import (
@@ -35,17 +37,17 @@ from pgpush.errors import (
     BackupWaitTimeout,
     FileMissingError,
     OptionInvalidValueError,
+    PgPushError,
     VersionNotSupportedError,
 )
 from pgpush.log import LOG
 from pgpush.pg import pgconn, pgdata
 from pgpush.pg.nudge import PrimaryNudge
-from pgpush.repo import catalog, catalog_lock, manifest_check, readahead, status
+from pgpush.repo import catalog, catalog_lock, manifest_check, status
 from pgpush.repo.catalog import Catalog
 from pgpush.repo.records import BackupRecord, Manifest, ManifestFile, ManifestPath
 from pgpush.repo.repository import Repository
 from pgpush.repo.status import DONE, FAILED, WAITING, ArchiveListing
-from pgpush.storage.base import CHUNK, StorageError
 
 TYPES = ("full", "diff", "incr")
 POLL = 0.5
@@ -57,65 +59,7 @@ HOLE_GRACE = 5.0  # a hole may be an out-of-order asynchronous push that complet
 
 # -- worker ---------------------------------------------------------------------------------------
 
-
-def sha1_file(path: str) -> tuple[str, int]:
-    h = hashlib.sha1()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def backup_file(repo: Repository, job: tuple[str, str, str, ManifestFile | None]) -> ManifestFile | None:
-    """Store one file (or reference the prior backup's copy); None when it vanished meanwhile.
-
-    ``job`` = (manifest name, absolute path, label dir, prior entry or None).
-    The SHA-1 recorded is of the bytes actually stored.  Only the source file vanishing
-    means None: a "no such file" from the repository's side (a directory of the backup
-    removed, a file where a directory should be) fails the backup, never drops the file.
-    """
-    name, path, label_dir, prior = job
-    try:
-        size = os.stat(path).st_size
-        if prior is not None and prior["size"] == size:
-            digest, read = sha1_file(path)
-            if digest == prior["sha1"] and read == size:
-                return {"name": name, "size": read, "sha1": digest, "ext": prior["ext"],
-                        "repo_size": prior["repo_size"], "reference": prior["reference"]}
-    except FileNotFoundError:
-        return None  # removed while backed up (a dropped relation): WAL replay recreates what matters
-    h = hashlib.sha1()
-    counted = [0]
-    vanished = [False]
-
-    def chunks() -> Iterator[bytes]:
-        try:
-            fh = open(path, "rb")
-        except FileNotFoundError:
-            vanished[0] = True
-            raise
-        with fh:
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
-                counted[0] += len(chunk)
-                yield chunk
-
-    ext = repo.extension()
-    payload = repo.encode(chunks())
-    if size > CHUNK:  # big file: compress in a thread while the storage sends
-        payload = readahead.ahead(payload)
-    target = f"{label_dir}/{name}{ext}"
-    try:
-        written = repo.storage.put(target, payload, overwrite=True)
-    except Exception as exc:
-        if vanished[0]:
-            return None  # removed between the stat and the open (the storage may have wrapped the error)
-        if isinstance(exc, FileNotFoundError):
-            raise StorageError(f"unable to write '{target}': {exc} ({repo.storage.description})") from None
-        raise
-    return {"name": name, "size": counted[0], "sha1": h.hexdigest(), "ext": ext, "repo_size": written, "reference": None}
+backup_file = backup_files.backup_file  # the one-repository worker (tests call it by this name)
 
 
 def store_bytes(repo: Repository, label_dir: str, name: str, data: bytes) -> ManifestFile:
@@ -155,12 +99,13 @@ def prior_files(manifest: Manifest) -> dict[str, ManifestFile]:
 # -- the database side ------------------------------------------------------------------------------
 
 
-def check_cluster(cfg: Config, repo: Repository, db: pgconn.PgConn, pgdata_path: str) -> tuple[bool, int]:
-    """pg1 must be the stanza's cluster, at ``pg1-path``, with WAL archived; returns (standby, system id)."""
+def check_cluster(cfg: Config, targets: Targets, db: pgconn.PgConn, pgdata_path: str) -> tuple[bool, int]:
+    """pg1 must be the stanza's cluster (in every repository), at ``pg1-path``, with WAL archived;
+    returns (standby, system id)."""
     if db.version < 10:
         raise VersionNotSupportedError(f"PostgreSQL {db.version} is not supported (10 or later is required)")
     system_id = db.system_id()
-    repo.check_cluster(system_id, db.version, "pg1")
+    targets.each(lambda t: t.repo.check_cluster(system_id, db.version, "pg1"))
     data_dir = db.data_directory()
     if os.path.realpath(data_dir) != os.path.realpath(pgdata_path):
         raise OptionInvalidValueError(
@@ -206,130 +151,203 @@ def _timelines(db: pgconn.PgConn, standby: bool, label_file: str, stop_lsn: str)
 # -- the command ------------------------------------------------------------------------------------
 
 
-def run(cfg: Config) -> BackupRecord:
-    """Take the backup; returns its final record.  Raises BackupWaitTimeout (3) when ``--wait-timeout`` expires."""
+@dataclass
+class Outcome:
+    """What the backup left in each repository: the records of those that hold it, the errors of the others."""
+
+    targets: Targets
+
+    @property
+    def several(self) -> bool:
+        return len(self.targets) > 1
+
+    @property
+    def records(self) -> list[tuple[str, BackupRecord]]:
+        """(repository, record) of every repository where the backup is complete, in priority order."""
+        return [(t.name, t.record) for t in self.targets if t.error is None and t.record is not None]
+
+    @property
+    def failed(self) -> list[Target]:
+        return self.targets.failed()
+
+
+def run(cfg: Config) -> Outcome:
+    """Take the backup in every repository (``--repo``: in that one).
+
+    With one repository its error is raised as it always was (BackupWaitTimeout, 3, when
+    ``--wait-timeout`` expires).  With several, an error is raised only when every repository
+    failed; otherwise the outcome says which hold the backup and which failed, with their errors.
+    """
     pgdata_path = os.path.abspath(str(cfg.require("pg1-path")))
     btype = cfg.get("type") or "full"
     if btype not in TYPES:
         raise OptionInvalidValueError(
             f"option 'type' has invalid value '{btype}' {cfg.sources.get('type', '')}: one of full, diff, incr is expected")
-    repo = Repository.from_config(cfg)
+    targets = open_targets(cfg)
     nudger: PrimaryNudge | None = None
     try:
-        repo.load_archive_info()
+        targets.each(lambda t: t.repo.load_archive_info())
         with pgconn.connect_pg1(cfg) as db:
-            standby, system_id = check_cluster(cfg, repo, db, pgdata_path)
+            standby, system_id = check_cluster(cfg, targets, db, pgdata_path)
             segment_size = db.segment_size()
             if standby and cfg.get("primary-conninfo"):
                 nudger = PrimaryNudge(cfg, system_id, segment_size)
-            record = _take(cfg, repo, db, pgdata_path, btype, standby, system_id, segment_size, nudger)
-        return settle(cfg, repo, record, nudger)
+            _take(cfg, targets, db, pgdata_path, btype, standby, system_id, segment_size, nudger)
+        settle(cfg, targets, nudger)
+        return Outcome(targets)
     finally:
         if nudger is not None:
             nudger.close()
-        repo.storage.close()
+        for t in targets:
+            t.repo.storage.close()
 
 
-def _take(cfg: Config, repo: Repository, db: pgconn.PgConn, pgdata_path: str, btype: str, standby: bool,
-          system_id: int, segment_size: int, nudger: PrimaryNudge | None) -> BackupRecord:
-    cat = Catalog(repo)
-    catalog.evaluate_all(repo, cat.reconciled())  # settle statuses before choosing (outside the lock)
-    archive_id = repo.archive_id()
-    with catalog_lock.catalog_lock(cfg, repo, "backup"):
-        btype, prior, prior_index, label = _claim(cat, btype, archive_id, system_id)
-    label_dir = cat.label_dir(label)
-    LOG.info(f"{btype} backup {label} of {'standby' if standby else 'primary'} pg1 started"
-             + (f", prior {prior['label']}" if prior else ""))
+def _take(cfg: Config, targets: Targets, db: pgconn.PgConn, pgdata_path: str, btype: str, standby: bool,
+          system_id: int, segment_size: int, nudger: PrimaryNudge | None) -> None:
+    def settle_statuses(t: Target) -> None:  # before choosing (outside the lock)
+        catalog.evaluate_all(t.repo, t.cat.reconciled())
+        t.archive_id = t.repo.archive_id()
+
+    targets.each(settle_statuses)
+    _claim(targets, btype, system_id)
+    for t in targets.live():
+        LOG.info(t.say(f"{t.btype} backup {t.label} of {'standby' if standby else 'primary'} pg1 started"
+                       + (f", prior {t.prior['label']}" if t.prior else "")))
     try:
         start_time = time.time()
-        start_lsn = _start(db, label)
+        start_lsn = _start(db, targets.live()[0].label)
         LOG.info(f"backup start LSN {start_lsn}")
-        start = {"start_lsn": start_lsn, "segment_size": segment_size, "archive_id": archive_id}
-        _check_still_ours(cat, label)
-        cat.mark_started(label, start)  # expire keeps the WAL from here on
-        files, dirs, links = _copy(cfg, repo, pgdata_path, label_dir, db.version, prior_index, start)
+
+        def begin(t: Target) -> None:  # expire keeps the WAL from here on
+            _check_still_ours(t.cat, t.label)
+            t.cat.mark_started(t.label, {"start_lsn": start_lsn, "segment_size": segment_size,
+                                         "archive_id": t.archive_id})
+
+        targets.each(begin)
+        dirs, links = _copy(cfg, targets, pgdata_path, db.version, start_lsn, segment_size)
         stop_lsn, label_file, map_file = _stop(db)
         stop_time = time.time()
         LOG.info(f"backup stop LSN {stop_lsn}")
-        files.append(store_bytes(repo, label_dir, f"{pgdata.PREFIX}/backup_label", label_file.encode()))
-        if map_file:
-            files.append(store_bytes(repo, label_dir, f"{pgdata.PREFIX}/tablespace_map", map_file.encode()))
+
+        def store_stop_files(t: Target) -> None:
+            t.files.append(store_bytes(t.repo, t.label_dir, f"{pgdata.PREFIX}/backup_label", label_file.encode()))
+            if map_file:
+                t.files.append(store_bytes(t.repo, t.label_dir, f"{pgdata.PREFIX}/tablespace_map", map_file.encode()))
+
+        targets.each(store_stop_files)
         start_tli, stop_tli = _timelines(db, standby, label_file, stop_lsn)
         wal_start = wal.lsn_segment(start_tli, start_lsn, segment_size)
         wal_stop = wal.stop_segment(stop_tli, stop_lsn, segment_size)
         if wal.segment_number(wal_stop, segment_size) < wal.segment_number(wal_start, segment_size):
             wal_stop = wal.segment_name(stop_tli, wal.segment_number(wal_start, segment_size), segment_size)
-        own = [f for f in files if not f.get("reference")]
-        record: BackupRecord = {
-            "label": label, "type": btype, "prior": prior["label"] if prior else None, "status": WAITING,
-            "status_detail": None, "from_standby": standby, "timeline": start_tli, "stop_timeline": stop_tli,
-            "start_lsn": start_lsn, "stop_lsn": stop_lsn, "wal_start": wal_start, "wal_stop": wal_stop,
+        common = {
+            "from_standby": standby, "timeline": start_tli, "stop_timeline": stop_tli, "start_lsn": start_lsn,
+            "stop_lsn": stop_lsn, "wal_start": wal_start, "wal_stop": wal_stop,
             "start_time": status.iso_utc(start_time), "stop_time": status.iso_utc(stop_time, ceil=True),
-            "size": sum(f["size"] for f in files), "repo_size": sum(f["repo_size"] for f in own),
-            "backup_size": sum(f["size"] for f in own), "file_count": len(files),
-            "reference": sorted({ref for f in files if (ref := f.get("reference"))}),
-            "archive_id": archive_id, "pg_version": db.version, "system_id": system_id,
-            "segment_size": segment_size, "pgpush_version": __version__,
+            "pg_version": db.version, "system_id": system_id, "segment_size": segment_size,
         }
         if nudger is not None:
             nudger.nudge()
-        ev = status.evaluate(record, ArchiveListing(repo, archive_id).window([record], segment_size))
-        record = status.with_status(record, ev)
-        manifest: Manifest = {"format": 1, "backup": record, "files": sorted(files, key=lambda f: f["name"]),
-                    "dirs": dirs, "links": links}
-        _commit(cfg, cat, label, manifest)
+        targets.each(lambda t: _finish(cfg, t, common, dirs, links))
     except BaseException:
-        try:
-            repo.storage.delete_tree(label_dir)
-        except Exception as exc:  # noqa: BLE001 - the original error matters more
-            LOG.warn(f"unable to remove the incomplete backup '{label_dir}': {exc}")
+        for t in targets:
+            t.abandon()
         raise
-    cat.add(record)
-    LOG.info(f"backup {label} stored: {record['file_count']} files, WAL {wal_start} to {wal_stop}")
-    return record
+
+    def record(t: Target) -> None:
+        assert t.record is not None
+        t.cat.add(t.record)
+        LOG.info(t.say(f"backup {t.label} stored: {t.record['file_count']} files, WAL {t.record['wal_start']} to "
+                       f"{t.record['wal_stop']}"))
+
+    try:
+        targets.each(record)
+    finally:
+        for t in targets.failed():  # last: a repository that is still down must not delay the others' entries
+            t.abandon()
 
 
-def _claim(cat: Catalog, btype: str, archive_id: str,
-           system_id: int) -> tuple[str, BackupRecord | None, dict[str, ManifestFile], str]:
-    """Choose the prior, read its files, take a free label and make its directory exist.
+def _finish(cfg: Config, t: Target, c: dict, dirs: list[ManifestPath], links: list[ManifestPath]) -> None:
+    """This repository's record (its own label, prior, files and archive id), its status, its manifest.
 
-    Returns (type, prior, prior's files, label).
+    ``c`` holds what is the same in every repository (the LSNs, timelines, times, cluster)."""
+    files = t.files
+    own = [f for f in files if not f.get("reference")]
+    record: BackupRecord = {
+        "label": t.label, "type": t.btype, "prior": t.prior["label"] if t.prior else None, "status": WAITING,
+        "status_detail": None, "from_standby": c["from_standby"], "timeline": c["timeline"],
+        "stop_timeline": c["stop_timeline"], "start_lsn": c["start_lsn"], "stop_lsn": c["stop_lsn"],
+        "wal_start": c["wal_start"], "wal_stop": c["wal_stop"], "start_time": c["start_time"],
+        "stop_time": c["stop_time"], "size": sum(f["size"] for f in files),
+        "repo_size": sum(f["repo_size"] for f in own), "backup_size": sum(f["size"] for f in own),
+        "file_count": len(files), "reference": sorted({ref for f in files if (ref := f.get("reference"))}),
+        "archive_id": t.archive_id, "pg_version": c["pg_version"], "system_id": c["system_id"],
+        "segment_size": c["segment_size"], "pgpush_version": __version__,
+    }
+    size = int(record["segment_size"])
+    ev = status.evaluate(record, ArchiveListing(t.repo, t.archive_id).window([record], size))
+    t.record = status.with_status(record, ev)
+    manifest: Manifest = {"format": 1, "backup": t.record, "files": sorted(files, key=lambda f: f["name"]),
+                          "dirs": dirs, "links": links}
+    _commit(cfg, t, manifest)
 
-    Runs under the catalog lock: once the directory exists, ``expire`` sees the backup in
-    progress and keeps its full's whole chain, so the prior chosen here is never removed.
+
+def _claim(targets: Targets, btype: str, system_id: int) -> None:
+    """In each repository: choose the prior, read its files, take a free label, make its directory exist.
+
+    Runs under each repository's catalog lock (taken in index order, so two backups never wait
+    for each other): once the directory exists, ``expire`` sees the backup in progress and keeps
+    its full's whole chain, so the prior chosen here is never removed.  The labels share one time
+    stamp; a repository whose prior differs (it missed a backup) has its own prefix, or a full's
+    label when it has no prior at all.
     """
-    backups = cat.reconciled()
-    prior = None
+    with ExitStack() as locks:
+        targets.each(lambda t: locks.enter_context(catalog_lock.catalog_lock(t.cfg, t.repo, "backup")))
+        targets.each(lambda t: _choose(t, btype, system_id))
+        while True:
+            now = time.time()
+            labels = {t.name: make_label(t.btype, t.prior["label"][:16] if t.prior else None, now)
+                      for t in targets.live()}
+            if all(labels[t.name] not in t.taken for t in targets.live()):
+                break
+            time.sleep(0.2)
+
+        def mark(t: Target) -> None:
+            t.label = labels[t.name]
+            t.cat.mark_started(t.label)
+            t.started = True
+
+        targets.each(mark)
+
+
+def _choose(t: Target, btype: str, system_id: int) -> None:
+    """This repository's own prior for a diff/incr (its latest full / latest backup), or a full when it has none."""
+    backups = t.cat.reconciled()
+    t.btype, t.prior = btype, None
     if btype != "full":
-        prior = choose_prior(backups, btype, archive_id, system_id)
-        if prior is None:
-            LOG.warn(f"no prior backup exists, {btype} backup has been changed to full")
-            btype = "full"
-    prior_index = {}
-    if prior is not None:
-        checked = manifest_check.check(cat.read_manifest(prior["label"]), prior["label"], "no backup was taken")
-        prior_index = prior_files(checked)
-    labels = {b["label"] for b in backups} | set(cat.storage.list_dirs(cat.repo.backup_root))
-    while True:
-        label = make_label(btype, prior["label"][:16] if prior else None, time.time())
-        if label not in labels:
-            break
-        time.sleep(0.2)
-    cat.mark_started(label)
-    return btype, prior, prior_index, label
+        t.prior = choose_prior(backups, btype, t.archive_id, system_id)
+        if t.prior is None:
+            LOG.warn(t.say(f"no prior backup exists, {btype} backup has been changed to full"))
+            t.btype = "full"
+    if t.prior is not None:
+        checked = manifest_check.check(t.cat.read_manifest(t.prior["label"]), t.prior["label"], "no backup was taken")
+        t.prior_index = prior_files(checked)
+    t.taken = {b["label"] for b in backups} | set(t.cat.storage.list_dirs(t.repo.backup_root))
 
 
-def _commit(cfg: Config, cat: Catalog, label: str, manifest: Manifest) -> None:
+def _commit(cfg: Config, t: Target, manifest: Manifest) -> None:
     """Write the manifest (the commit point), only if the label directory is still ours.
 
     Under the catalog lock, so ``expire`` either removed the directory before (the marker is
     gone: the backup fails instead of recording files that no longer exist) or sees the manifest.
     The same holds for the backups this one references (:func:`_check_references_kept`).
     """
-    with catalog_lock.catalog_lock(cfg, cat.repo, "backup"):
+    cat, label = t.cat, t.label
+    with catalog_lock.catalog_lock(t.cfg, cat.repo, "backup"):
         _check_still_ours(cat, label)
         _check_references_kept(cat, manifest["backup"])
         cat.write_manifest(label, manifest)
+        t.committed = True
         cat.storage.delete(f"{cat.label_dir(label)}/{STARTED}")
 
 
@@ -359,10 +377,10 @@ def _check_still_ours(cat: Catalog, label: str) -> None:
                                "ran (by expire, or by hand): nothing is recorded")
 
 
-def _copy(cfg: Config, repo: Repository, pgdata_path: str, label_dir: str, major: int,
-          prior_index: dict[str, ManifestFile], start: dict) -> tuple[list[ManifestFile], list[ManifestPath], list[ManifestPath]]:
-    """Copy every file (pg_control last), refreshing the in-progress marker (``start``); returns manifest
-    files, dirs and links."""
+def _copy(cfg: Config, targets: Targets, pgdata_path: str, major: int, start_lsn: str,
+          segment_size: int) -> tuple[list[ManifestPath], list[ManifestPath]]:
+    """Copy every file (pg_control last) into every healthy repository, refreshing the in-progress
+    markers; each repository's files go to its target, returns the manifest's dirs and links."""
     entries = pgdata.scan(pgdata_path, major)
     by_name = {e.name: e for e in entries}
     regular = [e for e in entries if e.kind == "file" and e.name != pgdata.CONTROL]
@@ -370,74 +388,109 @@ def _copy(cfg: Config, repo: Repository, pgdata_path: str, label_dir: str, major
     if control is None:
         raise FileMissingError(f"'{pgdata_path}/global/pg_control' does not exist: is pg1-path a data directory?")
     regular.sort(key=lambda e: -e.size)
-    progress = Progress(f"backup {label_dir.rsplit('/', 1)[-1]}", len(regular) + 1,
+    progress = Progress(f"backup {targets.live()[0].label}", len(regular) + 1,
                         sum(e.size for e in regular) + control.size, str(cfg["log-level-console"]))
-    files: list[ManifestFile] = []
-    label = label_dir.rsplit("/", 1)[-1]
     beat = [time.monotonic()]
 
-    def collect(job: tuple, result: ManifestFile | None) -> None:
+    def heartbeat(t: Target) -> None:  # still alive: expire must not take it for a crashed one
+        _check_still_ours(t.cat, t.label)
+        t.cat.mark_started(t.label, {"start_lsn": start_lsn, "segment_size": segment_size, "archive_id": t.archive_id})
+
+    def prepare(job: tuple[str, str]) -> backup_files.Job:
+        """Sent as it is handed to a worker: only the repositories still healthy then."""
+        name, path = job
+        return name, path, {t.repo.index: (t.label_dir, t.prior_index.get(name)) for t in targets.live()}
+
+    def collect(job: backup_files.Job, result: dict[int, backup_files.Outcome] | None) -> None:
         entry = by_name[job[0]]
         progress.advance(entry.size)
-        if time.monotonic() - beat[0] >= HEARTBEAT:  # still alive: expire must not take it for a crashed one
-            cat = Catalog(repo)
-            _check_still_ours(cat, label)
-            cat.mark_started(label, start)
+        if time.monotonic() - beat[0] >= HEARTBEAT:
+            targets.each(heartbeat)
             beat[0] = time.monotonic()
         if result is None:
             LOG.detail(f"file '{entry.path}' was removed during the backup")
             return
-        result["mode"], result["mtime"] = f"{entry.mode:04o}", entry.mtime
-        result["user"], result["group"] = entry.user, entry.group
-        files.append(result)
+        for t in targets.live():
+            out = result.get(t.repo.index)
+            if out is None:
+                continue
+            if isinstance(out, tuple):
+                t.fail(PgPushError(out[1], out[0]))
+                continue
+            stored = cast("ManifestFile", dict(out))
+            stored["mode"], stored["mtime"] = f"{entry.mode:04o}", entry.mtime
+            stored["user"], stored["group"] = entry.user, entry.group
+            t.files.append(stored)
+        targets.check()
 
-    jobs = [(e.name, e.path, label_dir, prior_index.get(e.name)) for e in regular]
+    repos = {t.repo.index: t.repo for t in targets}
+    jobs = [(e.name, e.path) for e in regular]
     try:
-        forkpool.run(cfg, backup_file, jobs, collect, parent_repo=repo)
-        job = (control.name, control.path, label_dir, None)
-        collect(job, backup_file(repo, job))
+        forkpool.run_all(cfg, backup_files.backup_everywhere, jobs, collect, repos, prepare)
+        job = prepare((control.name, control.path))
+        collect(job, forkpool.call(backup_files.backup_everywhere, repos, job))
     finally:
         progress.close()
     # as_dict builds ManifestPath entries; pg/ may not import repo/, so it cannot say so itself
     dirs = [cast("ManifestPath", e.as_dict()) for e in entries if e.kind == "dir"]
     links = [cast("ManifestPath", e.as_dict()) for e in entries if e.kind == "link"]
-    return files, dirs, links
+    return dirs, links
 
 
-def settle(cfg: Config, repo: Repository, record: BackupRecord, nudger: PrimaryNudge | None) -> BackupRecord:
-    """Report the status; with ``--wait`` poll (nudging the primary) until DONE or ``--wait-timeout``.
+def settle(cfg: Config, targets: Targets, nudger: PrimaryNudge | None) -> None:
+    """Report each repository's status; with ``--wait`` poll (nudging the primary) until every one is
+    DONE or ``--wait-timeout``.
 
-    Evaluated again right away: WAL archived between the backup's first
-    evaluation and its entry in backup.info was seen by no push.
+    Evaluated again right away: WAL archived between the backup's first evaluation and its
+    entry in backup.info was seen by no push.  Each repository is judged against its own
+    archive; one whose WAL is missing, or still waiting at the timeout, fails on its own.
     """
     wait = bool(cfg["wait"])
-    timeout = cfg.get("wait-timeout")
+    given = cfg.get("wait-timeout")
+    timeout = None if given is None else float(given)
     started = time.monotonic()
     last_nudge = started
-    hole_since: float | None = None
-    cat = Catalog(repo)
-    size = int(record["segment_size"])
+    hole_since: dict[str, float] = {}
+    pending = targets.live()
     while True:
-        ev = status.evaluate(record, ArchiveListing(repo, record["archive_id"]).window([record], size))
-        if ev.status != record["status"]:
-            cat.set_statuses({record["label"]: (record["status"], ev)})
-            record = status.with_status(record, ev)
-        if ev.status == DONE:
-            return record
+        for t in list(pending):
+            try:
+                if _settled(t, wait, timeout, started, hole_since):
+                    pending.remove(t)
+            except PgPushError as exc:
+                t.fail(exc)
+                pending.remove(t)
+        targets.check()
+        if not pending:
+            return
         now = time.monotonic()
-        if ev.status == FAILED:
-            hole_since = hole_since or now
-            if ev.dropped or now - hole_since >= HOLE_GRACE:
-                raise FileMissingError(f"backup {record['label']} is FAILED: {ev.detail()}")
-        else:
-            hole_since = None
-            if not wait:
-                return record
-            if timeout is not None and now - started >= float(timeout):
-                raise BackupWaitTimeout(
-                    f"backup {record['label']} is still WAITING_FOR_WALS after {float(timeout):g} second(s): "
-                    f"{ev.detail()}")
         if nudger is not None and now - last_nudge >= NUDGE_INTERVAL:
-            nudger.nudge(None if timeout is None or not wait else started + float(timeout))
+            nudger.nudge(None if timeout is None or not wait else started + timeout)
             last_nudge = now
         time.sleep(POLL)
+
+
+def _settled(t: Target, wait: bool, timeout: float | None, started: float, hole_since: dict[str, float]) -> bool:
+    """One look at this repository's copy: True when it needs no more (DONE, or waiting without ``--wait``)."""
+    record = t.record
+    assert record is not None
+    ev = status.evaluate(record, ArchiveListing(t.repo, record["archive_id"]).window([record],
+                                                                                      int(record["segment_size"])))
+    if ev.status != record["status"]:
+        t.cat.set_statuses({record["label"]: (record["status"], ev)})
+        t.record = record = status.with_status(record, ev)
+    if ev.status == DONE:
+        return True
+    now = time.monotonic()
+    if ev.status == FAILED:
+        since = hole_since.setdefault(t.name, now)
+        if ev.dropped or now - since >= HOLE_GRACE:
+            raise FileMissingError(f"backup {record['label']} is FAILED: {ev.detail()}")
+        return False
+    hole_since.pop(t.name, None)
+    if not wait:
+        return True
+    if timeout is not None and now - started >= timeout:
+        raise BackupWaitTimeout(f"backup {record['label']} is still WAITING_FOR_WALS after {timeout:g} second(s): "
+                                f"{ev.detail()}")
+    return False

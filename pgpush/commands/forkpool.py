@@ -17,6 +17,13 @@ killer).  Here every wait has an end: a worker that dies fails the command at
 once, naming the file it was working on, and a job not answered within
 ``protocol-timeout`` gets its worker killed and fails the command (103) —
 a hung storage call never leaves a backup or a restore waiting for ever.
+
+A backup writes one read of each file to every configured repository
+(:func:`run_all`): its workers hold one :class:`Repository` per repository, opened
+without I/O so that one that cannot be reached costs only the jobs that use it, and
+each job is completed by ``prepare`` as it is sent, so it names only the repositories
+that are still healthy at that moment (docs/architecture.md, "One backup, every
+repository").
 """
 
 from __future__ import annotations
@@ -36,17 +43,27 @@ from pgpush.log import LOG
 from pgpush.repo.repository import Repository
 
 START_METHOD = "fork"
-_WORKER_REPO: Repository | None = None
+_WORKER_REPO: Any = None  # a Repository, or with run_all {index: Repository}
 
 Job = Any
 Worker = Callable[[Repository, Job], Any]
+Repos = dict[int, Repository]
+AllWorker = Callable[[Repos, Job], Any]
 
 
-def _init(cfg: Config) -> None:
+def _init(cfg: Config, every: bool) -> None:
     global _WORKER_REPO
+    if every:  # no I/O here: a repository that is down must not fail the jobs of the others
+        _WORKER_REPO = {view.repo_index: Repository.from_config(view) for view in cfg.repos()}
+        return
     _WORKER_REPO = Repository.from_config(cfg)
     if cfg["repo1-cipher-type"] != "none":
         _WORKER_REPO.load_archive_info()  # derive the key once per worker
+
+
+def _close(repos: Any) -> None:
+    for repo in (repos.values() if isinstance(repos, dict) else [repos]):
+        repo.storage.close()
 
 
 def _die_with_parent(parent_pid: int, siblings: list) -> None:
@@ -69,7 +86,7 @@ def _die_with_parent(parent_pid: int, siblings: list) -> None:
         os._exit(1)
 
 
-def _serve(cfg: Config, conn, parent_pid: int, siblings: list) -> None:
+def _serve(cfg: Config, conn, parent_pid: int, siblings: list, every: bool) -> None:
     """A worker's life: open the repository, then answer ``(fn, job)`` items until ``None`` or EOF.
 
     A failure to open the repository is the answer to every job (the parent stops at the
@@ -78,7 +95,7 @@ def _serve(cfg: Config, conn, parent_pid: int, siblings: list) -> None:
     _die_with_parent(parent_pid, siblings)
     failure: tuple[int, str] | None = None
     try:
-        _init(cfg)
+        _init(cfg, every)
     except PgPushError as exc:
         failure = (exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001 - a bug: report it with its traceback in the log
@@ -98,7 +115,7 @@ def _serve(cfg: Config, conn, parent_pid: int, siblings: list) -> None:
                 return
     finally:
         if _WORKER_REPO is not None:
-            _WORKER_REPO.storage.close()
+            _close(_WORKER_REPO)
 
 
 def local_error(exc: OSError) -> PathCreateError:
@@ -107,7 +124,7 @@ def local_error(exc: OSError) -> PathCreateError:
     return PathCreateError(f"unable to access{where}: {exc.strerror or exc}")
 
 
-def call(fn: Worker, repo: Repository, job: Job) -> Any:
+def call(fn: Callable[[Any, Job], Any], repo: Any, job: Job) -> Any:
     """``fn(repo, job)`` with a local OSError turned into a PgPushError (repository errors already are)."""
     try:
         return fn(repo, job)
@@ -115,7 +132,7 @@ def call(fn: Worker, repo: Repository, job: Job) -> Any:
         raise local_error(exc) from None
 
 
-def _call(item: tuple[Worker, Job]) -> tuple[Job, str, Any]:
+def _call(item: tuple[Callable[[Any, Job], Any], Job]) -> tuple[Job, str, Any]:
     """Run one job; errors travel back as (code, message) because a PgPushError's code does not pickle."""
     fn, job = item
     assert _WORKER_REPO is not None
@@ -149,9 +166,33 @@ def run(cfg: Config, fn: Worker, jobs: Iterable[Job], on_result: Callable[[Job, 
         return
     if parent_repo is not None:
         parent_repo.storage.close()  # no connection (nor its thread) may cross the fork
-    pool = _Pool(cfg, workers, float(cfg["protocol-timeout"]))
+    _run_pool(cfg, workers, fn, jobs, on_result, False, None)
+
+
+def run_all(cfg: Config, fn: AllWorker, jobs: Iterable[Job], on_result: Callable[[Job, Any], None],
+            parent_repos: Repos, prepare: Callable[[Job], Job]) -> None:
+    """Like :func:`run`, with ``fn(repos, job)`` given every repository of ``cfg.repos()`` by index.
+
+    ``prepare(job)`` is called as each job is handed to a worker (in the parent), so it can
+    say what has changed since the jobs were listed (a repository that failed meanwhile).
+    ``parent_repos`` serve the jobs when they run in this process; they are closed before a fork.
+    """
+    jobs = list(jobs)
+    workers = min(int(cfg["process-max"]), len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            ready = prepare(job)
+            on_result(ready, call(fn, parent_repos, ready))
+        return
+    _close(parent_repos)  # no connection (nor its thread) may cross the fork
+    _run_pool(cfg, workers, fn, jobs, on_result, True, prepare)
+
+
+def _run_pool(cfg: Config, workers: int, fn: Callable[[Any, Job], Any], jobs: list[Job],
+              on_result: Callable[[Job, Any], None], every: bool, prepare: Callable[[Job], Job] | None) -> None:
+    pool = _Pool(cfg, workers, float(cfg["protocol-timeout"]), every)
     try:
-        pool.run(fn, jobs, on_result)
+        pool.run(fn, jobs, on_result, prepare)
     except BaseException:
         pool.kill()
         raise
@@ -171,16 +212,16 @@ def describe(job: Job) -> str:
 class _Proc:
     """One forked worker and the parent's end of its pipe; ``job`` is what it works on, if anything."""
 
-    def __init__(self, ctx, cfg: Config, siblings: list[_Proc]):
+    def __init__(self, ctx, cfg: Config, siblings: list[_Proc], every: bool):
         self.conn, child = ctx.Pipe()
         others = [p.conn for p in siblings]
-        self.proc = ctx.Process(target=_serve, args=(cfg, child, os.getpid(), others), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(cfg, child, os.getpid(), others, every), daemon=True)
         self.proc.start()
         child.close()
         self.job: Job | None = None
         self.sent_at = 0.0
 
-    def send(self, fn: Worker, job: Job) -> None:
+    def send(self, fn: Callable[[Any, Job], Any], job: Job) -> None:
         self.job, self.sent_at = job, time.monotonic()
         self.conn.send((fn, job))
 
@@ -194,20 +235,22 @@ class _Proc:
 class _Pool:
     """``process-max`` forked workers; every wait on them ends (a death, or ``timeout`` per job)."""
 
-    def __init__(self, cfg: Config, size: int, timeout: float):
+    def __init__(self, cfg: Config, size: int, timeout: float, every: bool = False):
         ctx = multiprocessing.get_context(START_METHOD)
         self.timeout = timeout
         self.procs: list[_Proc] = []
         for _ in range(size):
-            self.procs.append(_Proc(ctx, cfg, self.procs))
+            self.procs.append(_Proc(ctx, cfg, self.procs, every))
 
-    def run(self, fn: Worker, jobs: list[Job], on_result: Callable[[Job, Any], None]) -> None:
+    def run(self, fn: Callable[[Any, Job], Any], jobs: list[Job], on_result: Callable[[Job, Any], None],
+            prepare: Callable[[Job], Job] | None = None) -> None:
         todo = list(reversed(jobs))  # popped from the end: the callers' order is kept
         while True:
             for proc in self.procs:
                 if proc.job is None and todo:
+                    job = todo.pop()
                     try:
-                        proc.send(fn, todo.pop())
+                        proc.send(fn, prepare(job) if prepare is not None else job)
                     except OSError:  # it died idle: its pipe is closed
                         raise proc.died() from None
             busy = [p for p in self.procs if p.job is not None]
