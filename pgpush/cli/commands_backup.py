@@ -52,7 +52,7 @@ def restore_cmd(ctx: typer.Context) -> None:
 
 @command("info")
 def info_cmd(ctx: typer.Context) -> None:
-    """Stanzas, archive range, gaps and dropped WAL, backups with status (--output text|json)."""
+    """Stanzas, archive range, gaps and dropped WAL, backups with status, per repository (--repo, --output text|json)."""
     from pgpush.commands import info
 
     cfg = configure_log(ctx, "info")
@@ -62,24 +62,28 @@ def info_cmd(ctx: typer.Context) -> None:
 
 @command("expire")
 def expire_cmd(ctx: typer.Context) -> None:
-    """Apply retention (repo1-retention-full): remove old backups and the WAL only they needed."""
+    """Apply retention (repoN-retention-full, each repository its own; --repo): remove old backups and the WAL only they needed."""
     from pgpush.commands import expire
 
     cfg = configure_log(ctx, "expire")
-    say(expire.run(cfg))
+    report, failure = expire.run(cfg)
+    if report:
+        say(report)
+    if failure is not None:
+        raise failure
 
 
 @command("verify")
 def verify_cmd(ctx: typer.Context) -> None:
-    """Re-read every file in the repository: checksums, WAL continuity."""
+    """Re-read every file in every repository (--repo: one): checksums, WAL continuity."""
     from pgpush.commands import verify
 
     cfg = configure_log(ctx, "verify")
-    report, problems = verify.run(cfg)
+    report, _problems, failure = verify.run(cfg)
     sys.stdout.write(report)
     sys.stdout.flush()
-    if problems:
-        raise verify.fail(problems)
+    if failure is not None:
+        raise failure
 
 
 @command("check")

@@ -1,5 +1,9 @@
 """``expire``: apply ``repo1-retention-full`` to backups and the WAL archive.
 
+With several repositories each applies its own ``repoN-retention-full`` (:func:`run`): they
+may keep different numbers of backups (a near one a few, an offsite one many), and one without
+retention expires nothing, with a warning naming its option.
+
 Rules (docs/operations.md, "Retention"):
 
 - only ``DONE`` full backups count: the newest N of them are kept, and with
@@ -31,8 +35,9 @@ import time
 from collections.abc import Iterable, Sequence
 
 from pgpush import wal
+from pgpush.commands import multirepo
 from pgpush.config import Config
-from pgpush.errors import FormatError, OptionInvalidValueError, RepoInvalidError
+from pgpush.errors import FormatError, OptionInvalidValueError, PgPushError, RepoInvalidError
 from pgpush.log import LOG
 from pgpush.repo import catalog, catalog_lock
 from pgpush.repo.catalog import Catalog
@@ -208,12 +213,16 @@ def _remove_incomplete(cat: Catalog, label: str) -> None:
         LOG.warn(f"unable to remove incomplete backup {label}: {exc}")
 
 
-def run(cfg: Config) -> str:
+def expire_repo(cfg: Config) -> str:
+    """Apply the retention of the repository ``cfg`` views (its own ``repoN-retention-full``); the result line."""
+    key = cfg.key("repo1-retention-full")
     retention = cfg.get("repo1-retention-full")
     if retention is None:
-        LOG.warn("option 'repo1-retention-full' is not set: no backup and no WAL expired\n"
-                 "HINT: set repo1-retention-full to the number of full backups to keep")
-        return "nothing expired: repo1-retention-full is not set"
+        LOG.warn(f"option '{key}' is not set: no backup and no WAL expired\n"
+                 f"HINT: set {key} to the number of full backups to keep")
+        return f"nothing expired: {key} is not set"
+    if int(retention) < 1:
+        raise OptionInvalidValueError(f"option '{key}' must be at least 1")
     repo = Repository.from_config(cfg)
     try:
         repo.load_archive_info()
@@ -238,5 +247,27 @@ def run(cfg: Config) -> str:
     finally:
         repo.storage.close()
     labels = ", ".join(b["label"] for b in removed) or "none"
-    return (f"expire (repo1-retention-full={retention}): {len(removed)} backup(s) removed ({labels}), "
+    return (f"expire ({key}={retention}): {len(removed)} backup(s) removed ({labels}), "
             f"{len(kept)} kept; {wal_removed} WAL file(s) removed")
+
+
+def run(cfg: Config) -> tuple[str, PgPushError | None]:
+    """Expire every repository (or the one ``--repo`` names): (the result lines, the failure to raise).
+
+    Each repository applies its own retention, and one that fails does not stop the others: its
+    error (naming it) is logged when it happens and raised once every repository had its turn,
+    after the others' results are printed.
+    """
+    named = multirepo.named(cfg)
+    lines: list[str] = []
+    failures: list[PgPushError] = []
+    for view in cfg.repos():
+        try:
+            line = expire_repo(view)
+        except PgPushError as exc:
+            failures.append(exc.in_repo(view.repo_label) if named else exc)
+            if named:
+                LOG.warn(f"expire failed: {failures[-1]}")
+            continue
+        lines.append(multirepo.name(line, view.repo_label) if named else line)
+    return "\n".join(lines), (multirepo.combined(failures) if failures else None)

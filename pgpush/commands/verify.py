@@ -13,6 +13,9 @@ A segment stored twice with different content (two clusters archiving under
 one name) is a problem too: ``get`` refuses it.  Any unreadable or corrupt file makes ``verify`` fail with 42 after the whole
 report is printed.  Gaps alone are reported, not an error (``info`` shows
 them too, and a gap before every backup harms nothing).
+
+With several repositories every one is verified (or the one ``--repo`` names), each on its own:
+see :func:`run`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 
 from pgpush import wal
-from pgpush.commands import forkpool
+from pgpush.commands import forkpool, multirepo
 from pgpush.commands.progress import Progress
 from pgpush.config import Config
 from pgpush.errors import FileReadError, PgPushError, RepoInvalidError
@@ -102,8 +105,8 @@ def _backup_jobs(cat: Catalog, backups: list[BackupRecord], problems: list[str])
     return jobs
 
 
-def run(cfg: Config) -> tuple[str, int]:
-    """The report and the number of problems (corrupt, missing or unreadable files)."""
+def verify_repo(cfg: Config, named: bool = False) -> tuple[list[str], list[str]]:
+    """Verify the repository ``cfg`` views: (report lines, problems); ``named``: problems say which repository."""
     repo = Repository.from_config(cfg)
     problems: list[str] = []
     lines: list[str] = []
@@ -133,6 +136,7 @@ def run(cfg: Config) -> tuple[str, int]:
         def collect(job: tuple, result: str | None) -> None:
             progress.advance(job[5])
             if result is not None:
+                result = multirepo.name(result, repo.label) if named else result
                 problems.append(result)
                 LOG.error(result)
 
@@ -146,7 +150,37 @@ def run(cfg: Config) -> tuple[str, int]:
     lines.append(f"verified {wal_files} archive file(s) and {len(jobs) - wal_files} backup file(s) of "
                  f"{len(backups)} backup(s): {len(problems)} problem(s)")
     lines += [f"  {p}" for p in problems]
-    return "\n".join(lines) + "\n", len(problems)
+    return lines, problems
+
+
+def run(cfg: Config) -> tuple[str, int, PgPushError | None]:
+    """Verify every repository (or the one ``--repo`` names): (the report, the number of problems, the
+    error to raise once the report is printed).
+
+    With several repositories each one's report is headed by its name and every problem names its
+    repository; one that cannot be read (unreachable, no stanza) is an error for it alone, and the
+    others are still verified.  The error raised names each repository that failed or had
+    problems (:func:`multirepo.combined`: the first one's code).
+    """
+    named = multirepo.named(cfg)
+    out: list[str] = []
+    count = 0
+    failures: list[PgPushError] = []
+    for view in cfg.repos():
+        try:
+            lines, problems = verify_repo(view, named)
+        except PgPushError as exc:
+            if not named:
+                raise
+            failures.append(exc.in_repo(view.repo_label))
+            LOG.warn(f"not verified: {failures[-1].message}")  # the ERROR line is the command's, at the end
+            out += [f"{view.repo_label}:", f"  not verified: {failures[-1].message}"]
+            continue
+        out += ([f"{view.repo_label}:"] + [f"  {line}" for line in lines]) if named else lines
+        count += len(problems)
+        if problems:
+            failures.append(fail(len(problems)).in_repo(view.repo_label) if named else fail(len(problems)))
+    return "\n".join(out) + "\n", count, (multirepo.combined(failures) if failures else None)
 
 
 def fail(count: int) -> FileReadError:

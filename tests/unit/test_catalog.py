@@ -360,6 +360,12 @@ def test_info_lists_the_stanzas_of_the_config_each_with_its_own_options(tmp_path
     assert info.for_stanza(cfg, "other")["repo1-path"] == str(tmp_path / "b")
     out = json.loads(info.run(cfg))
     assert [(s["name"], s["status"]) for s in out] == [("main", "ok"), ("other", "error")]
-    assert out[0]["archive"] == {"min": None, "max": None, "gaps": [], "dropped": [], "conflicts": [], "archive_id": "15-1"}
+    assert out[0]["archive"] == {"min": None, "max": None, "gaps": [], "dropped": [], "conflicts": [], "archive_id": "15-1",
+                                 "repo": 1}
     assert out[0]["backups"] == []
     assert "stanza-create" in out[1]["message"]
+    # One repository: its own entry in "repos", the archive once more in "archives", and nothing to disagree.
+    assert out[0]["archives"] == [{**out[0]["archive"]}]
+    assert out[0]["repos"] == [{"repo": 1, "status": "ok", "code": 0, "message": "ok", "cipher": "none"}]
+    assert out[0]["repos_status"] == {"code": 0, "message": "ok", "disagree": []}
+    assert out[1]["repos"][0]["status"] == "missing-stanza" and out[1]["repos_status"]["code"] == 99
