@@ -172,14 +172,9 @@ def stanza_info(cfg: Config, stanza: str) -> dict:
     return out
 
 
-def _flat(message: str) -> str:
-    """A message on one line (a storage error is ``unable to find a valid repository:\\nrepo2: ...``)."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
-
-
 def _repo_status_line(r: dict) -> str:
     """``repo2: ok`` / ``repo2: error (103) unable to find ...``: a repository in ``info``'s text and ``repos_status``."""
-    return f"repo{r['repo']}: ok" if r["status"] == "ok" else f"repo{r['repo']}: error ({r['code']:03d}) {_flat(r['message'])}"
+    return f"repo{r['repo']}: ok" if r["status"] == "ok" else f"repo{r['repo']}: error ({r['code']:03d}) {multirepo.one_line(r['message'])}"
 
 
 def _repos_text(s: dict) -> list[str]:

@@ -26,6 +26,12 @@ def name(message: str, label: str) -> str:
     return PgPushError(message).in_repo(label).message
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line, for a report that lists repositories (a storage error reads
+    ``unable to find a valid repository:\nrepo2: ...``)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def combined(failures: Sequence[PgPushError]) -> PgPushError:
     """One error for the repositories that failed, each already named (:meth:`PgPushError.in_repo`).
 

@@ -146,6 +146,8 @@ def verify_repo(cfg: Config, named: bool = False) -> tuple[list[str], list[str]]
             progress.close()
     finally:
         repo.storage.close()
+    if named:  # those found before the files were read (a conflict, a manifest) too
+        problems = [multirepo.name(p, repo.label) for p in problems]
     wal_files = sum(1 for j in jobs if j[4] != "file")
     lines.append(f"verified {wal_files} archive file(s) and {len(jobs) - wal_files} backup file(s) of "
                  f"{len(backups)} backup(s): {len(problems)} problem(s)")
@@ -174,7 +176,7 @@ def run(cfg: Config) -> tuple[str, int, PgPushError | None]:
                 raise
             failures.append(exc.in_repo(view.repo_label))
             LOG.warn(f"not verified: {failures[-1].message}")  # the ERROR line is the command's, at the end
-            out += [f"{view.repo_label}:", f"  not verified: {failures[-1].message}"]
+            out += [f"{view.repo_label}:", f"  not verified: {multirepo.one_line(failures[-1].message)}"]
             continue
         out += ([f"{view.repo_label}:"] + [f"  {line}" for line in lines]) if named else lines
         count += len(problems)
