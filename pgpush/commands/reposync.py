@@ -48,6 +48,7 @@ from pgpush.repo.repository import Repository
 
 COMMAND = "repo-sync"  # the ``command`` of the in-progress markers this command writes
 HEARTBEAT = 300.0  # seconds between refreshes of those markers (as backup refreshes its own)
+NEW, RESUMED = "new", "resumed"  # a label directory this sync claims: empty, or left by an interrupted sync
 
 
 def endpoints(cfg: Config) -> tuple[Config, Config]:
@@ -199,7 +200,8 @@ def plan_backups(cfg: Config, src: Repository, dst: Repository, tally: Tally) ->
         except PgPushError as exc:
             tally.refuse(exc.in_repo(src.label))
             continue
-        if not _claim(cfg, dst_cat, manifest["backup"]):
+        claimed = _claim(cfg, dst_cat, manifest["backup"])
+        if claimed is None:
             tally.backups_skipped += 1
             continue
         item = Pending(manifest, {}, set(), set(manifest["backup"].get("reference") or []))
@@ -212,27 +214,28 @@ def plan_backups(cfg: Config, src: Repository, dst: Repository, tally: Tally) ->
             target = f"{dst_cat.label_dir(label)}/{f['name']}{dst.extension()}"
             item.own[target], item.waiting = f, item.waiting | {target}
             jobs.append((f"backup {label} file '{f['name']}'", "file", f"{src_cat.label_dir(label)}/{f['name']}{f['ext']}",
-                         target, f["sha1"], f["size"], f.get("repo_size") or f["size"]))
+                         target, f["sha1"], f["size"], claimed == RESUMED, f.get("repo_size") or f["size"]))
         pending[label] = item
     return pending, jobs
 
 
-def _claim(cfg: Config, cat: Catalog, record: BackupRecord) -> bool:
-    """Make ``record``'s label directory in the target this sync's; False when it is not to be copied
-    (committed meanwhile, or a backup is writing it)."""
+def _claim(cfg: Config, cat: Catalog, record: BackupRecord) -> str | None:
+    """Make ``record``'s label directory in the target this sync's: :data:`NEW`, or :data:`RESUMED` when an
+    earlier sync left it (its files may be there); None when it is not to be copied (committed meanwhile,
+    or a backup is writing it)."""
     label = record["label"]
     start = {"start_lsn": record.get("start_lsn"), "segment_size": record["segment_size"],
              "archive_id": record["archive_id"], "command": COMMAND}
     with catalog_lock.catalog_lock(cfg, cat.repo, COMMAND):
         if cat.storage.info(cat.manifest_path(label)) is not None:
-            return False
+            return None
         marker = cat.started_marker(label)
         if marker is not None and marker.get("command") != COMMAND:
             LOG.warn(f"backup {label} is being written to {cat.repo.label} by a backup (its in-progress marker is "
                      "there): not copied")
-            return False
+            return None
         cat.mark_started(label, start)
-    return True
+    return NEW if marker is None else RESUMED
 
 
 class Committer:
@@ -331,7 +334,7 @@ class Committer:
                                        "was copied (by expire, or by hand): nothing is recorded")
             self.cat.write_manifest(label, manifest)
             self.dst.storage.delete(f"{self.cat.label_dir(label)}/{catalog.STARTED}")
-        self.cat.add(record)
+            self.cat.add(record)
         del self.pending[label]
         self.tally.backups.append(label)
         LOG.info(f"backup {label} copied to {self.dst.label}: {record['status']}")

@@ -35,7 +35,8 @@ COPIED, SKIPPED, REFUSED = "copied", "skipped", "refused"
 MARKER_MAX = 64 * 1024  # a dropped-segment marker is a line of JSON
 
 # (what, kind, ...): kind "wal" (archive_id, name, path, sha1 or None, stored size),
-# "dropped" (archive_id, marker name, path, stored size), "file" (source path, target path, sha1, size, stored size)
+# "dropped" (archive_id, marker name, path, stored size), "file" (source path, target path, sha1, size,
+# resumed: its label directory was left by an interrupted sync, stored size)
 Job = tuple
 Answer = tuple  # (outcome, content bytes, stored bytes, code, message)
 
@@ -129,10 +130,12 @@ def _copy_marker(src: Repository, dst: Repository, job: Job) -> Answer:
 
 def _copy_file(src: Repository, dst: Repository, job: Job, source: list[_Source]) -> Answer:
     """One file of a backup; its label directory in the target is this sync's (``reposync`` claimed it)."""
-    what, _kind, src_path, dst_path, sha1, size, _stored = job
-    found = dst.storage.info(dst_path)
-    if found is not None and _reads_back(dst, dst_path, what, sha1, size) is None:
-        return SKIPPED, size, found.size, 0, ""  # stored by an earlier sync that was interrupted
+    what, _kind, src_path, dst_path, sha1, size, resumed, _stored = job
+    if resumed:  # the directory was left by an interrupted sync: what it stored whole is kept
+        found = dst.storage.info(dst_path)
+        if found is not None and _reads_back(dst, dst_path, what, sha1, size) is None:
+            return SKIPPED, size, found.size, 0, ""
+        dst.storage.remove_leftovers(dst_path)  # the temporary copy a killed put left
     reader = _Source(src, src_path, what, sha1, size)
     source.append(reader)
     payload = dst.encode(reader.chunks())

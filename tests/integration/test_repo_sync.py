@@ -29,8 +29,8 @@ def bucket_only(pgpush_cmd, work_dir, seaweed) -> Pgpush:
                   repo1_cipher_type="aes-256-gcm", repo1_cipher_pass="offsite secret")
 
 
-def sync(pp: Pgpush, expect: int = 0, timeout: float = 180):
-    res = pp.run("repo-sync", "--from=1", "--to=2", timeout=timeout)
+def sync(pp: Pgpush, expect: int = 0, timeout: float = 180, **overrides):
+    res = pp.run("repo-sync", "--from=1", "--to=2", timeout=timeout, **overrides)
     assert res.returncode == expect, f"repo-sync exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -125,7 +125,7 @@ def test_sync_killed_resumed_corrupt_refused_while_archiving(pg_factory, sshd, s
     writer = threading.Thread(target=archiving)
     writer.start()
     try:
-        res = sync(both)
+        res = sync(both, process_max=2)
     finally:
         stop.set()
         writer.join()
@@ -142,7 +142,7 @@ def test_sync_killed_resumed_corrupt_refused_while_archiving(pg_factory, sshd, s
     bad_wal.write_bytes(bad_wal.read_bytes()[:-10] + b"0123456789")
     bad_file = next((sshd.repo_dir / "backup" / "main" / diff / "pg_data").glob("backup_label*"))
     bad_file.write_bytes(b"garbage" + bad_file.read_bytes()[7:])
-    res = sync(both, expect=42)
+    res = sync(both, expect=42, process_max=2)
     assert f"repo1: WAL file '{last}' in the repository is corrupt" in res.stderr, res.stderr
     assert f"repo1: backup {diff} file 'pg_data/backup_label'" in res.stderr + both.log_text("repo-sync")
     assert last not in archived_bucket(seaweed)

@@ -14,7 +14,13 @@ from pgpush import config
 from pgpush.commands import reposync, reposync_copy
 from pgpush.commands.reposync import Tally, dir_jobs, endpoints
 from pgpush.commands.reposync_copy import COPIED, REFUSED, SKIPPED
-from pgpush.errors import ArchiveDuplicateError, ArchiveMismatchError, FileWriteError, OptionInvalidValueError, OptionRequiredError
+from pgpush.errors import (
+    ArchiveDuplicateError,
+    ArchiveMismatchError,
+    FileWriteError,
+    OptionInvalidValueError,
+    OptionRequiredError,
+)
 from pgpush.repo import walarchive
 from pgpush.repo.repository import Repository
 from pgpush.storage.posix import PosixStorage
@@ -156,7 +162,7 @@ def pair(tmp_path):
 
 def file_job(data: bytes, label: str = "20260101-000000F") -> tuple:
     return (f"backup {label} file 'pg_data/x'", "file", f"backup/main/{label}/pg_data/x.gz",
-            f"backup/main/{label}/pg_data/x.zst", sha(data), len(data), 10)
+            f"backup/main/{label}/pg_data/x.zst", sha(data), len(data), True, 10)
 
 
 def test_backup_file_copied_reencoded_then_resumed_without_copying_again(pair, tmp_path):
