@@ -13,7 +13,8 @@ checked, not only the bytes sent).  A file already in the target is skipped: a W
 and SHA-1 (never overwritten), a backup file when it reads back whole (an earlier, interrupted
 sync stored it).
 
-A job's answer is ``(outcome, content bytes, stored bytes, error code, message)``; a file refused
+A job's answer is ``(outcome, content bytes, stored bytes, error code, message)``, counted by the
+parent in a :class:`Tally`; a file refused
 (corrupt in the source, another content in the target) is an answer, not an exception, so one bad
 file never stops the copy of the others.  A repository that cannot be used (103) raises: nothing
 after it could be copied either.
@@ -23,9 +24,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from pgpush import wal
+from pgpush.config import format_size
 from pgpush.errors import FileReadError, FileWriteError, PgPushError, RepoInvalidError
+from pgpush.log import LOG
 from pgpush.repo import readahead, walarchive
 from pgpush.repo.repository import Repository, sha1_hex
 from pgpush.storage.base import CHUNK
@@ -39,6 +43,35 @@ MARKER_MAX = 64 * 1024  # a dropped-segment marker is a line of JSON
 # resumed: its label directory was left by an interrupted sync, stored size)
 Job = tuple
 Answer = tuple  # (outcome, content bytes, stored bytes, code, message)
+
+
+@dataclass
+class Tally:
+    """What a sync did, for its summary line."""
+
+    copied: int = 0  # files
+    copied_bytes: int = 0  # their content
+    skipped: int = 0  # files already in the target
+    backups: list[str] = field(default_factory=list)  # labels committed
+    backups_skipped: int = 0
+    problems: list[PgPushError] = field(default_factory=list)
+
+    def count(self, answer: Answer) -> None:
+        outcome, content = answer[0], answer[1]
+        if outcome == COPIED:
+            self.copied += 1
+            self.copied_bytes += content
+        elif outcome == SKIPPED:
+            self.skipped += 1
+
+    def refuse(self, problem: PgPushError) -> None:
+        LOG.warn(problem.message)
+        self.problems.append(problem)
+
+    def summary(self, src: str, dst: str) -> str:
+        return (f"repo-sync {src} -> {dst}: copied {self.copied} file(s), {format_size(self.copied_bytes)}, and "
+                f"{len(self.backups)} backup(s); skipped {self.skipped} file(s) and {self.backups_skipped} "
+                f"backup(s) already in {dst}" + (f"; {len(self.problems)} not copied" if self.problems else ""))
 
 
 class _Source:

@@ -12,8 +12,8 @@ import pytest
 
 from pgpush import config
 from pgpush.commands import reposync, reposync_copy
-from pgpush.commands.reposync import Tally, dir_jobs, endpoints
-from pgpush.commands.reposync_copy import COPIED, REFUSED, SKIPPED
+from pgpush.commands.reposync import dir_jobs, endpoints
+from pgpush.commands.reposync_copy import COPIED, REFUSED, SKIPPED, Tally
 from pgpush.errors import (
     ArchiveDuplicateError,
     ArchiveMismatchError,
