@@ -81,7 +81,8 @@ def plan_backups(cfg: Config, src: Repository, dst: Repository, tally: Tally) ->
             if f.get("reference"):
                 continue
             target = f"{dst_cat.label_dir(label)}/{f['name']}{dst.extension()}"
-            item.own[target], item.waiting = f, item.waiting | {target}
+            item.own[target] = f
+            item.waiting.add(target)
             jobs.append((f"backup {label} file '{f['name']}'", "file", f"{src_cat.label_dir(label)}/{f['name']}{f['ext']}",
                          target, f["sha1"], f["size"], claimed == RESUMED, f.get("repo_size") or f["size"]))
         pending[label] = item
