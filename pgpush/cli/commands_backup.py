@@ -1,4 +1,4 @@
-"""CLI commands for backups and the repository catalog: backup, restore, info, expire, verify, check.
+"""CLI commands for backups and the repository catalog: backup, restore, info, expire, verify, check, repo-sync.
 
 Thin: options were parsed by :mod:`pgpush.config` (``cfg["type"]``,
 ``cfg["wait"]`` ...), each command configures its log group and calls its
@@ -93,3 +93,16 @@ def check_cmd(ctx: typer.Context) -> None:
 
     cfg = configure_log(ctx, "check")
     say(check.run(cfg))
+
+
+@command("repo-sync")
+def repo_sync_cmd(ctx: typer.Context) -> None:
+    """Copy into repository --to what it lacks of repository --from: the stanza, WAL and backups,
+    each file verified by its checksum; resumable, safe while archiving goes on."""
+    from pgpush.commands import reposync
+
+    cfg = configure_log(ctx, "repo-sync")
+    summary, problems = reposync.run(cfg)
+    say(summary)
+    if problems:
+        raise reposync.failure(problems)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from pgpush.config import Config
 from pgpush.errors import (
@@ -70,6 +71,24 @@ def archive_info_problem(info: object) -> str | None:
     cipher = info.get("cipher")
     if cipher is not None and not (isinstance(cipher, dict) and isinstance(cipher.get("type"), str)):
         return "'cipher' is not an object with a type"
+    return None
+
+
+def stanza_difference(source: dict, target: dict) -> str | None:
+    """Why two checked ``archive.info`` cannot hold copies of each other's files; None when they can:
+    the same current database (id, system id, version), and every archive id of ``source`` is one of
+    ``target`` for the same database (its files go under that id)."""
+    def ident(db: dict) -> tuple[int, int, str]:
+        return int(db["id"]), int(db["system-id"]), str(db["version"])
+
+    if ident(source["db"]) != ident(target["db"]):
+        (i, s, v), (ti, ts, tv) = ident(source["db"]), ident(target["db"])
+        return (f"PostgreSQL {v} system {s} (archive id {v}-{i}) in the source, PostgreSQL {tv} system {ts} "
+                f"(archive id {tv}-{ti}) in the target")
+    known = {ident(h) for h in target["history"]}
+    for h in source["history"]:
+        if ident(h) not in known:
+            return f"archive id {h['version']}-{h['id']} of the source is not in the target's history"
     return None
 
 
@@ -188,7 +207,14 @@ class Repository:
             raise FileReadError(f"stanza '{self.stanza}' has files in the repository but no archive.info: refusing to "
                                 "overwrite; check the repository")
         db = {"id": 1, "system-id": system_id, "version": str(version)}
-        info = {"format": 1, "db": db, "history": [db], "cipher": {"type": self.cipher_type}}
+        if not self._write_archive_info(db, [db]):
+            return self.stanza_create(system_id, version)  # a concurrent create: check it matches
+        return f"stanza '{self.stanza}' created for PostgreSQL {version} system {system_id}"
+
+    def _write_archive_info(self, db: dict, history: list[dict]) -> bool:
+        """Write a new ``archive.info`` (with this repository's own cipher) and ``backup.info``;
+        False when an ``archive.info`` appeared meanwhile (nothing written)."""
+        info: dict[str, Any] = {"format": 1, "db": db, "history": history, "cipher": {"type": self.cipher_type}}
         if self.cipher_type != "none":
             salt = os.urandom(16)
             self._key = crypto.derive_key(self.cipher_pass or "", salt)
@@ -197,10 +223,37 @@ class Repository:
         try:
             self.storage.put(f"{self.archive_root}/archive.info", [json.dumps(info, indent=2).encode()])
         except FileExistsError:
-            return self.stanza_create(system_id, version)  # a concurrent create: check it matches
+            self._key = None
+            return False
         self._archive_info = info
         self._ensure_backup_info()
-        return f"stanza '{self.stanza}' created for PostgreSQL {version} system {system_id}"
+        return True
+
+    def adopt_stanza(self, source: dict, source_label: str) -> str | None:
+        """Make this repository's stanza the one ``source`` (another repository's checked ``archive.info``)
+        describes: created from it (same database and history, this repository's own cipher) when it
+        has none; else it must describe the same cluster (44).  Returns what was done, None when the
+        stanza was there already (``repo-sync``, docs/architecture.md)."""
+        try:
+            info = self.load_archive_info(refresh=True)
+        except FileMissingError:
+            info = None
+        if info is None:
+            if self.storage.list(self.archive_root) or self.storage.list_dirs(self.archive_root):
+                raise FileReadError(f"stanza '{self.stanza}' has files in the repository but no archive.info: "
+                                    "refusing to overwrite; check the repository")
+            db = {k: source["db"][k] for k in ("id", "system-id", "version")}
+            history = [{k: h[k] for k in ("id", "system-id", "version")} for h in source["history"]]
+            if self._write_archive_info(db, history):
+                return (f"stanza '{self.stanza}' created from {source_label}'s for PostgreSQL {db['version']} "
+                        f"system {db['system-id']}")
+            return self.adopt_stanza(source, source_label)  # created concurrently: check it matches
+        if problem := stanza_difference(source, info):
+            raise ArchiveMismatchError(
+                f"stanza '{self.stanza}' of {source_label} and of this repository describe different clusters: "
+                f"{problem}\nHINT: is this repository used by another cluster?")
+        self._ensure_backup_info()
+        return None
 
     def _ensure_backup_info(self) -> None:
         try:
@@ -247,6 +300,25 @@ class Repository:
             if total > limit:
                 raise FileReadError(f"{what} in the repository is corrupt: it decodes to more than {limit} bytes")
             yield chunk
+
+    def decode_verified(self, path: str, what: str, sha1: str, size: int | None = None) -> Iterator[bytes]:
+        """The decoded content of repository file ``path``, streamed; raises (42) before its end when it
+        is not ``size`` bytes (when given) with SHA-1 ``sha1``.  A consumer that stores the chunks (a
+        ``put``) is aborted by that error, so what does not match is never stored whole."""
+        digest = hashlib.sha1()
+        total = 0
+        try:
+            for chunk in self.decode_bounded(path, what, MAX_WAL_BYTES if size is None else size):
+                digest.update(chunk)
+                total += len(chunk)
+                yield chunk
+        except ValueError as exc:
+            raise FileReadError(f"{what} in the repository is corrupt: {exc}") from None
+        if size is not None and total != size:
+            raise FileReadError(f"{what} in the repository is corrupt: it decodes to {total} bytes, not {size}")
+        if digest.hexdigest() != sha1:
+            raise FileReadError(f"{what} in the repository is corrupt: SHA1 {digest.hexdigest()} does not match "
+                                f"the expected {sha1}")
 
     def read_verified(self, path: str, sha1: str | None, what: str) -> bytes:
         """Read, decrypt, decompress and check the SHA-1 of a repository file."""

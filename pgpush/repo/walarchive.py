@@ -37,6 +37,7 @@ from pgpush.errors import (
     ArchiveDuplicateError,
     FileMissingError,
     FileReadError,
+    FileWriteError,
     FormatError,
     PgPushError,
     WalNotFound,
@@ -239,7 +240,7 @@ def _push(repo: Repository, name: str, head: bytes, size: int, digest: str, chun
                         "(a directory or a link?)\nHINT: remove it from the repository")
 
 
-def _check_no_rival(repo: Repository, name: str, digest: str, target: str) -> None:
+def _check_no_rival(repo: Repository, name: str, digest: str, target: str, archive_id: str | None = None) -> None:
     """Look again after the put: a concurrent push of other content under the same name loses both ways.
 
     The check before the put cannot see a push running at the same moment (the names differ
@@ -247,7 +248,7 @@ def _check_no_rival(repo: Repository, name: str, digest: str, target: str) -> No
     second always sees the first's file unless the first already removed it, so at most one
     content is ever acknowledged; each one that sees a rival removes its own copy and fails.
     """
-    rivals = stored_checksums(find_wal(repo, repo.archive_id(), name)) - {digest}
+    rivals = stored_checksums(find_wal(repo, archive_id or repo.archive_id(), name)) - {digest}
     if not rivals:
         return
     repo.storage.delete(target)
@@ -321,6 +322,52 @@ def _stored_copy_problem(repo: Repository, name: str, path: str, digest: str, si
     if counter.size != size:
         return f"'{path}' decodes to {counter.size} bytes, not {size}"
     return None
+
+
+def store_copy(repo: Repository, archive_id: str, name: str, digest: str, chunks: Callable[[], Iterator[bytes]]) -> bool:
+    """Store a copy of WAL file ``name`` (content SHA-1 ``digest``, given by ``chunks``) read from another
+    repository, under ``archive_id``; False when it is there already (``repo-sync``).
+
+    The rules of a push, without its checks of a file from PostgreSQL: never overwrite; the same
+    content already there (pushed meanwhile by ``archive_command``) is skipped; another content is 45
+    and nothing is replaced.  What is stored is read back and decoded before this returns: a copy
+    that does not read back as ``digest`` is removed and refused (64).  A history file (no SHA-1 in
+    its name) is compared by the SHA-1 of its stored content.
+    """
+    history = wal.kind(name) == "history"
+    directory = wal_dir(repo, archive_id, name)
+    target = f"{directory}/{name}" if history else f"{directory}/{name}-{digest}{repo.extension()}"
+    for _attempt in range(2):
+        existing = locate(repo, name, [archive_id])
+        if existing:
+            _duplicate(repo, name, digest, existing)  # 45 when the content differs
+            if not history:
+                repo.storage.remove_leftovers(target)
+            return False
+        if not history:
+            repo.storage.remove_leftovers(target)
+        payload = repo.encode(chunks(), "none") if history else readahead.ahead(repo.encode(chunks()))
+        try:
+            repo.storage.put(target, payload)
+        except FileExistsError:
+            continue  # pushed meanwhile: compare with what is there now
+        if not history:
+            _check_no_rival(repo, name, digest, target, archive_id)
+        _check_copy(repo, name, target, digest)
+        return True
+    raise FileReadError(f"WAL file '{name}': '{target}' exists in the repository but is not a file it lists "
+                        "(a directory or a link?)\nHINT: remove it from the repository")
+
+
+def _check_copy(repo: Repository, name: str, path: str, digest: str) -> None:
+    """Read back a copy just stored: one that does not decode to ``digest`` is removed and refused (64)."""
+    try:
+        for _chunk in repo.decode_verified(path, f"WAL file '{name}'", digest):
+            pass
+    except FileReadError as exc:
+        repo.storage.delete(path)
+        raise FileWriteError(f"WAL file '{name}' was stored as '{path}' but does not read back whole ({exc}): "
+                             "removed") from None
 
 
 def record_dropped(repo: Repository, name: str, reason: str) -> None:
