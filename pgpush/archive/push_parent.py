@@ -72,21 +72,24 @@ class PushParent(AsyncParent):
         """``err`` naming its repository when there are several (one: exactly as ever)."""
         return err.in_repo(self.label(index)) if self.several else err
 
-    def pending(self) -> list[str]:
-        """``.ready`` files not yet acknowledged, oldest first; with several repositories the
-        markers are read again, and a file found in every repository is acknowledged now."""
+    def _unacknowledged(self) -> list[str]:
+        """``.ready`` files without a ``.ok``, oldest first."""
         ready = _ready(self.status_dir)
         try:
             spooled = os.listdir(self.qdir)
         except FileNotFoundError:
             spooled = []
         oks = {n[:-3] for n in spooled if n.endswith(".ok")}
-        ready_set = set(ready)
-        for name in oks - ready_set:  # PostgreSQL has acknowledged it: .ready became .done
+        for name in oks - set(ready):  # PostgreSQL has acknowledged it: .ready became .done
             spool.remove(os.path.join(self.qdir, name + ".ok"))
-        out = [n for n in ready if n not in oks]
+        return [n for n in ready if n not in oks]
+
+    def pending(self) -> list[str]:
+        """``.ready`` files not yet acknowledged, oldest first; with several repositories the
+        markers are read again, and a file found in every repository is acknowledged now."""
+        out = self._unacknowledged()
         if self.several:
-            held = self.markers.load(ready_set - oks)
+            held = self.markers.load(set(out))
             for name in [n for n in out if not missing(n, held, self.indexes)]:
                 self._acknowledge(name)  # e.g. a repository removed from the configuration
                 out.remove(name)
@@ -150,7 +153,8 @@ class PushParent(AsyncParent):
             failures = [r for _t, r in results if not r["ok"]]
             if not failures:
                 spool.remove(path)
-                self.health.succeed(index)
+                if self.health.succeed(index):
+                    self._write_global()
                 continue
             if any(r.get("global") for r in failures):
                 self._failed(index, None, failures[0])
@@ -315,7 +319,8 @@ class PushParent(AsyncParent):
             time.sleep(0.05)
 
     def more_work(self) -> bool:
-        return bool(self.pending())
+        """Asked after the lock was released: reads, and writes no marker (another parent may own them now)."""
+        return bool(self._unacknowledged())
 
 
 def run(cfg: Config) -> int:

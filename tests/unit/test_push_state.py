@@ -150,3 +150,124 @@ def test_markers_ignore_what_is_not_a_wal_name(tmp_path, name):
     (tmp_path / "repo1").mkdir()
     (tmp_path / "repo1" / name).write_text("")
     assert Markers(str(tmp_path), [1]).load({name}) == {1: set()}
+
+
+# -- the parent's bookkeeping, with a fake pool (no processes, no repository) ----------------------
+
+
+class FakePool:
+    """Answers each task at once from ``answer(task)``; records what it was given."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.given: list[dict] = []
+        self.out: list[tuple[dict, dict]] = []
+        self.size = 2
+
+    @property
+    def busy(self) -> int:
+        return len(self.out)
+
+    def has_idle(self) -> bool:
+        return self.busy < self.size
+
+    def submit(self, task: dict) -> None:
+        self.given.append(task)
+        self.out.append((task, self.answer(task)))
+
+    def results(self, timeout=None):
+        out, self.out = self.out, []
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def parent(tmp_path, answer, *extra: str):
+    from pgpush import config
+    from pgpush.archive.push_parent import PushParent
+
+    pg_wal = tmp_path / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    argv = [f"--config={tmp_path / 'none.conf'}", "--stanza=main", f"--spool-path={tmp_path / 'spool'}",
+            f"--repo1-path={tmp_path / 'r1'}", "--archive-timeout=4", *extra, "push-async", str(pg_wal)]
+    (tmp_path / "none.conf").write_text("")
+    p = PushParent(config.load(argv, environ={}), str(pg_wal))
+    p.pool = FakePool(answer)  # type: ignore[assignment]
+    return p, pg_wal
+
+
+def ready(pg_wal, *names: str) -> None:
+    for name in names:
+        (pg_wal / name).write_bytes(b"x" * 1024)
+        (pg_wal / "archive_status" / f"{name}.ready").write_text("")
+
+
+DOWN = {"ok": False, "code": 103, "global": True, "message": "unable to find a valid repository:\nrepo1: refused"}
+
+
+def test_parent_one_repository_stops_at_its_first_failure_as_ever(tmp_path):
+    p, pg_wal = parent(tmp_path, lambda t: {**DOWN, "message": "unable to find a valid repository:\nrepo1: x"})
+    p.pool.size = 1
+    ready(pg_wal, S[0], S[1])
+    assert not p.run_once()
+    assert p.failed
+    assert [t["op"] for t in p.pool.given] == ["push"]  # nothing more after the failure
+    assert (tmp_path / "spool/archive/main/out/global.error").read_text() == \
+        "103\nunable to find a valid repository:\nrepo1: x"
+    assert not (tmp_path / "spool/archive/main/out/repo1").exists()
+
+
+def test_parent_repo1_down_repo2_goes_on_then_repo1_catches_up_oldest_first(tmp_path):
+    state = {"down": True}
+
+    def answer(task):
+        if task["op"] == "push" and task["repo"] == 1 and state["down"]:
+            return DOWN
+        return {"ok": True, "warning": None}
+
+    p, pg_wal = parent(tmp_path, answer, "--repo2-path=/r2")
+    out = tmp_path / "spool/archive/main/out"
+    ready(pg_wal, S[0], S[1], S[2])
+    assert p.run_once()
+    assert not p.failed and 1 in p.health.failed
+    pushes = [(os.path.basename(t["path"]), t["repo"]) for t in p.pool.given if t["op"] == "push"]
+    assert pushes == [(S[0], 1), (S[0], 2), (S[1], 2), (S[2], 2)]  # repo1 once, repo2 everything
+    assert sorted(os.listdir(out / "repo2")) == S[:3]
+    assert not list(out.glob("*.ok"))  # in one repository only: nothing acknowledged
+    assert (out / "global.error").read_text().startswith("103\nunable to find a valid repository:\nrepo1: ")
+    p.pool.given.clear()
+    assert not p.run_once()  # nothing for repo2, repo1 not due yet: no attempt (no spinning)
+    assert p.pool.given == []
+    state["down"] = False
+    p.health.failed[1] = p.health.failed[1]._replace(since=p.health.failed[1].since - p.retry)
+    assert p.run_once()
+    while p.run_once():
+        pass
+    pushes = [(os.path.basename(t["path"]), t["repo"]) for t in p.pool.given if t["op"] == "push"]
+    assert pushes == [(S[0], 1), (S[1], 1), (S[2], 1)]  # one attempt, then the rest, oldest first
+    assert sorted(n for n in os.listdir(out) if n.endswith(".ok")) == [f"{s}.ok" for s in S[:3]]
+    assert not (out / "global.error").exists() and os.listdir(out / "repo2") == []
+    assert {t["repo"] for t in p.pool.given if t["op"] == "refresh"} == {1}
+
+
+def test_parent_drop_recorded_only_where_the_file_is_missing(tmp_path):
+    def answer(task):
+        if task["repo"] == 1:
+            return DOWN
+        return {"ok": True, "warning": None}
+
+    p, pg_wal = parent(tmp_path, answer, "--repo2-path=/r2", "--archive-push-queue-max=2KB")
+    out = tmp_path / "spool/archive/main/out"
+    ready(pg_wal, S[0])
+    p.run_once()
+    assert os.listdir(out / "repo2") == [S[0]]
+    ready(pg_wal, S[1], S[2])
+    p.pool.given.clear()
+    p.run_once()
+    assert (out / f"{S[0]}.ok").read_text().startswith("0\ndropped WAL file")
+    assert (out / "dropped.list").read_text() == "".join(f"{s} 2KB\n" for s in S[:3])  # repo1 lacks all
+    drops = [t for t in p.pool.given if t["op"] == "drop"]
+    assert [(t["repo"], t["names"]) for t in drops] == [(2, S[1:3])]  # repo2 lacked only these
+    assert not (out / "repo2" / "dropped.list").exists()  # recorded: repo2 answers
+    assert os.listdir(out / "repo2") == []
