@@ -1,6 +1,6 @@
 """Async push with several repositories: which repository holds which WAL file not yet acknowledged,
-which repository is failing, and what to push next (docs/architecture.md, "Several repositories in
-async push").
+which repository is failing, and what to push next (docs/architecture.md, "Asynchronous push and
+get": several repositories).
 
 A WAL file is acknowledged (``SEGMENT.ok``) only once it is durable in every configured repository.
 Until then the parent remembers, per repository, the files already there:
