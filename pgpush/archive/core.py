@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from pgpush import fsutil, wal
+from pgpush.archive.push_state import combined
 from pgpush.config import Config
 from pgpush.errors import FileMissingError, FormatError, PathCreateError, PgPushError, WalNotFound
 from pgpush.log import LOG
@@ -47,25 +48,51 @@ def _regular_file(path: str) -> None:
 
 
 def push(cfg: Config, wal_path: str) -> None:
+    """Push one WAL file to every configured repository, in priority order.
+
+    A repository that fails does not keep the file from the others (the offsite copy is not
+    left behind because the backup host is down); the push succeeds only when the file is
+    durable in all of them, else it fails with the first failing repository's error (its
+    code), the message naming each that failed.  With one repository: exactly as ever.
+    """
     name = os.path.basename(wal_path)
     wal.kind(name)  # refuse bad names before touching anything
     path = os.path.join(os.getcwd(), wal_path)  # not abspath: 'x/../f' must not be collapsed
-    repo = Repository.from_config(cfg)
+    views = cfg.repos()
+    if len(views) == 1:
+        _push_to(Repository.from_config(views[0]), path, name, "")
+        return
+    _regular_file(path)  # the local file's problem is nobody's repository's: said once
+    failures: list[PgPushError] = []
+    for view in views:
+        try:
+            _push_to(Repository.from_config(view), path, name, f"{view.repo_label}: ")
+        except PgPushError as exc:
+            failures.append(exc.in_repo(view.repo_label))
+    if failures:
+        raise combined(failures)
+
+
+def _push_to(repo: Repository, path: str, name: str, where: str) -> None:
+    """Push to one repository; ``where`` names it in what is logged (empty with one repository)."""
     try:
         warning = push_file(repo, path)
         if warning:
-            LOG.warn(warning)
-        LOG.info(f"pushed WAL file '{name}' to the archive")
-        _refresh_backups(repo)
+            LOG.warn(f"{where}{warning}")
+        LOG.info(f"{where}pushed WAL file '{name}' to the archive")
+        _refresh_backups(repo, bool(where))
     finally:
         repo.storage.close()
 
 
-def _refresh_backups(repo: Repository) -> None:
-    """Mark WAITING_FOR_WALS backups DONE once their WAL is in (docs/operations.md, "Backup status")."""
+def _refresh_backups(repo: Repository, named: bool = False) -> None:
+    """Mark WAITING_FOR_WALS backups DONE once their WAL is in (docs/operations.md, "Backup status").
+    ``named``: there are several repositories, and the warning says which one's status it is."""
     try:
         catalog.refresh_status(repo)
     except PgPushError as exc:  # never fail a push for book-keeping
+        if named:
+            exc = exc.in_repo(repo.label)
         LOG.warn(f"unable to refresh backup status: {exc}")
 
 

@@ -32,6 +32,14 @@ def queue_dir(spool_path: str, stanza: str, direction: str) -> str:
     return path
 
 
+def make_dir(path: str) -> None:
+    """Create a directory inside the spool (0750), e.g. a repository's ``out/repoN``; 47 on failure."""
+    try:
+        fsutil.makedirs_private(path)
+    except OSError as exc:
+        raise PathCreateError(f"unable to create spool path '{path}': {exc.strerror}") from None
+
+
 def write_atomic(directory: str, name: str, content: bytes = b"", fsync: bool = False) -> None:
     """Write ``name`` through :func:`pgpush.fsutil.write_atomic`, so readers never see half a file.
 

@@ -1,11 +1,13 @@
 """The worker process: runs file tasks for a parent, one connection per
-repository for its whole life.
+repository (opened on first use) for its whole life.
 
 Tasks arrive as JSON lines on stdin; each gets one JSON line on stdout:
 ``{"ok": true, ...}`` or ``{"ok": false, "code": N, "message": ..., "global": bool}``
 (``global`` when the failure is not tied to the file: the repository is
 unreachable), carrying the task's ``seq`` back so the parent never takes a
-stray line for an answer.  The worker exits when stdin closes.
+stray line for an answer.  A push task names its repository (``"repo": N``,
+repo1 when absent); messages are the repository's own, the parent names the
+repository in them.  The worker exits when stdin closes.
 """
 
 from __future__ import annotations
@@ -28,20 +30,24 @@ DOWN_HOLD = 30.0  # get: seconds a repository found unreachable is asked after t
 class Worker:
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.repo: Repository | None = None
-        self.get_repos: dict[int, Repository] = {}  # get: one connection per repository, opened on first use
+        self.repos: dict[int, Repository] = {}  # one connection per repository, opened on first use
         self.checked: set[tuple[int, str]] = set()  # get: (repository, data directory) found to be the stanza's cluster
         self.down: dict[int, float] = {}  # get: when each repository was last found unreachable (monotonic)
+        self.several = len(cfg.root.repo_indexes()) > 1
 
-    def repository(self) -> Repository:
-        if self.repo is None:
-            self.repo = Repository.from_config(self.cfg)
-        return self.repo
+    def repository(self, index: int = 1) -> Repository:
+        """Repository ``index``'s connection, opened on first use and kept."""
+        repo = self.repos.get(index)
+        if repo is None:
+            repo = self.repos[index] = Repository.from_config(self.cfg.repo(index))
+        return repo
 
     def push(self, task: dict) -> dict:
-        warning = core.push_file(self.repository(), task["path"])
+        index = int(task.get("repo", 1))
+        warning = core.push_file(self.repository(index), task["path"])
         name = os.path.basename(task["path"])
-        LOG.info(f"pushed WAL file '{name}' to the archive asynchronously")
+        where = f"repo{index}: " if self.several else ""
+        LOG.info(f"{where}pushed WAL file '{name}' to the archive asynchronously")
         return {"ok": True, "warning": warning}
 
     def get(self, task: dict) -> dict:
@@ -101,9 +107,7 @@ class Worker:
 
     def _get_from(self, view: Config, task: dict) -> None:
         """The segment from one repository into the spool (WalNotFound when it is not there)."""
-        repo = self.get_repos.get(view.repo_index)
-        if repo is None:
-            repo = self.get_repos[view.repo_index] = Repository.from_config(view)
+        repo = self.repository(view.repo_index)
         pgdata = task.get("pgdata")
         if pgdata and (view.repo_index, pgdata) not in self.checked:
             core.check_local_cluster(repo, pgdata)
@@ -111,13 +115,13 @@ class Worker:
         core.fetch_to(repo, task["name"], os.path.join(task["dir"], task["name"]))
 
     def drop(self, task: dict) -> dict:
-        repo = self.repository()
+        repo = self.repository(int(task.get("repo", 1)))
         for name in task["names"]:
             walarchive.record_dropped(repo, name, task["reason"])
         return {"ok": True}
 
     def refresh(self, task: dict) -> dict:
-        core._refresh_backups(self.repository())
+        core._refresh_backups(self.repository(int(task.get("repo", 1))))
         return {"ok": True}
 
     def handle(self, task: dict) -> dict:
@@ -142,7 +146,6 @@ def run(cfg: Config) -> int:
         result = {**worker.handle(task), "seq": task.get("seq")}  # says which task this answers
         out.write(json.dumps(result).encode() + b"\n")
         out.flush()
-    for repo in [worker.repo, *worker.get_repos.values()]:
-        if repo is not None:
-            repo.storage.close()
+    for repo in worker.repos.values():
+        repo.storage.close()
     return 0
