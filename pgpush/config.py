@@ -257,61 +257,39 @@ class Config:
         """``repo1``..``repo4``: how messages, logs, spool files and ``info`` name the repository."""
         return f"repo{self.repo_index}"
 
+    # Several repositories: the rules are in pgpush/config_repos.py, imported when first asked (the hot
+    # path never is: the foreground answers from the spool without opening a repository).
+
     def repo_indexes(self) -> list[int]:
-        """Every configured repository, in priority order: repo1 always; repoN (N >= 2) when any
-        ``repoN-*`` option is set (as pgBackRest decides which repositories exist)."""
-        found, given = [1], self.root.sources
-        for index in range(2, REPO_MAX + 1):
-            prefix = f"repo{index}-"
-            if any(name.startswith(prefix) for name in given):
-                found.append(index)
-        return found
+        """Every configured repository, in priority order (:func:`pgpush.config_repos.repo_indexes`)."""
+        from pgpush.config_repos import repo_indexes
+
+        return repo_indexes(self)
 
     def repo(self, index: int) -> Config:
         """The configuration of repository ``index`` (its ``repoN-*`` values under the ``repo1-*`` names)."""
         if index == self.repo_index:
             return self
+        from pgpush.config_repos import RepoConfig
+
         return RepoConfig(self.root, index)
 
     def location(self) -> tuple:
-        """Where this configuration's repository is: two configured repositories must differ here."""
-        kind = self.values.get("repo1-type")
-        path = str(self.values.get("repo1-path")).rstrip("/") or "/"
-        if kind == "sftp":
-            return (kind, self.values.get("repo1-host"), self.values.get("repo1-host-port"), path)
-        if kind == "s3":
-            return (kind, self.values.get("repo1-s3-endpoint"), self.values.get("repo1-s3-bucket"), path)
-        return (kind, path)
+        """Where this configuration's repository is (:func:`pgpush.config_repos.location`)."""
+        from pgpush.config_repos import location
+
+        return location(self)
+
+    def repos(self) -> list[Config]:
+        """The repositories this command works on (:func:`pgpush.config_repos.selected`)."""
+        from pgpush.config_repos import selected
+
+        return selected(self)
 
     @property
     def root(self) -> Config:
         """The configuration as loaded (all repositories), which a child process must be told."""
         return self
-
-    def repos(self) -> list[Config]:
-        """The repositories this command works on: the one ``--repo`` names, else every configured
-        one, in priority order.  ``--repo`` naming one with no option set is an error (32): a typo
-        would otherwise act on nothing, or on a default path."""
-        root = self.root
-        chosen = root.values.get("repo")
-        indexes = root.repo_indexes()
-        if chosen is None:
-            views = [root.repo(i) for i in indexes]
-            seen: dict[tuple, str] = {}
-            for view in views:  # two names for one store would be a copy that is not one
-                where = view.location()
-                if where in seen:
-                    raise OptionInvalidValueError(
-                        f"{seen[where]} and {view.repo_label} are the same repository ({' '.join(map(str, where))}): "
-                        f"set {view.key('repo1-path')} (or its host or bucket) to another place")
-                seen[where] = view.repo_label
-            return views
-        if chosen not in indexes:
-            raise OptionInvalidValueError(
-                f"option 'repo' has invalid value '{chosen}' {root.sources.get('repo', '')}: repo{chosen} is not "
-                f"configured (set repo{chosen}-path or another repo{chosen}-* option); configured: "
-                + ", ".join(f"repo{i}" for i in indexes))
-        return [root.repo(int(chosen))]
 
     if TYPE_CHECKING:
         @overload
@@ -399,44 +377,6 @@ class Config:
             if source == _ON_CLI and BY_NAME[name].secret:
                 env["PGPUSH_" + name.upper().replace("-", "_")] = str(self.values[name])
         return env
-
-
-class RepoConfig(Config):
-    """Repository ``index``'s view of a :class:`Config` (see :meth:`Config.repo`).
-
-    Shares the root's tables for every other option; what a child is told (:meth:`to_argv`,
-    :meth:`secret_env`) is always the root's, so a view never turns ``repo2-path`` into
-    ``--repo1-path`` on a command line.
-    """
-
-    def __init__(self, root: Config, index: int):
-        values = dict(root.values)
-        sources = {k: v for k, v in root.sources.items() if not k.startswith("repo1-")}
-        for name in BY_NAME:
-            if name.startswith("repo1-"):
-                theirs = repo_option(name, index)
-                values[name] = root.values.get(theirs)
-                if theirs in root.sources:
-                    sources[name] = root.sources[theirs]
-        super().__init__(root.command, root.args, values, sources)
-        self._root = root
-        self.repo_index = index
-
-    @property
-    def root(self) -> Config:
-        return self._root
-
-    def given(self, select: Callable[[str], bool] | None = None, *, environment: bool = False) -> list[str]:
-        return self._root.given(select, environment=environment)
-
-    def to_argv(self, select: Callable[[str], bool] | None = None, *, environment: bool = False) -> list[str]:
-        return self._root.to_argv(select, environment=environment)
-
-    def option_arg(self, name: str) -> str:
-        return self._root.option_arg(name)
-
-    def secret_env(self) -> dict[str, str]:
-        return self._root.secret_env()
 
 
 def split_argv(argv: list[str]) -> tuple[str | None, list[str], dict[str, str], bool]:

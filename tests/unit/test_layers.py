@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 PKG = Path(__file__).resolve().parents[2] / "pgpush"
 
-KERNEL = frozenset({"pgpush", "pgpush.errors", "pgpush.log", "pgpush.options", "pgpush.config", "pgpush.wal",
+KERNEL = frozenset({"pgpush", "pgpush.errors", "pgpush.log", "pgpush.options", "pgpush.config", "pgpush.config_repos", "pgpush.wal",
                     "pgpush.fsutil", "pgpush.safepath"})
 # The one guarded entry: it resolves the options with the kernel and hands over, lazily, to the archive
 # fast paths or to the CLI. It may reach every layer; nothing may import it.
