@@ -12,6 +12,7 @@ own because ``configparser`` costs more at import than the whole fast path.
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Callable, Mapping
 
 from pgpush.errors import CommandError, OptionInvalidError, OptionInvalidValueError, OptionRequiredError
@@ -277,6 +278,8 @@ class Config:
         """Where this configuration's repository is: two configured repositories must differ here."""
         kind = self.values.get("repo1-type")
         path = str(self.values.get("repo1-path")).rstrip("/") or "/"
+        if kind != "s3":  # a file system resolves '//', '.' and '..' (an S3 key does not): '/a//b' is '/a/b'
+            path = "/" + posixpath.normpath(path).lstrip("/")
         if kind == "sftp":
             return (kind, self.values.get("repo1-host"), self.values.get("repo1-host-port"), path)
         if kind == "s3":
