@@ -52,3 +52,32 @@ def test_restore_refuses_to_choose_across_repositories_of_different_clusters(pg_
     res = both.run("restore", f"--pg1-path={target.datadir}", "--repo=1", timeout=180)
     assert res.returncode == 0, res.stderr
     assert f"restore of backup {mine} (" in res.stdout, res.stdout
+
+
+def test_restore_passes_over_an_unreadable_manifest_and_a_set_in_no_repository_is_refused(
+        pg_factory, pgpush_cmd, work_dir):
+    """The newest backup (in repo2 only) has a corrupt manifest: the restore warns, names repo2 and
+    takes the next newest, from repo1 (first in priority order on a tie).  ``--set`` of a label no
+    repository holds: one ERROR, exit 75 (an invalid backup set, as with one repository), nothing restored."""
+    one, two = posix(pgpush_cmd, work_dir, "r1"), posix(pgpush_cmd, work_dir, "r2")
+    both = posix(pgpush_cmd, work_dir, "r1", "r2")
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": ""})
+    one.stanza_create(pg)
+    two.stanza_create(pg)
+    pg.set_conf({"archive_command": f"{one.archive_command()} && {two.archive_command()}"})
+    pg.reload()
+    older, _ = backup(both, pg, "--wait", "--wait-timeout=60")  # into both repositories
+    newer, _ = backup(both, pg, "--repo=2", "--wait", "--wait-timeout=60")
+    assert older < newer
+    manifest = next((work_dir / "r2" / "backup" / "main" / newer).glob("backup.manifest*"))
+    manifest.write_bytes(b"{not json")
+    target = pg_factory("target", init=False)
+    res = both.run("restore", f"--pg1-path={target.datadir}", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"restore of backup {older} (" in res.stdout and "from repo1" in res.stdout, res.stdout
+    assert "WARN: repo2: " in res.stderr and f"backup {newer} is not restored from it" in res.stderr, res.stderr
+    other = pg_factory("other", init=False)
+    res = both.run("restore", f"--pg1-path={other.datadir}", "--set=20990101-000000F", timeout=60)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("ERROR")]
+    assert res.returncode == 75 and len(errors) == 1 and "it is in no repository" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
