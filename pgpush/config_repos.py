@@ -9,6 +9,7 @@ because the hot path never needs it.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 
 from pgpush.config import Config
@@ -31,6 +32,8 @@ def location(cfg: Config) -> tuple:
     """Where this configuration's repository is: two configured repositories must differ here."""
     kind = cfg.values.get("repo1-type")
     path = str(cfg.values.get("repo1-path")).rstrip("/") or "/"
+    if kind != "s3":  # a file system resolves '//', '.' and '..' (an S3 key does not): '/a//b' is '/a/b'
+        path = "/" + posixpath.normpath(path).lstrip("/")
     if kind == "sftp":
         return (kind, cfg.values.get("repo1-host"), cfg.values.get("repo1-host-port"), path)
     if kind == "s3":

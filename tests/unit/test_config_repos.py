@@ -93,3 +93,18 @@ def test_two_names_for_one_store_are_refused_but_the_same_path_elsewhere_is_not(
         load(["--repo1-path=/one/", "--repo3-path=/one", "info"]).repos()
     cfg = load(["--repo1-path=/one", "--repo2-type=sftp", "--repo2-host=backup", "--repo2-path=/one", "info"])
     assert [r.repo_label for r in cfg.repos()] == ["repo1", "repo2"]
+
+
+def test_a_path_spelled_another_way_is_the_same_store_on_a_file_system_not_on_s3():
+    """``/one//x``, ``/one/./x`` and ``/one/y/../x`` are ``/one/x`` on a file system: two repositories
+    there were one store twice (a backup waited on the catalog lock it held itself).  An S3 key
+    is not resolved: ``a//b`` is another key than ``a/b``."""
+    for alias in ("/one//x", "/one/./x", "/one/y/../x", "//one/x"):
+        with pytest.raises(OptionInvalidValueError, match="repo1 and repo2 are the same repository"):
+            load(["--repo1-path=/one/x", f"--repo2-path={alias}", "info"]).repos()
+        with pytest.raises(OptionInvalidValueError, match="repo1 and repo2 are the same repository"):
+            load(["--repo1-type=sftp", "--repo1-host=h", "--repo1-path=/one/x", "--repo2-type=sftp",
+                  "--repo2-host=h", f"--repo2-path={alias}", "info"]).repos()
+    s3 = ["--repo1-type=s3", "--repo1-s3-bucket=b", "--repo1-s3-endpoint=e", "--repo1-path=/one/x",
+          "--repo2-type=s3", "--repo2-s3-bucket=b", "--repo2-s3-endpoint=e", "--repo2-path=/one//x", "info"]
+    assert len(load(s3).repos()) == 2

@@ -196,3 +196,35 @@ def test_summary_and_failure():
                                                "skipped 1 file(s) and 2 backup(s) already in repo2")
     err = reposync.failure([ArchiveDuplicateError("repo2: x"), FileWriteError("y")])
     assert err.code == 45 and err.message == "2 file(s) or backup(s) not copied: repo2: x (and 1 more: see the log)"
+
+
+class TornStorage(PosixStorage):
+    """A target whose store mangles what it is given (a bad disk, a proxy that cuts a body): the
+    bytes sent were right, the bytes stored are not."""
+
+    def put(self, name, chunks, overwrite=False):
+        written = super().put(name, chunks, overwrite=overwrite)
+        path = Path(self._path(name))
+        data = path.read_bytes()
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        return written
+
+
+def test_backup_file_the_target_stores_wrong_is_refused_and_removed(tmp_path):
+    """The read-back after the write is what catches this: without it the manifest would record a
+    file the target cannot give back (mutating it away must fail this test)."""
+    src = repo(tmp_path / "src", 1, compress="gz")
+    dst = repo(tmp_path / "dst", 2, cipher=True, storage=TornStorage(str(tmp_path / "dst")))
+    src.stanza_create(SYSTEM_ID, 15)
+    dst.adopt_stanza(src.load_archive_info(), "repo1")
+    reposync_copy.SOURCE = src
+    try:
+        data = b"relation page " * 1000
+        src.storage.put("backup/main/20260101-000000F/pg_data/x.gz", src.encode([data]))
+        job = file_job(data)[:6] + (False, 10)  # a new label directory: no leftover to keep
+        outcome, _content, _stored, code, message = reposync_copy.copy_job(dst, job)
+    finally:
+        reposync_copy.SOURCE = None
+    assert (outcome, code) == (REFUSED, FileWriteError.code), message
+    assert message.startswith("repo2: backup 20260101-000000F file 'pg_data/x' was stored as"), message
+    assert not (tmp_path / "dst" / job[3]).exists()

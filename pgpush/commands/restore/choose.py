@@ -15,7 +15,7 @@ from typing import NamedTuple
 from pgpush.archive.core import warning_text
 from pgpush.commands.restore import recovery
 from pgpush.config import Config
-from pgpush.errors import BackupSetInvalidError, OptionInvalidValueError, OptionRequiredError, PgPushError
+from pgpush.errors import ArchiveMismatchError, BackupSetInvalidError, OptionInvalidValueError, OptionRequiredError, PgPushError
 from pgpush.log import LOG
 from pgpush.repo import catalog, manifest_check, status
 from pgpush.repo.catalog import Catalog
@@ -105,18 +105,21 @@ def choose_source(cfg: Config, rtype: str, target: str | None, pgdata: str) -> S
         return _from_one(views[0], cfg.get("set"), rtype, target, pgdata)
     failures: list[PgPushError] = []
     catalogs: list[tuple[Config, Repository, Catalog, list[BackupRecord]]] = []
+    clusters: dict[str, tuple[int, str]] = {}  # (system id, version) of each repository's stanza
     try:
         for view in views:
             repo: Repository | None = None
             try:
                 repo = Repository.from_config(view)
-                repo.load_archive_info()
+                db = repo.load_archive_info()["db"]
                 cat = Catalog(repo)
                 catalogs.append((view, repo, cat, catalog.evaluate_all(repo, cat.reconciled())))
+                clusters[view.repo_label] = (int(db["system-id"]), str(db["version"]))
             except PgPushError as exc:
                 _skip(view, exc, "its backups are not considered", failures)
                 if repo is not None:
                     repo.storage.close()
+        _same_cluster(clusters)
         chosen = _across(catalogs, cfg.get("set"), rtype, target, failures, pgdata)
     except BaseException:
         for _view, repo, _cat, _backups in catalogs:
@@ -126,6 +129,18 @@ def choose_source(cfg: Config, rtype: str, target: str | None, pgdata: str) -> S
         if repo is not chosen.repo:
             repo.storage.close()
     return chosen
+
+
+def _same_cluster(clusters: dict[str, tuple[int, str]]) -> None:
+    """Refuse (44) to choose among repositories whose stanzas describe different clusters: the newest
+    backup across them would be another cluster's (a repository used by another cluster under the same
+    stanza name, or a stanza upgraded in one repository only), restored without a word.  The operator
+    says which one with ``--repo``."""
+    if len(set(clusters.values())) > 1:
+        described = ", ".join(f"{label} PostgreSQL {version} system {system_id}"
+                              for label, (system_id, version) in clusters.items())
+        raise ArchiveMismatchError(f"the repositories describe different clusters ({described}): no backup is "
+                                   "chosen across them\nHINT: restore from one with --repo")
 
 
 def _from_one(view: Config, set_label: str | None, rtype: str, target: str | None, pgdata: str) -> Source:
