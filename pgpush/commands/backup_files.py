@@ -209,7 +209,7 @@ def _tee(repos: Mapping[int, Repository], name: str, path: str, todo: dict[int, 
             while chunk := fh.read(CHUNK):
                 h.update(chunk)
                 size += len(chunk)
-                if not [s.feed(chunk) for s in sinks.values() if not s.done.is_set()]:
+                if not any([s.feed(chunk) for s in sinks.values() if not s.done.is_set()]):  # a list: feed every one
                     break  # every writer failed: reading on serves nobody
         for sink in sinks.values():
             sink.feed(_END)
