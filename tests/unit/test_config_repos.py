@@ -108,3 +108,30 @@ def test_a_path_spelled_another_way_is_the_same_store_on_a_file_system_not_on_s3
     s3 = ["--repo1-type=s3", "--repo1-s3-bucket=b", "--repo1-s3-endpoint=e", "--repo1-path=/one/x",
           "--repo2-type=s3", "--repo2-s3-bucket=b", "--repo2-s3-endpoint=e", "--repo2-path=/one//x", "info"]
     assert len(load(s3).repos()) == 2
+
+
+def test_stanza_create_creates_in_every_repository_and_a_failing_one_does_not_keep_it_from_the_others(tmp_path, capsys):
+    """Adding a repository to a running cluster is stanza-create again (docs/operations.md): repo1's stanza is
+    checked, repo2's created; a repository that cannot be written is the error, named, after the others."""
+    import shutil
+    from pathlib import Path
+
+    from pgpush.commands import stanza
+    from pgpush.errors import PgPushError
+
+    pgdata = tmp_path / "pg"
+    (pgdata / "global").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "data" / "pg15.pg_control", pgdata / "global" / "pg_control")
+    base = ["--stanza=main", f"--pg1-path={pgdata}", f"--log-path={tmp_path}", "--log-level-file=off"]
+    one = load([*base, f"--repo1-path={tmp_path}/r1", "stanza-create"])
+    assert stanza.create(one).startswith("stanza 'main' created")
+    (tmp_path / "blocked").write_text("a file where repo3's directory would go")
+    three = load([*base, f"--repo1-path={tmp_path}/r1", f"--repo2-path={tmp_path}/blocked/r3",
+                  f"--repo3-path={tmp_path}/r2", "stanza-create"])
+    with pytest.raises(PgPushError) as err:
+        stanza.create(three)
+    assert err.value.code == 103 and err.value.message.startswith("repo2: "), err.value.message
+    assert (tmp_path / "r2" / "archive" / "main" / "archive.info").is_file()  # repo3 created all the same
+    two = load([*base, f"--repo1-path={tmp_path}/r1", f"--repo2-path={tmp_path}/r2", "stanza-create"])
+    lines = stanza.create(two).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["repo1", "repo2"] and all("already exists" in ln for ln in lines)
