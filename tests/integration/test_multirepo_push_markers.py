@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from backup_env import pg_opts
 from harness import procs
 from pgpush_env import Pgpush
 from test_s3_e2e import wait_for
@@ -93,3 +94,33 @@ def test_markers_of_another_repository_or_another_file_are_not_taken_for_a_copy(
     pg.wait_archived(seg2, timeout=60)
     assert in_repo(b, seg2) and in_repo(a, seg2)
     archiving(False)
+
+
+def test_stanza_create_and_check_every_repository_naming_the_one_that_fails(pg_factory, pgpush_cmd, work_dir):
+    """stanza-create goes on past a repository that fails (adding one later is the command run again);
+    check waits for the switched segment in every repository, and fails naming the one that lacks it."""
+    a, b = work_dir / "repoA", work_dir / "repoB"
+    a.write_text("not a directory")
+    b.mkdir()
+    procs.chown_tree(b, "postgres")
+    config = {"repo1-type": "posix", "repo1-path": str(a), "repo2-type": "posix", "repo2-path": str(b)}
+    pp = Pgpush(pgpush_cmd, work_dir, repo=config, archive_timeout=3)
+    only_a = Pgpush(pgpush_cmd, work_dir, repo={"repo1-type": "posix", "repo1-path": str(a)})
+    pg = pg_factory("pg", conf={"archive_mode": "on", "archive_command": only_a.archive_command()})
+    res = pp.run("stanza-create", f"--pg1-path={pg.datadir}")
+    assert res.returncode == 103 and "repo1: " in res.stderr, res.stderr
+    assert "repo2" not in res.stderr.split("ERROR:")[1], res.stderr
+    assert (b / "archive" / "main" / "archive.info").exists()  # repo2 has it all the same
+    a.unlink()
+    a.mkdir()
+    procs.chown_tree(a, "postgres")
+    res = pp.run("stanza-create", f"--pg1-path={pg.datadir}")
+    assert res.returncode == 0, res.stderr
+    assert "repo1: " in res.stdout and "repo2: " in res.stdout, res.stdout
+    assert (a / "archive" / "main" / "archive.info").exists()
+
+    # PostgreSQL archives to repo1 only: check fails, naming repo2 alone (repo1 got the segment).
+    res = pp.run("check", *pg_opts(pg))
+    assert res.returncode == 82, res.stderr
+    error = res.stderr.split("ERROR: ", 1)[1]
+    assert error.startswith("[082]: repo2: WAL segment ") and "repo1" not in error, res.stderr
