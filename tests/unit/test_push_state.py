@@ -311,3 +311,24 @@ def test_parent_drop_recorded_only_where_the_file_is_missing(tmp_path):
     assert [(t["repo"], t["names"]) for t in drops] == [(2, S[1:3])]  # repo2 lacked only these
     assert not (out / "repo2" / "dropped.list").exists()  # recorded: repo2 answers
     assert os.listdir(out / "repo2") == []
+
+
+def test_worker_routes_push_drop_and_refresh_to_the_task_s_repository(tmp_path, monkeypatch):
+    """Each task goes to the repository it names (repo1 when none): a worker that pushed, dropped or
+    refreshed in repo1 whatever the task said would leave repo2 without what the parent marks it as holding."""
+    from pgpush import config
+    from pgpush.archive import core, worker
+
+    (tmp_path / "none.conf").write_text("")
+    cfg = config.load([f"--config={tmp_path / 'none.conf'}", "--stanza=main", "--repo1-path=/r1", "--repo2-path=/r2",
+                       "worker", "push"], environ={})
+    w = worker.Worker(cfg)
+    monkeypatch.setattr(w, "repository", lambda index=1: f"repo{index}")
+    seen: list[tuple[str, object]] = []
+    monkeypatch.setattr(core, "push_file", lambda repo, path: seen.append(("push", repo)))
+    monkeypatch.setattr(core, "_refresh_backups", lambda repo, named=False: seen.append(("refresh", repo)))
+    monkeypatch.setattr(worker.walarchive, "record_dropped", lambda repo, name, reason: seen.append(("drop", repo)))
+    for task in ({"op": "push", "path": f"/pg_wal/{S[0]}", "repo": 2}, {"op": "drop", "names": [S[0]], "reason": "r",
+                 "repo": 2}, {"op": "refresh", "repo": 2}, {"op": "push", "path": f"/pg_wal/{S[0]}"}):
+        assert w.handle(task)["ok"], task
+    assert seen == [("push", "repo2"), ("drop", "repo2"), ("refresh", "repo2"), ("push", "repo1")]
