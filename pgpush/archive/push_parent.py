@@ -59,7 +59,8 @@ class PushParent(AsyncParent):
         # verdict, so one waiting meanwhile sees a fresh one (never below half a second: no spinning).
         self.retry = max(0.5, float(cfg["archive-timeout"]) / 4)
         self.health = RepoHealth(self.indexes, self.retry)
-        self.markers = Markers(self.qdir, self.indexes)
+        self.markers = Markers(self.qdir, self.indexes, pg_wal,
+                               {i: repr(cfg.root.repo(i).location()) for i in self.indexes})
         self.warnings: dict[str, list[str]] = {}  # per WAL file, until it is in every repository
         self.file_errors: dict[str, dict[int, PgPushError]] = {}  # per WAL file, per repository
         self.global_text: str | None = None  # what this parent last wrote into global.error

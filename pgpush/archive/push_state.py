@@ -4,11 +4,12 @@ get": several repositories).
 
 A WAL file is acknowledged (``SEGMENT.ok``) only once it is durable in every configured repository.
 Until then the parent remembers, per repository, the files already there:
-``SPOOL/archive/STANZA/out/repoN/SEGMENT``, an empty marker.  Markers live in their own directory so
-the foreground, which reads only ``out/SEGMENT.ok``, ``out/SEGMENT.error`` and ``out/global.error``,
-can never take one for a verdict; only the parent (under the spool lock) writes them.  They are not
-synced: a marker lost in a crash only makes the parent push that file again, which the archive
-answers as a duplicate after reading the stored copy back.  A file's markers go when its ``.ok`` is
+``SPOOL/archive/STANZA/out/repoN/SEGMENT``, a marker naming the copy (:class:`Markers`).  Markers
+live in their own directory so the foreground, which reads only ``out/SEGMENT.ok``,
+``out/SEGMENT.error`` and ``out/global.error``, can never take one for a verdict; only the parent
+(under the spool lock) writes them.  They are not synced: a marker lost in a crash only makes the
+parent push that file again, which the archive answers as a duplicate after reading the stored copy
+back.  A file's markers go when its ``.ok`` is
 written, and any marker whose file is no longer ``.ready`` is pruned.  Holes left by
 ``archive-push-queue-max`` wait per repository too: ``out/dropped.list`` for repo1 (where a single
 repository always had it) and ``out/repoN/dropped.list`` for the others.
@@ -154,15 +155,44 @@ class RepoHealth:
 
 
 class Markers:
-    """The ``out/repoN/SEGMENT`` markers of every configured repository (used with several only)."""
+    """The ``out/repoN/SEGMENT`` markers of every configured repository (used with several only).
 
-    def __init__(self, qdir: str, indexes: list[int]):
+    A marker says which repository holds which file, not only that ``repoN`` holds a file of that
+    name: its content is the WAL file's identity in ``pg_wal`` when it was pushed (inode, size,
+    modification time) and where the repository is (``identities``: :meth:`pgpush.config.Config.location`).  A marker that does not
+    match both (the repositories swapped or replaced in the configuration; a file of the same name
+    from a rebuilt cluster whose stanza was recreated) is removed, never taken for a copy: the file
+    is pushed again, which costs at most a duplicate.  Each marker found on disk is checked once in
+    a parent's life; those it writes itself are known.
+    """
+
+    def __init__(self, qdir: str, indexes: list[int], pg_wal: str, identities: dict[int, str]):
         self.qdir = qdir
         self.indexes = list(indexes)
+        self.pg_wal = pg_wal
+        self.identities = identities
         self.held: dict[int, set[str]] = {i: set() for i in indexes}
+        self.known: dict[int, set[str]] = {i: set() for i in indexes}  # checked or written by this process
+
+    def stamp(self, name: str, index: int) -> str:
+        """What the marker of ``name`` in repository ``index`` says (empty when the file is gone)."""
+        try:
+            st = os.stat(os.path.join(self.pg_wal, name))
+        except OSError:
+            return ""
+        return f"{st.st_ino} {st.st_size} {st.st_mtime_ns}\n{self.identities.get(index, '')}\n"
+
+    def _valid(self, path: str, name: str, index: int) -> bool:
+        try:
+            content = spool.read_status(path)
+        except PgPushError:
+            return False  # not a file pgpush wrote (a directory, a FIFO): no copy of anything
+        expected = self.stamp(name, index)
+        return bool(expected) and content == expected
 
     def load(self, ready: set[str]) -> dict[int, set[str]]:
-        """Read the markers, pruning those of files no longer ``.ready`` (acknowledged, or gone)."""
+        """Read the markers, removing those of files no longer ``.ready`` (acknowledged, or gone)
+        and those that are not this repository's copy of this file."""
         for index in self.indexes:
             directory = repo_dir(self.qdir, index)
             try:
@@ -170,22 +200,26 @@ class Markers:
             except FileNotFoundError:
                 names = []
             held = set()
+            known = self.known[index]
             for name in names:
                 if not _is_wal_name(name):
                     continue
-                if name in ready:
+                path = os.path.join(directory, name)
+                if name in ready and (name in known or self._valid(path, name, index)):
                     held.add(name)
                 else:
-                    spool.remove(os.path.join(directory, name))
+                    _remove(path)
             self.held[index] = held
+            self.known[index] = known & held
         return self.held
 
     def mark(self, name: str, index: int) -> None:
         directory = repo_dir(self.qdir, index)
         if not os.path.isdir(directory):
             spool.make_dir(directory)
-        spool.write_atomic(directory, name)
+        spool.write_atomic(directory, name, self.stamp(name, index).encode())
         self.held[index].add(name)
+        self.known[index].add(name)
 
     def clear(self, name: str) -> None:
         """Forget ``name`` everywhere: it is acknowledged (or dropped)."""
@@ -193,6 +227,17 @@ class Markers:
             if name in self.held[index]:
                 spool.remove(os.path.join(repo_dir(self.qdir, index), name))
                 self.held[index].discard(name)
+                self.known[index].discard(name)
+
+
+def _remove(path: str) -> None:
+    """Remove a marker, or whatever sits under its name (a directory left empty too)."""
+    try:
+        os.rmdir(path)
+        return
+    except OSError:
+        pass
+    spool.remove(path)
 
 
 def _is_wal_name(name: str) -> bool:

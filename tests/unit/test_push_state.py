@@ -118,22 +118,61 @@ def test_dropped_list_repo1_where_it_always_was():
     assert dropped_list("/s/out", 3) == "/s/out/repo3/dropped.list"
 
 
+def markers_of(tmp_path, indexes=(1, 2), where=None) -> Markers:
+    """Markers over ``tmp_path/out``, the WAL files (any content) in ``tmp_path/pg_wal``."""
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir(exist_ok=True)
+    for name in S:
+        if not (pg_wal / name).exists():
+            (pg_wal / name).write_bytes(b"x" * 64)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    where = where or {i: f"('posix', '/r{i}')" for i in indexes}
+    return Markers(str(tmp_path / "out"), list(indexes), str(pg_wal), where)
+
+
 def test_markers_are_in_their_own_directories_and_pruned(tmp_path):
-    qdir = str(tmp_path)
-    markers = Markers(qdir, [1, 2])
+    markers = markers_of(tmp_path)
+    out = tmp_path / "out"
     markers.mark(S[0], 2)
     markers.mark(S[1], 2)
     markers.mark(S[1], 1)
-    assert sorted(os.listdir(tmp_path)) == ["repo1", "repo2"]  # nothing the foreground reads
-    (tmp_path / "repo2" / "dropped.list").write_text(f"{S[5]} 16MB\n")
-    fresh = Markers(qdir, [1, 2])
+    assert sorted(os.listdir(out)) == ["repo1", "repo2"]  # nothing the foreground reads
+    (out / "repo2" / "dropped.list").write_text(f"{S[5]} 16MB\n")
+    fresh = markers_of(tmp_path)
     assert fresh.load({S[0], S[1]}) == {1: {S[1]}, 2: {S[0], S[1]}}
     assert fresh.load({S[1]}) == {1: {S[1]}, 2: {S[1]}}  # S[0] no longer .ready: pruned
-    assert sorted(os.listdir(tmp_path / "repo2")) == [S[1], "dropped.list"]
+    assert sorted(os.listdir(out / "repo2")) == [S[1], "dropped.list"]
     fresh.clear(S[1])
     assert fresh.held == {1: set(), 2: set()}
-    assert os.listdir(tmp_path / "repo1") == []
-    assert Markers(qdir, [1, 2]).load({S[1]}) == {1: set(), 2: set()}
+    assert os.listdir(out / "repo1") == []
+    assert markers_of(tmp_path).load({S[1]}) == {1: set(), 2: set()}
+
+
+def test_a_marker_of_another_repository_or_another_file_is_no_copy(tmp_path):
+    """Markers say which repository holds which file: the repositories swapped in the configuration,
+    or a file of the same name that is another (a rebuilt cluster's), and the marker is removed."""
+    markers = markers_of(tmp_path)
+    for name in S[:4]:
+        markers.mark(name, 1)
+    markers.mark(S[0], 2)
+    ready = set(S[:4])
+    assert markers_of(tmp_path).load(ready) == {1: set(S[:4]), 2: {S[0]}}
+    swapped = markers_of(tmp_path, where={1: "('posix', '/r2')", 2: "('posix', '/r1')"})
+    assert swapped.load(ready) == {1: set(), 2: set()}
+    assert os.listdir(tmp_path / "out" / "repo1") == []
+    for name in S[:4]:
+        markers.mark(name, 1)
+    other = tmp_path / "pg_wal" / "other"
+    other.write_bytes(b"y" * 64)
+    os.replace(other, tmp_path / "pg_wal" / S[1])  # another file under S[1]'s name
+    os.truncate(tmp_path / "pg_wal" / S[2], 32)  # S[2] changed
+    os.unlink(tmp_path / "pg_wal" / S[3])  # S[3] gone (its .ready left)
+    assert markers_of(tmp_path).load(ready)[1] == {S[0]}
+    (tmp_path / "out" / "repo1" / S[1]).write_text("")  # as markers were before they said what they mark
+    assert markers_of(tmp_path).load(ready)[1] == {S[0]}
+    os.mkdir(tmp_path / "out" / "repo1" / S[2])  # not a file pgpush wrote
+    assert markers_of(tmp_path).load(ready)[1] == {S[0]}
+    assert sorted(os.listdir(tmp_path / "out" / "repo1")) == [S[0]]
 
 
 def test_module_is_stdlib_only():
@@ -147,9 +186,10 @@ def test_module_is_stdlib_only():
 
 @pytest.mark.parametrize("name", ["repo1", "dropped.list", "x.pgpush.tmp"])
 def test_markers_ignore_what_is_not_a_wal_name(tmp_path, name):
-    (tmp_path / "repo1").mkdir()
-    (tmp_path / "repo1" / name).write_text("")
-    assert Markers(str(tmp_path), [1]).load({name}) == {1: set()}
+    markers = markers_of(tmp_path, (1,))
+    (tmp_path / "out" / "repo1").mkdir()
+    (tmp_path / "out" / "repo1" / name).write_text("")
+    assert markers.load({name}) == {1: set()}
 
 
 # -- the parent's bookkeeping, with a fake pool (no processes, no repository) ----------------------
@@ -271,3 +311,24 @@ def test_parent_drop_recorded_only_where_the_file_is_missing(tmp_path):
     assert [(t["repo"], t["names"]) for t in drops] == [(2, S[1:3])]  # repo2 lacked only these
     assert not (out / "repo2" / "dropped.list").exists()  # recorded: repo2 answers
     assert os.listdir(out / "repo2") == []
+
+
+def test_worker_routes_push_drop_and_refresh_to_the_task_s_repository(tmp_path, monkeypatch):
+    """Each task goes to the repository it names (repo1 when none): a worker that pushed, dropped or
+    refreshed in repo1 whatever the task said would leave repo2 without what the parent marks it as holding."""
+    from pgpush import config
+    from pgpush.archive import core, worker
+
+    (tmp_path / "none.conf").write_text("")
+    cfg = config.load([f"--config={tmp_path / 'none.conf'}", "--stanza=main", "--repo1-path=/r1", "--repo2-path=/r2",
+                       "worker", "push"], environ={})
+    w = worker.Worker(cfg)
+    monkeypatch.setattr(w, "repository", lambda index=1: f"repo{index}")
+    seen: list[tuple[str, object]] = []
+    monkeypatch.setattr(core, "push_file", lambda repo, path: seen.append(("push", repo)))
+    monkeypatch.setattr(core, "_refresh_backups", lambda repo, named=False: seen.append(("refresh", repo)))
+    monkeypatch.setattr(worker.walarchive, "record_dropped", lambda repo, name, reason: seen.append(("drop", repo)))
+    for task in ({"op": "push", "path": f"/pg_wal/{S[0]}", "repo": 2}, {"op": "drop", "names": [S[0]], "reason": "r",
+                 "repo": 2}, {"op": "refresh", "repo": 2}, {"op": "push", "path": f"/pg_wal/{S[0]}"}):
+        assert w.handle(task)["ok"], task
+    assert seen == [("push", "repo2"), ("drop", "repo2"), ("refresh", "repo2"), ("push", "repo1")]
