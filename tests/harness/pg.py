@@ -285,6 +285,13 @@ class PgCluster:
             return ""
         return "\n".join(lines[-n:])
 
+    def wait_promoted(self, timeout: float = 120) -> None:
+        """Wait until recovery has ended (``pg_is_in_recovery()`` false); the log's tail on a timeout."""
+        deadline = time.monotonic() + timeout
+        while self.sql("select pg_is_in_recovery()") == "t":
+            assert time.monotonic() < deadline, self.log_tail()
+            time.sleep(0.3)
+
     def start(self, timeout: float = 30) -> PgCluster:
         for attempt in range(3):
             offset = self.log_file.stat().st_size if self.log_file.exists() else 0

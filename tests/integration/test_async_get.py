@@ -47,12 +47,6 @@ def start_restored(pg_factory, pp, base, restore_command, target_lsn, name="rest
     return restored
 
 
-def wait_promoted(cluster, timeout=300):
-    deadline = time.time() + timeout
-    while cluster.sql("select pg_is_in_recovery()") == "t":
-        assert time.time() < deadline, cluster.log_tail()
-        time.sleep(0.3)
-
 
 @pytest.mark.parametrize(("major", "process_max"), [(15, 1), (18, 4)])
 def test_pitr_over_64_segments_with_prefetch(pg_factory, sshd, pgpush_cmd, work_dir, major, process_max):
@@ -62,7 +56,7 @@ def test_pitr_over_64_segments_with_prefetch(pg_factory, sshd, pgpush_cmd, work_
     pg.stop()
     restored = start_restored(pg_factory, pp, base, pp.restore_command(archive_async="y"), target,
                               bin_dir=bin_dir_for(major))
-    wait_promoted(restored)
+    restored.wait_promoted(300)
     assert restored.sql("select array_agg(id) from marks") == "{1}"
     log = pp.log_text("archive-get")
     assert log.count("found ") >= 30 and "in the archive asynchronously" in log
@@ -127,7 +121,7 @@ def test_backup_host_stopped_mid_recovery_is_not_end_of_archive(pg_factory, sshd
     time.sleep(4)
     assert restored.sql("select pg_is_in_recovery()") == "t"  # recovery did not end early
     sshd.restart()
-    wait_promoted(restored)
+    restored.wait_promoted(300)
     assert restored.sql("select array_agg(id) from marks") == "{1}"
     assert "[103]: unable to find a valid repository" in pp.log_text("archive-get-async")
     # no segment of the timeline was ever reported missing (exit 1) during the outage

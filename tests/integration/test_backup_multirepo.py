@@ -19,7 +19,7 @@ from backup_env import pg_opts
 from harness import procs
 from multirepo_env import S3_PREFIX, sftp_s3_pgpush
 from pgpush_env import Pgpush
-from test_s3_e2e import bucket_keys, wait_for, wait_promoted
+from test_s3_e2e import bucket_keys, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def _restore_and_count(pg_factory, single: Pgpush, name: str, env: dict[str, str
     restored.set_conf({"port": restored.port, "unix_socket_directories": str(restored.socket_dir),
                        "archive_mode": "off"})
     restored.start(timeout=120)
-    wait_promoted(restored)
+    restored.wait_promoted(180)
     count = restored.sql("select count(*), count(*) filter (where h = 'changed') from t")
     restored.stop()
     return count

@@ -3,8 +3,6 @@ into an encrypted repository, and the restored cluster's pgpush get over SFTP to
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from backup_env import backup, backups, setup_archiving
 from pgpush_env import Pgpush
@@ -46,8 +44,5 @@ def test_encrypted_sftp_backup_restore_verify_with_workers(pg_factory, sshd, pgp
     restored.set_conf({"port": restored.port, "unix_socket_directories": str(restored.socket_dir),
                        "archive_mode": "off"})
     restored.start(timeout=120)
-    deadline = time.monotonic() + 120
-    while restored.sql("select pg_is_in_recovery()") == "t":
-        assert time.monotonic() < deadline, restored.log_tail()
-        time.sleep(0.3)
+    restored.wait_promoted(120)
     assert restored.sql("select count(*), count(*) filter (where h = 'changed') from t") == "20001|10"

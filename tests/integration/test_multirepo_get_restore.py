@@ -21,7 +21,6 @@ from harness import procs
 from harness.seaweed import SECRET_KEY
 from multirepo_env import S3_PREFIX, archived_bucket, as_repo
 from pgpush_env import Pgpush
-from test_s3_e2e import wait_promoted
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +70,7 @@ def start_recovery(cluster, **conf) -> None:
     cluster.set_conf({"port": cluster.port, "unix_socket_directories": str(cluster.socket_dir),
                       "archive_mode": "off", **conf})
     cluster.start(timeout=300)
-    wait_promoted(cluster)
+    cluster.wait_promoted(180)
 
 
 def test_pitr_with_repo1_down_restores_and_recovers_from_repo2_and_restore_chooses_across(

@@ -45,10 +45,7 @@ def restore_and_count(pg_factory, pp: Pgpush, name: str) -> str:
     restored.set_conf({"port": restored.port, "unix_socket_directories": str(restored.socket_dir),
                        "archive_mode": "off"})
     restored.start(timeout=120)
-    deadline = time.monotonic() + 120
-    while restored.sql("select pg_is_in_recovery()") == "t":
-        assert time.monotonic() < deadline, restored.log_tail()
-        time.sleep(0.3)
+    restored.wait_promoted(120)
     return restored.sql("select count(*), count(*) filter (where h = 'late') from t")
 
 

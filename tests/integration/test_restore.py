@@ -16,12 +16,6 @@ from pgpush_env import Pgpush
 pytestmark = pytest.mark.integration
 
 
-def _wait_promoted(cluster, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while cluster.sql("select pg_is_in_recovery()") == "t":
-        assert time.monotonic() < deadline, cluster.log_tail()
-        time.sleep(0.3)
-
 
 def _restored_cluster(pg_factory, name: str):
     """A PgCluster shell for a data directory pgpush restores (it does not exist yet)."""
@@ -78,7 +72,7 @@ def test_full_incr_under_pgbench_then_pitr(pg_factory, pgpush_cmd, work_dir):
     assert not list((restored.datadir / "pg_wal").glob("0*"))
 
     _start_restored(restored)
-    _wait_promoted(restored)
+    restored.wait_promoted()
     assert restored.sql("select array_agg(id order by id) from marks") == "{1}"
     assert restored.sql("select count(*) from pgbench_history") == history_at_target
     assert restored.sql("select count(*) from pgbench_accounts") == "100000"
@@ -168,7 +162,7 @@ def test_delta_restore_rewrites_only_what_changed(pg_factory, pgpush_cmd, work_d
 
     # The delta-restored cluster recovers; a running cluster is never restored over.
     _start_restored(restored)
-    _wait_promoted(restored)
+    restored.wait_promoted()
     assert restored.sql("select count(*) from t") == "5000"
     assert restored.sql("select count(*) from in_ts") == "300"
     res = pp.run("restore", f"--pg1-path={data}", "--delta")
@@ -258,7 +252,7 @@ def test_tablespace_map_restores_beside_the_running_original(pg_factory, pgpush_
     assert any(p.is_file() for p in new_home.rglob("*"))
 
     _start_restored(restored)  # PostgreSQL recreates pg_tblspc links from tablespace_map: they must hold
-    _wait_promoted(restored)
+    restored.wait_promoted()
     assert restored.sql("select count(*) from in_ts") == "300"
     restored.sql("insert into in_ts select g from generate_series(301, 400) g")
     assert restored.sql("select count(*) from in_ts") == "400"

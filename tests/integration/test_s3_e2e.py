@@ -138,12 +138,6 @@ def s3_pgpush(pgpush_cmd, work_dir, seaweed, **opts) -> Pgpush:
     return Pgpush(pgpush_cmd, work_dir, repo=seaweed.pgpush_options(f"/{PREFIX}"), **opts)
 
 
-def wait_promoted(cluster, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while cluster.sql("select pg_is_in_recovery()") == "t":
-        assert time.monotonic() < deadline, cluster.log_tail()
-        time.sleep(0.3)
-
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
@@ -236,7 +230,7 @@ def test_pitr_through_async_get_from_s3(pg_factory, seaweed, pgpush_cmd, work_di
     (restored.datadir / "recovery.signal").touch()
     with ProcWatch(work_dir) as watch:
         restored.start(timeout=300)
-        wait_promoted(restored)
+        restored.wait_promoted(180)
     assert restored.sql("select array_agg(id) from marks") == "{1}"
     log = pp.log_text("archive-get")
     assert "in the archive asynchronously" in log
@@ -312,7 +306,7 @@ def test_restore_delta_from_s3(pg_factory, seaweed, pgpush_cmd, work_dir):
     restored.set_conf({"port": restored.port, "unix_socket_directories": str(restored.socket_dir),
                        "archive_mode": "off"})
     restored.start(timeout=120)
-    wait_promoted(restored)
+    restored.wait_promoted(180)
     assert restored.sql("select count(*) from t") == "5000"
 
     # Change the restored cluster, stop it, and bring it back to the backup with --delta.
@@ -330,7 +324,7 @@ def test_restore_delta_from_s3(pg_factory, seaweed, pgpush_cmd, work_dir):
     restored.set_conf({"port": restored.port, "unix_socket_directories": str(restored.socket_dir),
                        "archive_mode": "off"})
     restored.start(timeout=120)
-    wait_promoted(restored)
+    restored.wait_promoted(180)
     assert restored.sql("select count(*), min(g), max(g) from t") == "5000|1|5000"
     assert restored.sql("select to_regclass('extra') is null") == "t"
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from harness import procs
 from pgpush_env import Pgpush
-from test_async_get import archived_cluster, wait_promoted
+from test_async_get import archived_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_restore_promote_archive_restore_again_past_the_switch(pg_factory, pgpus
                     "recovery_target_action": "promote"})
     (first.datadir / "recovery.signal").touch()
     first.start(timeout=300)
-    wait_promoted(first)
+    first.wait_promoted(300)
     first.sql("insert into marks values (20)")
     last = first.switch_wal()
     assert last.startswith("00000002")
@@ -52,7 +52,7 @@ def test_restore_promote_archive_restore_again_past_the_switch(pg_factory, pgpus
                      "recovery_target_action": "promote"})
     (second.datadir / "recovery.signal").touch()
     second.start(timeout=300)
-    wait_promoted(second)
+    second.wait_promoted(300)
     # past the switch: the row written on timeline 2 is there, and the one after the first target is not
     assert second.sql("select array_agg(id order by id) from marks") == "{1,20}"
     assert second.sql("select timeline_id from pg_control_checkpoint()") == "3"
