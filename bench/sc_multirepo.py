@@ -82,19 +82,22 @@ class SftpS3Repo:
     def _s3_prefix(self, tool: str, obj) -> str:
         return obj.global_options["repo2-path"].strip("/") if tool == "pgpush" else "pgbackrest-two"
 
+    def _s3_archive(self, tool: str, obj, stanza: str) -> str:
+        """repo2's archive of one run: pgpush's stanza is its own (``obj.stanza``), pgBackRest's the run's tag."""
+        return f"{self._s3_prefix(tool, obj)}/archive/{obj.stanza if tool == 'pgpush' else stanza}"
+
     def archived(self, tool: str, obj, stanza: str) -> dict[str, set[str]]:
         one = archived(self.sftp, tool, obj, stanza)["repo1"]
-        two = _segment_names(key.rsplit("/", 1)[-1]
-                             for key, _ in self.s3.keys(f"{self._s3_prefix(tool, obj)}/archive/{stanza}"))
+        two = _segment_names(key.rsplit("/", 1)[-1] for key, _ in self.s3.keys(self._s3_archive(tool, obj, stanza)))
         return {"repo1": one, "repo2": two}
 
     def size_mb(self, tool: str, obj, stanza: str) -> float:
-        s3 = sum(size for _, size in self.s3.keys(f"{self._s3_prefix(tool, obj)}/archive/{stanza}"))
+        s3 = sum(size for _, size in self.s3.keys(self._s3_archive(tool, obj, stanza)))
         return round(self.sftp.size_mb(tool, obj, stanza) + s3 / (1024 * 1024), 1)
 
     def remove(self, tool: str, obj, stanza: str) -> None:
         self.sftp.remove(tool, obj, stanza)
-        self.s3.storage.delete_tree(f"{self._s3_prefix(tool, obj)}/archive/{stanza}")
+        self.s3.storage.delete_tree(self._s3_archive(tool, obj, stanza))
 
 
 def archived(repo, tool: str, obj, stanza: str) -> dict[str, set[str]]:

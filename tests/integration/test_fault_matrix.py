@@ -175,6 +175,9 @@ def test_fault_cell_acknowledges_only_whole_files_and_recovers(
         faults.kill_leftovers(work_dir)
 
 
+STRIKE_ROUNDS = 3  # transfers a mid-file fault may wait for before the cell fails
+
+
 def _strike_mid_file(fault: Fault, backend, candidates, directory: Path) -> faults.MidFile:
     def action(pid: int) -> None:
         fault.inject(backend, pid)
@@ -191,6 +194,14 @@ def _wal_cell(pp, pg, backend, fault: Fault, mode: str, work_dir: Path) -> None:
         else:
             fault.inject(backend, 0)
         segments = pg.generate_wal(2, random_payload=True, payload_bytes=(SEG_MB - 1) << 20)
+        for _again in range(STRIKE_ROUNDS - 1):
+            # A file is read (and compressed) in tens of milliseconds: on a busy machine the watcher's
+            # thread may not run in that window. Missed, more WAL gives it another transfer to catch;
+            # the cell still fails when none is caught in STRIKE_ROUNDS rounds.
+            if strike is None or strike.result(35) is not None:
+                break
+            strike = _strike_mid_file(fault, backend, _candidates(work_dir, mode, fault.victim), pg.wal_dir)
+            segments += pg.generate_wal(2, random_payload=True, payload_bytes=(SEG_MB - 1) << 20)
         if strike is not None:
             assert strike.result(35) is not None, f"no pgpush {fault.victim} process caught transferring WAL"
         if fault.lasts:
