@@ -3,7 +3,9 @@ PY        ?= /usr/bin/python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
-PYTEST_N  ?= 2
+# Three pytest workers on this 2-core machine: the integration tests mostly wait (on PostgreSQL, sshd, SeaweedFS
+# and their timeouts), and a third worker brought `make test` from 19.3 to 17.3 minutes (2026-12-07, green).
+PYTEST_N  ?= 3
 
 .PHONY: setup test unit property integration lint typecheck zipapp bench demo docs clean
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup zipapp
-	TEST_PGPUSH_ZIPAPP=$(CURDIR)/dist/pgpush.pyz $(VPY) -m pytest -q -n $(PYTEST_N) --dist loadgroup --durations=15 tests
+	TEST_PGPUSH_ZIPAPP=$(CURDIR)/dist/pgpush.pyz $(VPY) -m pytest -q -n $(PYTEST_N) --dist loadgroup --durations=25 tests
 
 unit: setup
 	$(VPY) -m pytest -q tests/unit
